@@ -1,0 +1,34 @@
+"""quantize / dequantize for any device: the Triton kernels on CUDA when triton is installed, else the reference."""
+
+import functools
+import importlib.util
+
+import torch
+from torch import Tensor
+
+from kernels import quant_ref
+from kernels.quant_ref import QuantizedTensor
+
+
+@functools.cache
+def has_triton() -> bool:
+    """True when CUDA and the triton package are both present (triton is imported only then)."""
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+
+
+def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTensor:
+    """Group-wise asymmetric quantisation of x (..., num_tokens, head_dim); see kernels.quant_ref."""
+    if x.is_cuda and has_triton():
+        from kernels import quant_triton
+
+        return quant_triton.quantize(x, bits, group_size, axis)
+    return quant_ref.quantize(x, bits, group_size, axis)
+
+
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
+    """Reconstruct the (..., num_tokens, head_dim) tensor of q in `dtype` on q's device."""
+    if q.data.is_cuda and has_triton():
+        from kernels import quant_triton
+
+        return quant_triton.dequantize(q, dtype)
+    return quant_ref.dequantize(q, dtype)
