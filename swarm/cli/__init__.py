@@ -13,32 +13,38 @@ import sys
 
 from swarm.errors import SwarmError
 
-# name -> (module, one-line help). Modules are imported lazily so `swarm plan` never loads torch.
+# name -> (module, one-line help). Only the chosen command's module is imported, so `swarm plan`
+# never pays for torch and `swarm --help` imports nothing.
 COMMANDS = {
-    "plan": ("swarm.cli.plan_cmd", "plan a deployment for a cluster, model and workload"),
-    "models": ("swarm.cli.models_cmd", "list the models available offline, or prepare the default one"),
+    "demo": ("swarm.cli.demo_cmd", "start a whole local swarm on this machine and send it prompts"),
+    "join": ("swarm.cli.join_cmd", "run a peer that joins a swarm"),
+    "bootstrap": ("swarm.cli.bootstrap_cmd", "run a bootstrap node (no model) that peers dial first"),
     "generate": ("swarm.cli.generate_cmd", "generate text with a local engine (--local) or through a swarm"),
+    "status": ("swarm.cli.status_cmd", "show the coordinator's view of a swarm"),
+    "plan": ("swarm.cli.plan_cmd", "plan a deployment for a cluster, model and workload"),
     "sim": ("swarm.cli.sim_cmd", "run a simulator experiment at paper scale"),
+    "models": ("swarm.cli.models_cmd", "list the models available offline, or prepare the default one"),
+    "keygen": ("swarm.cli.keygen_cmd", "write a new private-swarm key file"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s own arguments are loaded (importing its module)."""
     parser = argparse.ArgumentParser(prog="swarm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.set_defaults(module=module_name)
-        _module(module_name).add_arguments(command)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(module=module_name)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
 
 
-def _module(name: str):
-    return importlib.import_module(name)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return _module(args.module).run(args)
+        return importlib.import_module(args.module).run(args)
     except SwarmError as e:
         print(f"swarm {args.command}: error: {e}", file=sys.stderr)
         return 1
