@@ -1,0 +1,281 @@
+"""The cost model: prefill and decode step time of one replica, its KV capacity, and KV transfer time.
+
+How it works (a roofline per pipeline stage, as in DistServe's and ThunderServe's estimators). A stage
+of `tp` GPUs holding `L` layers processes `n` new tokens (for `g` of which it computes logits, if it
+holds the head) while reading `K` KV bytes per layer and doing `A` attention FLOPs per layer:
+
+    compute_s = (n * F_layer * L + g * F_head + A * L) / (tp * tflops * 1e12 * eff.compute)
+    memory_s  = (W_stage + K * L) / (tp * mem_bw * 1e9 * eff.memory)
+    allreduce_s = 2 * L * (2 (tp-1)/tp * n * hidden * 2 B / link_Bps + lat)   # ring, 2 per layer (tp>1)
+    send_s    = n * hidden * 2 B / link_Bps(stage -> next stage) + lat          # not after the last stage
+    t_stage   = max(compute_s, memory_s) + allreduce_s + send_s + L * eff.layer_overhead_s
+
+with F_layer = 2 x matmul params of a layer, F_head = 2 * vocab * hidden, W_stage the stage's weight
+bytes (its layers plus the head on the last stage), link_Bps = gbps * 1e9 / 8 * eff.network.
+
+  * prefill of n tokens in s sequences: g = s, A = 2 * hidden * n^2 / s (causal), K = n * kv_layer
+    (the KV written). Latency = sum of stages; a pipeline accepts a new prefill every max-stage time
+    (`prefill_interval_s`), which is what a prefill queue sees as service time.
+  * decode step of a batch of B sequences holding C KV tokens in all: n = g = B, A = 4 * hidden * C,
+    K = (C + B) * kv_layer. Pipelines micro-batch: the batch is split in m = min(pp, B) micro-batches
+    that circulate through the stages, so every sequence advances one token per
+        step = max(sum_s t_s(B/m, C/m), m * max_s t_s(B/m, C/m))
+    (the first term is one micro-batch's trip, the second the busiest stage). pp = 1 gives t(B, C).
+  * memory: per GPU, MEMORY_UTILISATION of its memory, minus its share of the stage weights and an
+    activation reserve, holds KV; the group's KV capacity is the minimum over stages (tokens).
+  * KV on the wire: kv_bits 16 / 8 / 4 cost 16 / 8.5 / 4.5 bits per element (fp16 scale and minimum
+    per group of 64), so 4-bit is 0.28x of fp16. Between two groups, each (prefill stage, decode stage)
+    pair moves the KV of the layers they share over its hosts' link; pairs on one host pair share it.
+
+All inputs may be numpy arrays (broadcast), so the estimator evaluates thousands of requests at once.
+`Efficiency` is the fraction of peak a GPU type achieves; the simulator fits it to measured profiles.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from swarm.hardware import Cluster
+from swarm.models import ModelSpec
+from swarm.plan.errors import PlanError
+from swarm.plan.problem import Problem
+
+if TYPE_CHECKING:
+    from swarm.plan.parallel import Deployment
+
+MEMORY_UTILISATION = 0.9  # like vLLM's gpu_memory_utilization: the rest is CUDA context and fragmentation
+ACTIVATION_TOKENS = 2048  # activation reserve: one prefill chunk of this many tokens
+MIN_KV_TOKENS = 2048  # a group must hold at least one sequence this long to be deployable
+INTRA_HOST_LATENCY_S = 10e-6
+KV_WIRE_BITS = {16: 16.0, 8: 8.5, 4: 4.5}
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fraction of peak that a GPU type achieves, plus a fixed per-layer cost (kernel launches)."""
+
+    compute: float
+    memory: float
+    network: float
+    layer_overhead_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("compute", "memory", "network"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise PlanError(f"efficiency {name} must be a fraction of peak in (0, 1], got {value!r}")
+        if self.layer_overhead_s < 0:
+            raise PlanError(f"efficiency layer_overhead_s must be >= 0, got {self.layer_overhead_s!r}")
+
+
+DEFAULT_EFFICIENCY = Efficiency(compute=0.55, memory=0.8, network=0.7)
+
+
+def efficiency_of(efficiency: Mapping[str, Efficiency] | None, gpu_name: str) -> Efficiency:
+    """The calibrated efficiency of a GPU type ("default" key, then DEFAULT_EFFICIENCY, as fallbacks)."""
+    if not efficiency:
+        return DEFAULT_EFFICIENCY
+    return efficiency.get(gpu_name) or efficiency.get("default") or DEFAULT_EFFICIENCY
+
+
+def activation_reserve_bytes(model: ModelSpec, tp: int) -> float:
+    """Per-GPU memory kept for activations of one ACTIVATION_TOKENS-token prefill chunk."""
+    per_token = 4 * model.hidden_size + 3 * model.intermediate_size / tp
+    return ACTIVATION_TOKENS * per_token * model.dtype_bytes
+
+
+@dataclass(frozen=True, eq=False)
+class GroupCost:
+    """Step times and KV capacity of one deployment; per-stage constants are (pp, 1) arrays."""
+
+    model: ModelSpec
+    tp: int
+    pp: int
+    num_layers: np.ndarray
+    is_last: np.ndarray
+    flops_per_s: np.ndarray
+    bytes_per_s: np.ndarray
+    weight_bytes: np.ndarray
+    overhead_s: np.ndarray
+    allreduce_bps: np.ndarray
+    send_bps: np.ndarray
+    send_latency_s: np.ndarray
+    max_kv_tokens: int
+
+    @property
+    def fits(self) -> bool:
+        """Weights fit with room for at least one MIN_KV_TOKENS sequence."""
+        return self.max_kv_tokens >= MIN_KV_TOKENS
+
+    def stage_times_s(self, new_tokens, logit_tokens, attention_flops_layer, kv_bytes_layer) -> np.ndarray:
+        """Per-stage time (pp, ...) for the given per-stage work; inputs broadcast against (1, ...)."""
+        model, tp = self.model, self.tp
+        n = np.asarray(new_tokens, dtype=np.float64)[None, ...]
+        g = np.asarray(logit_tokens, dtype=np.float64)[None, ...]
+        a = np.asarray(attention_flops_layer, dtype=np.float64)[None, ...]
+        k = np.asarray(kv_bytes_layer, dtype=np.float64)[None, ...]
+        layers = self.num_layers.reshape((self.pp,) + (1,) * (n.ndim - 1))
+        shape = layers.shape
+        flops = (n * _layer_flops(model) * layers + g * self.is_last.reshape(shape) * _head_flops(model)
+                 + a * layers)
+        compute_s = flops / self.flops_per_s.reshape(shape)
+        memory_s = (self.weight_bytes.reshape(shape) + k * layers) / self.bytes_per_s.reshape(shape)
+        hidden_bytes = n * model.hidden_size * model.dtype_bytes
+        allreduce_s = 0.0
+        if tp > 1:
+            ring = 2 * (tp - 1) / tp * hidden_bytes / self.allreduce_bps.reshape(shape) + INTRA_HOST_LATENCY_S
+            allreduce_s = 2 * layers * ring
+        send_s = hidden_bytes / self.send_bps.reshape(shape) + self.send_latency_s.reshape(shape)
+        return np.maximum(compute_s, memory_s) + allreduce_s + send_s + self.overhead_s.reshape(shape)
+
+    def _prefill_stages(self, num_tokens, num_seqs) -> np.ndarray:
+        n = np.asarray(num_tokens, dtype=np.float64)
+        s = np.asarray(num_seqs, dtype=np.float64)
+        attention = 2.0 * self.model.hidden_size * n * n / s
+        return self.stage_times_s(n, s, attention, n * self.model.kv_bytes_per_token_layer)
+
+    def prefill_s(self, num_tokens, num_seqs=1):
+        """Latency of one prefill batch of `num_tokens` tokens in `num_seqs` equal sequences."""
+        return _out(self._prefill_stages(num_tokens, num_seqs).sum(axis=0))
+
+    def prefill_interval_s(self, num_tokens, num_seqs=1):
+        """Time between successive prefills the pipeline can accept (its busiest stage)."""
+        return _out(self._prefill_stages(num_tokens, num_seqs).max(axis=0))
+
+    def decode_step_s(self, batch_size, context_tokens):
+        """Time for every sequence of a batch to get one token (`context_tokens`: KV tokens in all)."""
+        b = np.asarray(batch_size, dtype=np.float64)
+        c = np.asarray(context_tokens, dtype=np.float64)
+        m = np.clip(b, 1.0, float(self.pp))  # micro-batches in flight
+        mb, mc = b / m, c / m
+        per_layer_kv = self.model.kv_bytes_per_token_layer
+        stages = self.stage_times_s(mb, mb, 4.0 * self.model.hidden_size * mc, (mc + mb) * per_layer_kv)
+        return _out(np.maximum(stages.sum(axis=0), m * stages.max(axis=0)))
+
+    def max_decode_batch(self, tpot_s: float, context_per_seq_tokens: float) -> float:
+        """Largest (fractional) batch whose step is within `tpot_s` and whose KV fits; 0 if none."""
+        by_memory = self.max_kv_tokens / max(context_per_seq_tokens, 1.0)
+        batches = np.concatenate(([0.0], np.geomspace(0.25, max(by_memory, 0.5), 96)))
+        steps = self.decode_step_s(batches, batches * context_per_seq_tokens)
+        ok = steps <= tpot_s
+        if not ok[0]:
+            return 0.0
+        if ok.all():
+            return float(min(batches[-1], by_memory))
+        i = int(np.argmin(ok)) - 1  # last batch within the target
+        lo, hi, s_lo, s_hi = batches[i], batches[i + 1], steps[i], steps[i + 1]
+        return float(min(lo + (hi - lo) * (tpot_s - s_lo) / (s_hi - s_lo), by_memory))
+
+    def decode_tokens_per_s(self, tpot_s: float, context_per_seq_tokens: float) -> float:
+        """Decode throughput at the largest batch that keeps the step within `tpot_s`."""
+        batch = self.max_decode_batch(tpot_s, context_per_seq_tokens)
+        if batch <= 0:
+            return 0.0
+        return batch / float(self.decode_step_s(batch, batch * context_per_seq_tokens))
+
+
+def build_group_cost(cluster: Cluster, model: ModelSpec, efficiency: Mapping[str, Efficiency] | None,
+                     deployment: Deployment) -> GroupCost:
+    """Precompute the per-stage constants of `deployment` (see the module docstring for the formulas)."""
+    stages = deployment.stages
+    tp, pp = deployment.tp, len(stages)
+    effs = [efficiency_of(efficiency, cluster.gpu(s.gpus[0]).name) for s in stages]
+    gpus = [cluster.gpu(s.gpus[0]) for s in stages]
+    num_layers = _col([s.layers[1] - s.layers[0] for s in stages])
+    is_last = _col([0.0] * (pp - 1) + [1.0])
+    head_bytes = model.vocab_size * model.hidden_size * model.dtype_bytes
+    send_bps, send_lat = [], []
+    for i in range(pp - 1):
+        a, b = stages[i].gpus[0], stages[i + 1].gpus[0]
+        send_bps.append(cluster.gbps(a, b) * 1e9 / 8 * effs[i].network)
+        same_host = cluster.host_of(a).name == cluster.host_of(b).name
+        send_lat.append(INTRA_HOST_LATENCY_S if same_host else cluster.latency_s)
+    pairs = list(zip(gpus, effs, strict=True))
+    return GroupCost(
+        model=model, tp=tp, pp=pp, num_layers=num_layers, is_last=is_last,
+        flops_per_s=_col([tp * g.tflops * 1e12 * e.compute for g, e in pairs]),
+        bytes_per_s=_col([tp * g.memory_bandwidth_gbs * 1e9 * e.memory for g, e in pairs]),
+        weight_bytes=num_layers * model.layer_bytes + is_last * head_bytes,
+        overhead_s=_col([e.layer_overhead_s for e in effs]) * num_layers,
+        allreduce_bps=_col([cluster.host_of(s.gpus[0]).intra_gbps * 1e9 / 8 * e.network
+                            for s, e in zip(stages, effs, strict=True)]),
+        send_bps=_col(send_bps + [np.inf]), send_latency_s=_col(send_lat + [0.0]),
+        max_kv_tokens=_kv_capacity(model, tp, gpus, stages))
+
+
+def _kv_capacity(model: ModelSpec, tp: int, gpus, stages) -> int:
+    """KV tokens the group holds: per stage, free memory after weights and activations, min over stages."""
+    tokens = []
+    for gpu, stage in zip(gpus, stages, strict=True):
+        a, b = stage.layers
+        free = (gpu.memory_bytes * MEMORY_UTILISATION - model.stage_weight_bytes(a, b) / tp
+                - activation_reserve_bytes(model, tp))
+        tokens.append(free * tp / (model.kv_bytes_per_token_layer * (b - a)))
+    return max(0, int(min(tokens)))
+
+
+def _col(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1, 1)
+
+
+def _layer_flops(model: ModelSpec) -> float:
+    return 2.0 * (model.params_per_layer - 2 * model.hidden_size)
+
+
+def _head_flops(model: ModelSpec) -> float:
+    return 2.0 * model.vocab_size * model.hidden_size
+
+
+def _out(value: np.ndarray):
+    return float(value) if np.ndim(value) == 0 else value
+
+
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def group_cost(problem: Problem | tuple, deployment: Deployment) -> GroupCost:
+    """The cost model of a deployment; `problem` is a Problem (cached) or (cluster, model, efficiency)."""
+    if not isinstance(problem, Problem):
+        cluster, model, efficiency = problem
+        return build_group_cost(cluster, model, efficiency, deployment)
+    cache = _COSTS.setdefault(problem, {})
+    cost = cache.get(deployment)
+    if cost is None:
+        cost = cache[deployment] = build_group_cost(problem.cluster, problem.model, problem.efficiency,
+                                                     deployment)
+    return cost
+
+
+def kv_wire_bytes(model: ModelSpec, num_tokens, kv_bits: int):
+    """Bytes of a prompt's KV cache on the wire at `kv_bits` (scales and minima included)."""
+    return np.asarray(num_tokens, dtype=np.float64) * model.kv_bytes_per_token * KV_WIRE_BITS[kv_bits] / 16.0
+
+
+def kv_transfer_s(model: ModelSpec, num_tokens, gbps: float, kv_bits: int, latency_s: float = 0.0):
+    """Seconds to send the KV of `num_tokens` prompt tokens over a `gbps` (Gbit/s) link."""
+    return _out(kv_wire_bytes(model, num_tokens, kv_bits) * 8 / (gbps * 1e9) + latency_s)
+
+
+def kv_link(problem: Problem, prefill: Deployment, decode: Deployment) -> tuple[float, float]:
+    """(effective Gbit/s, latency s) for KV from `prefill` to `decode`: the slowest host pair decides.
+
+    Each layer's KV goes from the prefill stage holding it to the decode stage holding it; the bytes
+    on each host pair (a fraction of the total) share that pair's link, and all pairs run in parallel.
+    """
+    cluster, num_layers = problem.cluster, problem.model.num_layers
+    share: dict[tuple[str, str], float] = {}
+    for ps in prefill.stages:
+        for ds in decode.stages:
+            overlap = min(ps.layers[1], ds.layers[1]) - max(ps.layers[0], ds.layers[0])
+            if overlap > 0:
+                key = (cluster.host_of(ps.gpus[0]).name, cluster.host_of(ds.gpus[0]).name)
+                share[key] = share.get(key, 0.0) + overlap / num_layers
+    network = efficiency_of(problem.efficiency, cluster.gpu(prefill.stages[0].gpus[0]).name).network
+    seconds_per_gbit = max(frac / (cluster.host_gbps(a, b) * network) for (a, b), frac in share.items())
+    cross_host = any(a != b for a, b in share)
+    return 1.0 / seconds_per_gbit, cluster.latency_s if cross_host else INTRA_HOST_LATENCY_S

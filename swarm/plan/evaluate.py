@@ -1,0 +1,96 @@
+"""Evaluating a candidate plan: configure each group, route with the LP, estimate goodput and SLOs.
+
+This is the function the upper-level search calls thousands of times, so everything is memoised per
+problem: `configure` per (GPU set, role), profiles per deployment, and whole evaluations per grouping.
+
+Infeasible groups (the model does not fit their GPUs) are dropped and the plan is built from the rest,
+which keeps the search landscape smooth; only when no (prefill, decode) route is left is the score 0.
+Score = goodput_rps + 1e-3 * attainment at problem.rate_rps + 1e-6 * min(LP capacity, 1e3), so plans
+with equal goodput (often 0 early in a search) still rank by how close they come.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from swarm.plan.errors import InfeasibleError
+from swarm.plan.estimate import estimate, goodput_rps
+from swarm.plan.orchestrate import RoutingShares, orchestrate
+from swarm.plan.parallel import Deployment, configure
+from swarm.plan.problem import Problem
+from swarm.wire.plan import PLAN_FORMAT, Plan, Predicted, Routing
+
+ATTAINMENT_WEIGHT = 1e-3
+CAPACITY_WEIGHT = 1e-6
+MAX_REPORTED_S = 1e6  # an unbounded latency (overloaded group) is reported as this in the plan
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A scored candidate: higher score is better; `plan` is None when nothing can be served."""
+
+    score: float
+    goodput_rps: float
+    slo_attainment: float
+    plan: Plan | None
+    deployments: tuple[Deployment, ...]
+    capacity_rps: float = 0.0  # rate at which the busiest group or link reaches utilisation 1
+    ttft_p90_s: float = math.inf
+    tpot_p90_s: float = math.inf
+
+    @property
+    def is_feasible(self) -> bool:
+        return self.plan is not None
+
+
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def evaluate(problem: Problem, groups: Sequence[tuple[Sequence[str], str]]) -> Evaluation:
+    """Configure each (GPU ids, role) group, route and estimate; memoised on the grouping."""
+    memo = _MEMO.setdefault(problem, {})
+    key = ("groups", frozenset((frozenset(ids), role) for ids, role in groups))
+    if key not in memo:
+        found = [configure(problem, ids, role) for ids, role in groups]
+        memo[key] = evaluate_deployments(problem, [d for d in found if d is not None])
+    return memo[key]
+
+
+def evaluate_deployments(problem: Problem, deployments: Sequence[Deployment]) -> Evaluation:
+    """Route and estimate fixed deployments (no reconfiguration): the lightweight re-plan's evaluator."""
+    ordered = tuple(sorted(deployments, key=lambda d: min(problem.gpu_order[g] for g in d.gpu_ids)))
+    memo = _MEMO.setdefault(problem, {})
+    key = ("deployments", ordered)
+    if key not in memo:
+        memo[key] = _evaluate(problem, ordered)
+    return memo[key]
+
+
+def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluation:
+    by_id = dict(enumerate(deployments))
+    try:
+        routing = orchestrate(problem, by_id)
+    except InfeasibleError:
+        return Evaluation(0.0, 0.0, 0.0, None, deployments)
+    goodput = goodput_rps(problem, by_id, routing.prefill, routing.kv, routing.capacity_rps)
+    at_rate = estimate(problem, by_id, routing.prefill, routing.kv, problem.rate_rps)
+    capacity = routing.capacity_rps
+    score = (goodput + ATTAINMENT_WEIGHT * at_rate.slo_attainment
+             + CAPACITY_WEIGHT * min(capacity, 1e3))
+    predicted = Predicted(goodput_rps=goodput, slo_attainment=at_rate.slo_attainment,
+                          ttft_p90_s=min(at_rate.ttft_p90_s, MAX_REPORTED_S),
+                          tpot_p90_s=min(at_rate.tpot_p90_s, MAX_REPORTED_S))
+    plan = Plan(format=PLAN_FORMAT, epoch=0, model=problem.model.name,
+                groups=tuple(d.group(i) for i, d in by_id.items()),
+                routing=wire_routing(routing), predicted=predicted)
+    return Evaluation(score, goodput, at_rate.slo_attainment, plan, deployments, capacity,
+                      at_rate.ttft_p90_s, at_rate.tpot_p90_s)
+
+
+def wire_routing(shares: RoutingShares) -> Routing:
+    """The plan's routing record: prefill shares by group id and sorted [prefill, decode, share] triples."""
+    return Routing(prefill=dict(sorted(shares.prefill.items())),
+                   kv=tuple((p, d, s) for (p, d), s in sorted(shares.kv.items())))
