@@ -150,7 +150,11 @@ def parse_cluster(text: str, *, source: str = "<cluster>", name: str = "cluster"
     if not isinstance(hosts, list) or not hosts:
         raise HardwareError(f"{source}: no [[host]] tables; a cluster needs at least one host")
     parsed = tuple(_host(h, i, custom, intra, source) for i, h in enumerate(hosts))
-    host_names = {h.name for h in parsed}
+    names = [h.name for h in parsed]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise HardwareError(f"{source}: host names must be unique, repeated: {repeated}")
+    host_names = set(names)
     links = {}
     for i, link in enumerate(network.get("link", [])):
         where = f"[[network.link]] #{i + 1}"

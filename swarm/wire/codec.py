@@ -147,7 +147,7 @@ def _tuple(tp: Any, value: Any, where: str, depth: int) -> tuple:
         return tuple(_convert(args[0], v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
     if len(value) != len(args):
         raise WireError(f"{where}: expected {len(args)} items, got {len(value)}")
-    return tuple(_convert(a, v, f"{where}[{i}]", depth + 1) for i, (a, v) in enumerate(zip(args, value)))
+    return tuple(_convert(a, v, f"{where}[{i}]", depth + 1) for i, (a, v) in enumerate(zip(args, value, strict=True)))
 
 
 def _record(cls: type, value: Any, where: str, depth: int) -> Any:

@@ -1,0 +1,27 @@
+import pytest
+
+from swarm.errors import HardwareError
+from swarm.hardware import declared_profile, parse_declared, probe
+
+
+def test_declared_profile_is_emulated_catalog_figures():
+    profile = declared_profile("RTX3090Tix2", peer_id="p", host="h")
+    assert (profile.gpu, profile.num_gpus, profile.is_emulated, profile.device) == ("RTX3090Ti", 2, True, "cpu")
+    assert profile.memory_bandwidth_gbs == 1008
+
+
+@pytest.mark.parametrize("text, expected", [("A40", ("A40", 1)), ("A40x4", ("A40", 4)), ("rtx 3090 ti*2", ("RTX3090Ti", 2))])
+def test_parse_declared(text, expected):
+    assert parse_declared(text) == expected
+
+
+@pytest.mark.parametrize("text", ["A40x0", "A40x65", "Z80"])
+def test_bad_declarations_are_refused(text):
+    with pytest.raises(HardwareError):
+        parse_declared(text)
+
+
+def test_probe_on_this_machine_gives_a_valid_profile():
+    profile = probe(peer_id="p", host="h")
+    assert profile.num_gpus >= 1 and profile.tflops > 0 and profile.memory_gb > 0
+    assert profile.device in ("cpu", "cuda")
