@@ -252,3 +252,38 @@ def _non_negative(table: dict, key: str, default: float | None, source: str, whe
     if value < 0:
         raise HardwareError(f"{source}: {where}: '{key}' must be 0 or more, got {value!r}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# A live swarm as a cluster
+
+def cluster_from_profiles(profiles, gbps: dict[frozenset[str], float] | None = None, *,
+                          default_gbps: float = DEFAULT_INTER_HOST_GBPS,
+                          name: str = "swarm") -> tuple[Cluster, dict[str, str]]:
+    """The cluster a set of peers forms: one host per peer, links from measured bandwidths.
+
+    Args:
+        profiles: the peers' `HardwareProfile`s.
+        gbps: measured bandwidth between two peers, keyed by frozenset of their peer ids (Gbit/s).
+    Returns:
+        the cluster, and a map from its host names to peer ids (host names are the profiles' `host`,
+        suffixed with the end of the peer id where two peers share one).
+    """
+    profiles = sorted(profiles, key=lambda p: p.peer_id)
+    counts: dict[str, int] = {}
+    for p in profiles:
+        counts[p.host] = counts.get(p.host, 0) + 1
+    hosts, peer_of = [], {}
+    for p in profiles:
+        host_name = p.host if counts[p.host] == 1 else f"{p.host}-{p.peer_id[-6:]}"
+        spec = GpuSpec(name=p.gpu, tflops=p.tflops, memory_gb=p.memory_gb,
+                       memory_bandwidth_gbs=p.memory_bandwidth_gbs, pcie_gbs=32.0, nvlink_gbs=0.0,
+                       price_per_hour=p.price_per_gpu_hour)
+        hosts.append(Host(name=host_name, gpu=spec, gpu_indices=tuple(range(p.num_gpus)),
+                          price_per_gpu_hour=p.price_per_gpu_hour, intra_gbps=DEFAULT_INTRA_HOST_GBPS,
+                          zone=p.zone))
+        peer_of[host_name] = p.peer_id
+    host_of_peer = {peer: host for host, peer in peer_of.items()}
+    links = {frozenset(host_of_peer[q] for q in pair): value for pair, value in (gbps or {}).items()
+             if len(pair) == 2 and all(q in host_of_peer for q in pair)}
+    return Cluster(hosts=tuple(hosts), default_gbps=default_gbps, links=links, name=name), peer_of

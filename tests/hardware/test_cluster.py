@@ -83,3 +83,17 @@ def test_missing_file_and_unknown_name(tmp_path):
         load_cluster(tmp_path / "nope.toml")
     with pytest.raises(HardwareError, match="cloud-32"):
         load_cluster("cloud-99")
+
+
+def test_cluster_from_profiles_one_host_per_peer():
+    from swarm.hardware import cluster_from_profiles, declared_profile
+
+    a = declared_profile("A40", peer_id="peerAAAAAA1", host="box")
+    b = declared_profile("RTX3090Tix2", peer_id="peerBBBBBB2", host="box")
+    c = declared_profile("RTX3090Ti", peer_id="peerCCCCCC3", host="other")
+    cluster, peer_of = cluster_from_profiles([c, b, a], {frozenset(("peerAAAAAA1", "peerBBBBBB2")): 40.0})
+    assert cluster.num_gpus == 4
+    assert peer_of == {"box-AAAAA1": "peerAAAAAA1", "box-BBBBB2": "peerBBBBBB2", "other": "peerCCCCCC3"}
+    assert cluster.gbps("box-AAAAA1/0", "box-BBBBB2/1") == 40.0
+    assert cluster.gbps("box-AAAAA1/0", "other/0") == cluster.default_gbps
+    assert cluster.gpu("box-BBBBB2/1").memory_gb == 24
