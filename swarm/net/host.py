@@ -1,0 +1,198 @@
+"""`open_host`: a libp2p host configured the one safe way (TCP, Noise only, Yamux, one connection per peer).
+
+How it works: py-libp2p 0.8.1 accepts plaintext when no security option is given, so the host passes a
+Noise transport alone; an optional private-swarm key (`psk`) wraps the TCP connection in Salsa20 below
+Noise, so a peer without the key never completes a handshake. Such a dial would hang about 40 s inside
+libp2p, so every dial and stream open here has a deadline and says what probably went wrong. Health
+monitoring pings every connection each second and drops one that misses a ping, so a frozen peer is
+noticed in about 2 s (docs/networking.md lists the numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from swarm.net.errors import DeadlineError, DialError, HandshakeError, StreamError
+from swarm.net.identity import load_or_create_identity, peer_id_of, read_swarm_key
+
+logger = logging.getLogger(__name__)
+
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """How to open a host. `identity_path` None means ~/.swarm/identity.key; tests pass a tmp path."""
+
+    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    identity_path: str | Path | None = None
+    swarm_key_path: str | Path | None = None
+    dial_timeout_s: float = 3.0
+    stream_timeout_s: float = 3.0
+    is_health_monitored: bool = True
+    health_check_interval_s: float = 1.0
+    ping_timeout_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("dial_timeout_s", "stream_timeout_s", "health_check_interval_s", "ping_timeout_s"):
+            if not 0 < getattr(self, name) <= 600:
+                raise ValueError(f"HostConfig.{name} must be in (0, 600] seconds, got {getattr(self, name)}")
+        if not self.listen_addrs:
+            raise ValueError("HostConfig.listen_addrs needs at least one address, e.g. /ip4/0.0.0.0/tcp/4001")
+
+
+class Host:
+    """A running libp2p host: its id and addresses, bounded dials and streams, disconnect listeners."""
+
+    def __init__(self, libp2p_host, config: HostConfig, key_pair: KeyPair, nursery: trio.Nursery) -> None:
+        self.libp2p = libp2p_host
+        self.config = config
+        self.key_pair = key_pair
+        self.nursery = nursery
+        self.peer_id = peer_id_of(key_pair)
+        self.disconnect_listeners: list[Callable[[str], None]] = []
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs of this host, each ending in /p2p/<peer id>."""
+        return [str(a) if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}" for a in self.libp2p.get_addrs()]
+
+    def connected_peer_ids(self) -> list[str]:
+        return sorted(str(p) for p in self.libp2p.get_network().connections)
+
+    async def dial(self, addr: str, *, timeout_s: float | None = None) -> str:
+        """Connect to the peer at a full multiaddr (/.../p2p/<id>); returns its peer id."""
+        timeout_s = timeout_s or self.config.dial_timeout_s
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as e:
+            raise DialError(f"{addr!r} is not a full multiaddr with /p2p/<peer id>: {e}") from None
+        peer = info.peer_id.to_base58()
+        with trio.move_on_after(timeout_s) as scope:
+            try:
+                await self.libp2p.connect(info)
+            except Exception as e:
+                raise DialError(f"peer {peer}: dial to {addr} failed: {e}") from None
+        if scope.cancelled_caught:
+            logger.warning("peer %s: handshake failed within %g s — different swarm key?", peer, timeout_s)
+            raise HandshakeError(f"peer {peer}: no handshake within {timeout_s:g} s at {addr} — "
+                                 "different swarm key, or not a swarm peer?")
+        return peer
+
+    async def open_stream(self, peer_id: str, protocol: str, *, timeout_s: float | None = None) -> INetStream:
+        """A new stream to a connected (or known) peer, negotiated within the deadline."""
+        timeout_s = timeout_s or self.config.stream_timeout_s
+        with trio.move_on_after(timeout_s):
+            try:
+                return await self.libp2p.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+            except Exception as e:
+                raise StreamError(f"peer {peer_id}: cannot open {protocol}: {e}") from None
+        raise DeadlineError(f"peer {peer_id}: opening {protocol} took more than {timeout_s:g} s")
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve `protocol`; a handler's failure resets that stream and is logged, never crashes the host."""
+
+        async def guarded(stream: INetStream) -> None:
+            try:
+                await handler(stream)
+            except Exception as e:  # a per-stream failure stays inside that stream
+                logger.warning("%s from peer %s: %s; stream reset", protocol, remote_peer_id(stream), e)
+                await reset_quietly(stream)
+
+        self.libp2p.set_stream_handler(TProtocol(protocol), guarded)
+
+    def on_disconnect(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(peer_id)` when the last connection to a peer closes."""
+        self.disconnect_listeners.append(listener)
+
+
+class _DisconnectNotifee(INotifee):
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        if network.get_connections(peer):
+            return
+        for listener in list(self.host.disconnect_listeners):
+            listener(peer.to_base58())
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def connected(self, network, conn) -> None:
+        pass
+
+    async def listen(self, network, multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network, multiaddr) -> None:
+        pass
+
+
+def connection_config(config: HostConfig) -> ConnectionConfig:
+    """One connection per peer (the default of 3 costs 250 ms a dial) and fast health checks."""
+    return ConnectionConfig(
+        max_connections_per_peer=1, dial_timeout=config.dial_timeout_s,
+        enable_health_monitoring=config.is_health_monitored, health_initial_delay=1.0,
+        health_check_interval=config.health_check_interval_s, ping_timeout=config.ping_timeout_s,
+        abort_connection_on_ping_failure=True)
+
+
+def build_libp2p_host(config: HostConfig, key_pair: KeyPair):
+    """The libp2p host object (not yet listening): Noise alone as security, Yamux, optional psk."""
+    noise = NoiseTransport(libp2p_keypair=key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    psk = read_swarm_key(config.swarm_key_path) if config.swarm_key_path else None
+    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX",
+                    psk=psk, enable_mDNS=False, connection_config=connection_config(config))
+
+
+@asynccontextmanager
+async def open_host(config: HostConfig | None = None, *, key_pair: KeyPair | None = None) -> AsyncIterator[Host]:
+    """Start a host listening on `config.listen_addrs`; it is closed when the block exits."""
+    config = config or HostConfig()
+    key_pair = key_pair or load_or_create_identity(config.identity_path)
+    libp2p_host = build_libp2p_host(config, key_pair)
+    listen = [multiaddr.Multiaddr(a) for a in config.listen_addrs]
+    async with libp2p_host.run(listen_addrs=listen), trio.open_nursery() as nursery:
+        host = Host(libp2p_host, config, key_pair, nursery)
+        libp2p_host.get_network().register_notifee(_DisconnectNotifee(host))
+        try:
+            yield host
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def remote_peer_id(stream: INetStream) -> str:
+    try:
+        return stream.muxed_conn.peer_id.to_base58()
+    except AttributeError:
+        return "?"
+
+
+async def reset_quietly(stream: INetStream) -> None:
+    """Reset a stream, ignoring a stream that is already gone."""
+    # the stream may already be closed or its connection dead
+    with trio.move_on_after(1.0), contextlib.suppress(Exception):
+        await stream.reset()

@@ -1,0 +1,144 @@
+"""The GossipSub adapter: typed `swarm.wire` messages on named topics, one consumer task per topic.
+
+The limits are set on purpose (py-libp2p 0.8.1 drops silently past them):
+- spam protection stays on, at 200 messages/s per forwarding peer and topic: a peer relays everyone's
+  heartbeats (0.5 s each), so 32 peers make 64/s on that topic — the default of 10/s would drop most;
+- each subscription has a 32-message queue inside libp2p, so its consumer only decodes and hands the
+  message on (handlers must be quick or pass work to a channel);
+- messages are capped at 64 KiB here (libp2p's cap is 1 MiB): gossip is for small control records only;
+- the GossipSub heartbeat (mesh upkeep) runs every second, not every 120 s, so a new peer joins the mesh
+  in about a second; degree 6 (4..12) as in the libp2p spec.
+A message that does not decode, or is not of the topic's types, is rejected by the topic validator (not
+forwarded, not delivered) with a log line naming the peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from swarm.errors import WireError
+from swarm.net.errors import DeadlineError
+from swarm.net.host import Host
+from swarm.wire.codec import decode, encode
+
+logger = logging.getLogger(__name__)
+
+TOPIC_HEARTBEAT = "/swarm/heartbeat/1.0.0"
+TOPIC_LOAD = "/swarm/load/1.0.0"
+TOPIC_PROFILE = "/swarm/profile/1.0.0"
+TOPIC_ELECTION = "/swarm/election/1.0.0"
+TOPIC_PLAN = "/swarm/plan/1.0.0"
+MAX_GOSSIP_BYTES = 64 << 10
+Handler = Callable[[str, Any], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    heartbeat_interval_s: float = 1.0
+    max_messages_per_topic_per_s: float = 200.0
+    max_message_bytes: int = MAX_GOSSIP_BYTES
+    is_self_delivered: bool = False  # hand a peer its own messages too
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.degree_low <= self.degree <= self.degree_high:
+            raise ValueError("GossipConfig needs 1 <= degree_low <= degree <= degree_high")
+        if not 0 < self.max_message_bytes <= 1 << 20:
+            raise ValueError("GossipConfig.max_message_bytes must be in (0, 1 MiB] (libp2p's own cap)")
+
+
+class Gossip:
+    """Publish and subscribe typed messages; each subscription gets its own consumer task."""
+
+    def __init__(self, host: Host, pubsub: Pubsub, config: GossipConfig, nursery: trio.Nursery) -> None:
+        self.host = host
+        self.pubsub = pubsub
+        self.config = config
+        self.nursery = nursery
+        self.num_rejected = 0
+
+    async def publish(self, topic: str, msg: Any, *, timeout_s: float = 2.0) -> None:
+        data = encode(msg)
+        if len(data) > self.config.max_message_bytes:
+            raise WireError(f"{type(msg).__name__} of {len(data)} bytes exceeds the gossip limit of "
+                            f"{self.config.max_message_bytes}; send bulk data over frames")
+        with trio.move_on_after(timeout_s) as scope:
+            await self.pubsub.publish(topic, data)
+        if scope.cancelled_caught:
+            raise DeadlineError(f"publishing on {topic} took more than {timeout_s:g} s")
+
+    async def subscribe(self, topic: str, handler: Handler, *, types: tuple[type, ...] = ()) -> None:
+        """Deliver every valid message on `topic` as `handler(sender_peer_id, msg)`, in order."""
+        self.pubsub.set_topic_validator(topic, self._validator(topic, types), False)
+        subscription = await self.pubsub.subscribe(topic)
+        self.nursery.start_soon(self._consume, topic, subscription, handler)
+
+    def _validator(self, topic: str, types: tuple[type, ...]):
+        def validate(forwarder: ID, msg) -> bool:
+            try:
+                self._decode(msg.data, types)
+                return True
+            except WireError as e:
+                self.num_rejected += 1
+                logger.warning("%s: rejected a message from peer %s (forwarded by %s): %s", topic,
+                               _author(msg), forwarder, e)
+                return False
+
+        return validate
+
+    def _decode(self, data: bytes, types: tuple[type, ...]) -> Any:
+        msg = decode(data, max_bytes=self.config.max_message_bytes)
+        if types and not isinstance(msg, types):
+            raise WireError(f"{type(msg).__name__} does not belong on this topic")
+        return msg
+
+    async def _consume(self, topic: str, subscription, handler: Handler) -> None:
+        async for raw in subscription:
+            sender = _author(raw)
+            if sender == self.host.peer_id and not self.config.is_self_delivered:
+                continue
+            try:
+                msg = decode(raw.data, max_bytes=self.config.max_message_bytes)
+            except WireError as e:  # the validator runs first; this guards our own messages
+                logger.warning("%s: dropped a message from peer %s: %s", topic, sender, e)
+                continue
+            result = handler(sender, msg)
+            if result is not None:
+                await result
+
+
+def _author(msg) -> str:
+    try:
+        return ID(msg.from_id).to_base58()
+    except Exception:  # a malformed from_id is reported, not raised
+        return "?"
+
+
+@asynccontextmanager
+async def open_gossip(host: Host, config: GossipConfig | None = None) -> AsyncIterator[Gossip]:
+    """Start GossipSub on `host`; subscriptions end when the block exits."""
+    config = config or GossipConfig()
+    router = GossipSub(protocols=[GOSSIPSUB_PROTOCOL_ID], degree=config.degree, degree_low=config.degree_low,
+                       degree_high=config.degree_high, heartbeat_interval=config.heartbeat_interval_s,
+                       heartbeat_initial_delay=0.1, spam_protection_enabled=True,
+                       max_messages_per_topic_per_second=config.max_messages_per_topic_per_s)
+    pubsub = Pubsub(host.libp2p, router, max_inbound_rpc_size=config.max_message_bytes * 2)
+    async with background_trio_service(pubsub), background_trio_service(router):
+        with trio.fail_after(5):
+            await pubsub.wait_until_ready()
+        async with trio.open_nursery() as nursery:
+            yield Gossip(host, pubsub, config, nursery)
+            nursery.cancel_scope.cancel()
