@@ -1,0 +1,206 @@
+"""The upper level of the scheduler: tabu search over GPU groupings and each group's phase.
+
+How it works (ThunderServe, MLSys 2025, section 4.1). The start is the bandwidth clustering of
+`grouping.initial_clusters` with roles given by prefill affinity (compute per memory bandwidth): the
+k most compute-heavy groups prefill, the rest decode, for the k that scores best. Each iteration draws
+up to `max_neighbours` moves (flip, split, merge, move, swap; see grouping.py), scores every resulting
+grouping with `evaluate` (lower level + routing LP + SLO estimate) and moves to the best one even if it
+is worse than the current grouping (that is what escapes local optima). A move is tabu for `tenure`
+iterations if it would recreate a group (GPU set and role) that an earlier move removed, unless it
+beats the best grouping seen (aspiration). The best grouping seen is returned.
+
+Determinism: the random draws come from `random.Random(seed)` and the search stops after a fixed
+number of evaluations (`max_evaluations`, by default derived from `budget_s` and the cluster size),
+so the same seed gives the same plan; `budget_s` is only a wall-clock cap on slow or busy machines.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+from swarm.plan.errors import InfeasibleError, PlanError
+from swarm.plan.evaluate import Evaluation, evaluate
+from swarm.plan.grouping import (
+    Grouping,
+    Topology,
+    apply_move,
+    canonical,
+    initial_clusters,
+    neighbours,
+    prefill_affinity,
+    topology,
+)
+from swarm.plan.problem import Problem
+from swarm.wire.plan import ROLES, Plan
+
+DEFAULT_TENURE = 7
+MAX_ROLE_SPLITS = 12  # prefill counts tried for the initial roles on large clusters
+IMPROVEMENT = 1e-9
+MAX_STALE_ITERATIONS = 25  # iterations that meet only groupings seen before: the search has converged
+# Calibration of the default evaluation count (2-core machine): seconds per evaluation grow about
+# linearly with the number of groups the cluster holds.
+EVALUATION_BASE_S = 0.004
+EVALUATION_PER_GPU_S = 0.0003
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The best plan found, how many groupings were evaluated, and when the best score improved."""
+
+    best: Evaluation
+    num_evaluations: int
+    elapsed_s: float
+    history: tuple[tuple[int, float, float], ...]  # (evaluations, elapsed_s, best score) per improvement
+
+    @property
+    def time_to_best_s(self) -> float:
+        return self.history[-1][1] if self.history else 0.0
+
+
+def default_evaluations(budget_s: float, num_gpus: int) -> int:
+    """The evaluation count that fits `budget_s` on the reference 2-core machine (at least 20)."""
+    per_evaluation_s = EVALUATION_BASE_S + EVALUATION_PER_GPU_S * num_gpus
+    return max(20, int(budget_s / per_evaluation_s))
+
+
+def default_neighbours(num_gpus: int) -> int:
+    """Moves drawn per iteration: more on large clusters, where the neighbourhood is larger."""
+    return int(min(32, max(8, 2 * math.sqrt(num_gpus))))
+
+
+def plan(problem: Problem, *, budget_s: float = 2.0, seed: int = 0,
+         allowed_roles: tuple[str, ...] = ("prefill", "decode"), initial: Plan | None = None,
+         max_evaluations: int | None = None, max_neighbours: int | None = None,
+         tenure: int = DEFAULT_TENURE) -> SearchResult:
+    """Tabu search for the best grouping and roles; `allowed_roles=("both",)` plans colocated replicas.
+
+    Raises:
+        InfeasibleError: no grouping of the cluster can serve the model (it fits nowhere, or no
+            prefill/decode pair can be formed).
+    """
+    allowed_roles = tuple(allowed_roles)
+    _check_roles(allowed_roles)
+    if not budget_s > 0:
+        raise PlanError(f"the planning budget must be a positive number of seconds, got {budget_s!r}")
+    num_gpus = problem.cluster.num_gpus
+    search = _Search(problem, budget_s,
+                     max_evaluations or default_evaluations(budget_s, num_gpus), random.Random(seed))
+    search.colocated = allowed_roles == ("both",)
+    start = search.start(allowed_roles, initial)
+    search.tabu(start, allowed_roles, max_neighbours or default_neighbours(num_gpus), tenure)
+    return search.result()
+
+
+class _Search:
+    """The state of one search: the evaluation cache and counter, the clock and the best grouping."""
+
+    def __init__(self, problem: Problem, budget_s: float, max_evaluations: int, rng: random.Random) -> None:
+        self.problem, self.budget_s, self.max_evaluations, self.rng = problem, budget_s, max_evaluations, rng
+        self.topo: Topology = topology(problem)
+        self.cache: dict[Grouping, Evaluation] = {}
+        self.started = time.perf_counter()
+        self.best: tuple[Grouping, Evaluation] | None = None
+        self.history: list[tuple[int, float, float]] = []
+        self.colocated = False
+
+    def exhausted(self) -> bool:
+        return (len(self.cache) >= self.max_evaluations
+                or time.perf_counter() - self.started >= self.budget_s)
+
+    def score(self, grouping: Grouping) -> Evaluation:
+        if grouping not in self.cache:
+            evaluation = evaluate(self.problem, grouping)
+            self.cache[grouping] = evaluation
+            if self.best is None or evaluation.score > self.best[1].score + IMPROVEMENT:
+                self.best = (grouping, evaluation)
+                self.history.append((len(self.cache), time.perf_counter() - self.started, evaluation.score))
+        return self.cache[grouping]
+
+    def start(self, allowed_roles: tuple[str, ...], initial: Plan | None) -> Grouping:
+        """The starting grouping: `initial`'s groups, or the clustering with the best role split."""
+        if initial is not None:
+            return self._from_plan(initial, allowed_roles)
+        clusters = initial_clusters(self.topo)
+        if set(allowed_roles) != {"prefill", "decode"}:
+            return canonical(self.topo, [(c, allowed_roles[0]) for c in clusters])
+        ranked = sorted(clusters, key=lambda c: (-prefill_affinity(self.topo, c), self.topo.order[c[0]]))
+        candidates = [canonical(self.topo, [(c, "prefill" if i < k else "decode") for i, c in enumerate(ranked)])
+                      for k in _prefill_counts(len(ranked))]
+        for grouping in candidates:
+            self.score(grouping)
+        return max(candidates, key=lambda g: self.cache[g].score)
+
+    def _from_plan(self, initial: Plan, allowed_roles: tuple[str, ...]) -> Grouping:
+        known = set(self.topo.order)
+        groups = [(tuple(g for g in group.gpu_ids if g in known),
+                   group.role if group.role in allowed_roles else allowed_roles[0]) for group in initial.groups]
+        used = {g for ids, _ in groups for g in ids}
+        for ids in self.topo.host_parts([g for g in self.topo.order if g not in used]).values():
+            groups.append((tuple(ids), allowed_roles[-1]))
+        grouping = canonical(self.topo, groups)
+        self.score(grouping)
+        return grouping
+
+    def tabu(self, current: Grouping, allowed_roles: tuple[str, ...], max_neighbours: int, tenure: int) -> None:
+        """Move to the best non-tabu neighbour each iteration until the evaluation budget is spent."""
+        tabu_until: dict = {}
+        iteration = stale = 0
+        while not self.exhausted() and stale < MAX_STALE_ITERATIONS:
+            chosen, evaluated_before = None, len(self.cache)
+            for move in neighbours(self.topo, current, self.rng, allowed_roles, max_neighbours):
+                if self.exhausted():
+                    break
+                grouping = apply_move(self.topo, current, move)
+                evaluation = self.score(grouping)
+                is_tabu = any(tabu_until.get(g, -1) >= iteration for g in move.added)
+                if is_tabu and evaluation.score <= self.best[1].score:
+                    continue
+                if chosen is None or evaluation.score > chosen[2].score:
+                    chosen = (move, grouping, evaluation)
+            stale = stale + 1 if len(self.cache) == evaluated_before else 0
+            if chosen is None:
+                continue
+            for group in chosen[0].removed:
+                tabu_until[group] = iteration + tenure
+            current = chosen[1]
+            iteration += 1
+
+    def result(self) -> SearchResult:
+        assert self.best is not None
+        grouping, best = self.best
+        if not best.is_feasible:
+            raise InfeasibleError(_infeasible_message(self.problem, self.colocated))
+        return SearchResult(best, len(self.cache), time.perf_counter() - self.started, tuple(self.history))
+
+
+def _prefill_counts(num_groups: int) -> list[int]:
+    """Numbers of prefill groups to try: all of 1..G-1, or MAX_ROLE_SPLITS of them spread evenly."""
+    if num_groups < 2:
+        return [num_groups]
+    counts = range(1, num_groups)
+    if len(counts) <= MAX_ROLE_SPLITS:
+        return list(counts)
+    step = (num_groups - 2) / (MAX_ROLE_SPLITS - 1)
+    return sorted({1 + round(i * step) for i in range(MAX_ROLE_SPLITS)})
+
+
+def _check_roles(allowed_roles: tuple[str, ...]) -> None:
+    roles = set(allowed_roles)
+    if not roles or not roles <= set(ROLES) or ("both" in roles and len(roles) > 1):
+        raise PlanError(f"allowed_roles must be ('prefill', 'decode') or ('both',), got {allowed_roles!r}")
+    if roles in ({"prefill"}, {"decode"}):
+        raise PlanError(f"allowed_roles {allowed_roles!r} cannot serve requests: a disaggregated plan needs "
+                              "both 'prefill' and 'decode'")
+
+
+def _infeasible_message(problem: Problem, colocated: bool) -> str:
+    cluster, model = problem.cluster, problem.model
+    total_gb = sum(h.gpu.memory_gb * h.num_gpus for h in cluster.hosts)
+    need = ("at least one group of GPUs that holds the model" if colocated else
+            "at least two groups of GPUs that each hold the model (one prefill, one decode)")
+    return (f"no plan can serve {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) on cluster "
+            f"{cluster.name!r} ({cluster.num_gpus} GPUs, {total_gb:.0f} GB in all): it needs {need}. "
+            "Use a smaller model, or more or larger GPUs")
