@@ -1,0 +1,149 @@
+"""Membership and failure detection as a sans-IO state machine: events and `now` in, actions out.
+
+How it works (a heartbeat failure detector with a suspect stage, as in SWIM without the indirect probes):
+- a peer *joins* when its hardware profile arrives; every heartbeat updates its last-seen time;
+- silent for more than `suspect_after_s` it is *suspected* (still a member: the plan is not changed for a
+  hiccup); silent for more than `dead_after_s` it is declared *dead* and leaves; with 0.5 s heartbeats the
+  defaults (1.5 s, 2.5 s) notice a killed or frozen peer in under 3 s;
+- a libp2p disconnect or a goodbye is immediate evidence: the peer leaves at once;
+- flapping is damped: a peer that left must be heard again without a gap for `rejoin_after_s` before it
+  rejoins, so a peer that drops every other second does not trigger a re-plan each time.
+Each change of the member set bumps `version` and emits `MembershipChanged`. Time never comes from a
+clock here: the daemon passes `trio.current_time()`, the simulator its own time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from swarm.proto.errors import ProtoError
+
+ALIVE, SUSPECT, DEAD, REJOINING = "alive", "suspect", "dead", "rejoining"
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    peer_id: str
+    profile: Any
+
+
+@dataclass(frozen=True)
+class PeerSuspected:
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class PeerLeft:
+    peer_id: str
+    reason: str  # "silent", "disconnected" or "goodbye"
+
+
+@dataclass(frozen=True)
+class MembershipChanged:
+    version: int
+    peer_ids: tuple[str, ...]  # members, this peer included, sorted
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    suspect_after_s: float = 1.5
+    dead_after_s: float = 2.5
+    rejoin_after_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.suspect_after_s < self.dead_after_s:
+            raise ProtoError("MembershipConfig needs 0 < suspect_after_s < dead_after_s, got "
+                             f"{self.suspect_after_s} and {self.dead_after_s}")
+        if self.rejoin_after_s < 0:
+            raise ProtoError(f"MembershipConfig.rejoin_after_s must be >= 0, got {self.rejoin_after_s}")
+
+
+@dataclass
+class PeerState:
+    state: str
+    profile: Any
+    last_seen_s: float
+    heard_since_s: float  # start of the current gap-free run of messages (for rejoining)
+
+
+class Membership:
+    """This peer's view of the swarm: who is a member, who is suspected, and the view's version."""
+
+    def __init__(self, self_id: str, profile: Any = None, config: MembershipConfig | None = None) -> None:
+        self.self_id = self_id
+        self.config = config or MembershipConfig()
+        self.peers: dict[str, PeerState] = {}
+        self.self_profile = profile
+        self.version = 0
+
+    @property
+    def member_ids(self) -> tuple[str, ...]:
+        """Members (alive or suspected) including this peer, sorted."""
+        others = [p for p, s in self.peers.items() if s.state in (ALIVE, SUSPECT)]
+        return tuple(sorted([self.self_id, *others]))
+
+    def state_of(self, peer_id: str) -> str | None:
+        return ALIVE if peer_id == self.self_id else getattr(self.peers.get(peer_id), "state", None)
+
+    def profile_received(self, peer_id: str, profile: Any, now: float) -> list:
+        """A (verified) hardware profile: a new peer joins; a known one updates its profile."""
+        if peer_id == self.self_id:
+            return []
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            self.peers[peer_id] = PeerState(ALIVE, profile, now, now)
+            return [PeerJoined(peer_id, profile), self._changed()]
+        peer.profile = profile
+        return self._heard(peer_id, peer, now)
+
+    def heartbeat(self, peer_id: str, now: float) -> list:
+        """A heartbeat (or any message) from `peer_id`; unknown peers wait for their profile."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer_id == self.self_id:
+            return []
+        return self._heard(peer_id, peer, now)
+
+    def disconnected(self, peer_id: str, now: float, *, reason: str = "disconnected") -> list:
+        """libp2p closed the last connection (or the peer said goodbye): it leaves now."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.state in (DEAD, REJOINING):
+            if peer is not None:
+                peer.state = DEAD
+            return []
+        return self._leave(peer_id, peer, reason)
+
+    def tick(self, now: float) -> list:
+        """Advance time: suspect and declare dead the peers that went silent."""
+        actions: list = []
+        for peer_id, peer in sorted(self.peers.items()):
+            silent_s = now - peer.last_seen_s
+            if peer.state in (ALIVE, SUSPECT) and silent_s > self.config.dead_after_s:
+                actions += self._leave(peer_id, peer, "silent")
+            elif peer.state == ALIVE and silent_s > self.config.suspect_after_s:
+                peer.state = SUSPECT
+                actions.append(PeerSuspected(peer_id))
+            elif peer.state == REJOINING and silent_s > self.config.suspect_after_s:
+                peer.state = DEAD
+        return actions
+
+    def _heard(self, peer_id: str, peer: PeerState, now: float) -> list:
+        if now - peer.last_seen_s > self.config.suspect_after_s:
+            peer.heard_since_s = now  # a gap restarts the rejoin clock
+        peer.last_seen_s = max(peer.last_seen_s, now)
+        if peer.state == SUSPECT:
+            peer.state = ALIVE
+        elif peer.state == DEAD:
+            peer.state, peer.heard_since_s = REJOINING, now
+        if peer.state == REJOINING and now - peer.heard_since_s >= self.config.rejoin_after_s:
+            peer.state = ALIVE
+            return [PeerJoined(peer_id, peer.profile), self._changed()]
+        return []
+
+    def _leave(self, peer_id: str, peer: PeerState, reason: str) -> list:
+        peer.state = DEAD
+        return [PeerLeft(peer_id, reason), self._changed()]
+
+    def _changed(self) -> MembershipChanged:
+        self.version += 1
+        return MembershipChanged(self.version, self.member_ids)

@@ -1,0 +1,99 @@
+"""Membership and failure detection driven by synthetic events and time."""
+
+import pytest
+
+from swarm.proto.errors import ProtoError
+from swarm.proto.membership import (
+    Membership,
+    MembershipChanged,
+    MembershipConfig,
+    PeerJoined,
+    PeerLeft,
+    PeerSuspected,
+)
+
+
+def beat(m: Membership, peer: str, start: float, stop: float, every_s: float = 0.5) -> list:
+    """Heartbeats from `peer` every `every_s` in [start, stop), with a tick after each."""
+    actions, now = [], start
+    while now < stop:
+        actions += m.heartbeat(peer, now) + m.tick(now)
+        now += every_s
+    return actions
+
+
+def test_profile_joins_and_bumps_version():
+    m = Membership("A")
+    actions = m.profile_received("B", "prof-B", 0.0)
+    assert actions == [PeerJoined("B", "prof-B"), MembershipChanged(1, ("A", "B"))]
+    assert m.member_ids == ("A", "B")
+
+
+def test_heartbeat_from_unknown_peer_waits_for_its_profile():
+    m = Membership("A")
+    assert m.heartbeat("B", 0.0) == []
+    assert m.member_ids == ("A",)
+
+
+def test_silent_peer_is_suspected_then_declared_dead_within_3_s():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    assert m.tick(1.4) == []
+    assert m.tick(1.6) == [PeerSuspected("B")]
+    assert m.member_ids == ("A", "B")  # suspected peers stay members
+    actions = m.tick(2.6)
+    assert actions == [PeerLeft("B", "silent"), MembershipChanged(2, ("A",))]
+    assert m.state_of("B") == "dead"
+
+
+def test_suspected_peer_recovers_without_membership_change():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    m.tick(1.6)
+    assert m.heartbeat("B", 1.7) == []
+    assert m.state_of("B") == "alive" and m.version == 1
+
+
+def test_disconnect_is_immediate_evidence():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    assert m.disconnected("B", 0.1) == [PeerLeft("B", "disconnected"), MembershipChanged(2, ("A",))]
+    assert m.disconnected("B", 0.2) == []  # already gone: no second change
+
+
+def test_flapping_peer_rejoins_only_after_a_gap_free_second():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    m.disconnected("B", 0.1)
+    # heard again at 0.5 (rejoin clock starts), then silent past the suspect window: no rejoin
+    assert m.heartbeat("B", 0.5) == []
+    assert m.tick(2.1) == [] and m.state_of("B") == "dead"
+    # drops and returns every 2 s: each return restarts the clock, one heartbeat never suffices
+    for start in (3.0, 5.0, 7.0):
+        assert m.heartbeat("B", start) == []
+        m.tick(start + 1.8)
+    assert m.version == 2
+    # finally steady for a second: exactly one join
+    actions = beat(m, "B", 10.0, 11.6)
+    assert [type(a) for a in actions] == [PeerJoined, MembershipChanged]
+    assert m.member_ids == ("A", "B") and m.version == 3
+
+
+def test_goodbye_reason_is_reported():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    assert m.disconnected("B", 1.0, reason="goodbye")[0] == PeerLeft("B", "goodbye")
+
+
+def test_many_peers_dead_detection_is_deterministic():
+    m = Membership("A")
+    for p in "DCB":
+        m.profile_received(p, None, 0.0)
+    actions = m.tick(3.0)
+    assert [a.peer_id for a in actions if isinstance(a, PeerLeft)] == ["B", "C", "D"]
+    assert actions[-1] == MembershipChanged(6, ("A",))
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ProtoError):
+        MembershipConfig(suspect_after_s=3.0, dead_after_s=2.0)
