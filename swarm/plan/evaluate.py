@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from swarm.plan.errors import InfeasibleError
-from swarm.plan.estimate import estimate, goodput_rps
-from swarm.plan.orchestrate import RoutingShares, orchestrate
+from swarm.plan.estimate import Scenario
+from swarm.plan.orchestrate import Router, RoutingShares, flow_network, uniform_routing
 from swarm.plan.parallel import Deployment, configure
 from swarm.plan.problem import Problem
 from swarm.wire.plan import PLAN_FORMAT, Plan, Predicted, Routing
 
 ATTAINMENT_WEIGHT = 1e-3
 CAPACITY_WEIGHT = 1e-6
+GOODPUT_BISECTION_STEPS = 14
 MAX_REPORTED_S = 1e6  # an unbounded latency (overloaded group) is reported as this in the plan
 
 
@@ -71,12 +74,23 @@ def evaluate_deployments(problem: Problem, deployments: Sequence[Deployment]) ->
 
 def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluation:
     by_id = dict(enumerate(deployments))
+    network = flow_network(problem, by_id)
+    pairs = network.pairs()
+    scenario = Scenario(problem, by_id, pairs)
     try:
-        routing = orchestrate(problem, by_id)
+        if problem.orchestrate:
+            attainment = dict(zip(pairs, scenario.zero_load_attainment(), strict=True))
+            routing_at = Router.build(network, attainment).shares_at
+        else:
+            uniform = uniform_routing(network)
+            routing_at = lambda rate_rps: uniform  # noqa: E731
+        routing = routing_at(problem.rate_rps)
     except InfeasibleError:
         return Evaluation(0.0, 0.0, 0.0, None, deployments)
-    goodput = goodput_rps(problem, by_id, routing.prefill, routing.kv, routing.capacity_rps)
-    at_rate = estimate(problem, by_id, routing.prefill, routing.kv, problem.rate_rps)
+    kv_array = lambda shares: np.array([shares.kv.get(pair, 0.0) for pair in pairs])  # noqa: E731
+    goodput = goodput_rps(problem, lambda r: scenario.estimate(r, kv_array(routing_at(r)), with_p90=False)
+                          .slo_attainment, routing.capacity_rps)
+    at_rate = scenario.estimate(problem.rate_rps, kv_array(routing))
     capacity = routing.capacity_rps
     score = (goodput + ATTAINMENT_WEIGHT * at_rate.slo_attainment
              + CAPACITY_WEIGHT * min(capacity, 1e3))
@@ -88,6 +102,28 @@ def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluati
                 routing=wire_routing(routing), predicted=predicted)
     return Evaluation(score, goodput, at_rate.slo_attainment, plan, deployments, capacity,
                       at_rate.ttft_p90_s, at_rate.tpot_p90_s)
+
+
+def goodput_rps(problem: Problem, attainment_at: Callable[[float], float], capacity_rps: float) -> float:
+    """DistServe's goodput: the highest rate whose attainment reaches slo.attainment (bisection).
+
+    Attainment falls as the rate grows; the search runs on [capacity * 1e-4, 2 * capacity] and
+    returns 0 when even the lowest rate misses the target.
+    """
+    target = problem.slo.attainment
+    hi = 2.0 * capacity_rps if math.isfinite(capacity_rps) else 1e6
+    if attainment_at(hi) >= target:
+        return hi
+    lo = hi * 1e-4
+    if attainment_at(lo) < target:
+        return 0.0
+    for _ in range(GOODPUT_BISECTION_STEPS):
+        mid = math.sqrt(lo * hi) if hi > 4 * lo else (lo + hi) / 2
+        if attainment_at(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def wire_routing(shares: RoutingShares) -> Routing:

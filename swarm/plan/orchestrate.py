@@ -1,20 +1,22 @@
 """Orchestration: how requests are shared among prefill groups and KV among (prefill, decode) pairs.
 
 How it works (ThunderServe, MLSys 2025, section 4.3: a two-stage transportation problem, as an LP).
-For one request per second in all, x_p is the share of requests sent to prefill group p and y_pd the
-share whose KV goes from p to decode group d. Each group and link has a capacity in requests/s
-(prefill: 1 / mean prefill interval; decode: decode tokens/s within the TPOT target / mean output;
-link: bytes/s / mean KV bytes on the wire). The LP, solved with HiGHS:
+x_p is the share of requests sent to prefill group p, y_pd the share whose KV goes from p to decode
+group d. Each group and link has a capacity in requests/s (prefill: 1 / mean prefill interval;
+decode: decode tokens/s within the TPOT target / mean output; link: bytes/s / mean KV bytes), so at one
+request/s the utilisation of each tier is bounded by a variable v_P, v_D, v_N, v_B (B: colocated):
 
-    minimise   M * u + u_P + u_D + u_N + u_B + eps * sum_pd y_pd * kv_s_pd
-    subject to sum_p x_p = 1,   x_p = sum_d y_pd                          (flow conservation)
-               x_p <= u_P * cap_p,   sum_p y_pd <= u_D * cap_d,   y_pd <= u_N * link_pd
-               x_g / cap_g^prefill + x_g / cap_g^decode <= u_B      (a colocated group time-shares)
-               u_P, u_D, u_N, u_B <= u
+    sum_p x_p = 1,   x_p = sum_d y_pd                                       (flow conservation)
+    x_p <= v_P cap_p,   sum_p y_pd <= v_D cap_d,   y_pd <= v_N link_pd
+    x_g / cap_g^prefill + x_g / cap_g^decode <= v_B                          (a colocated group time-shares)
+    v_P, v_D, v_N, v_B <= v
 
-u is the utilisation of the busiest resource, so the rate the routing can carry is 1 / u; the sum of
-tier utilisations spreads load inside the tiers that are not the bottleneck; the eps term prefers fast
-KV links among equals. Everything scales with the rate, so the shares are the same at any rate.
+LP 1, capacity: minimise M v + sum of tier v + eps sum y_pd kv_s_pd. The busiest resource reaches
+utilisation 1 at rate 1 / v*: the plan's capacity. The tier sums spread load inside the other tiers.
+LP 2, routing at a rate r: the same rows, each tier's utilisation capped at U / r with
+U = max(RHO_TARGET, r v*) (queueing room), maximising sum y_pd a_pd - beta sum v, where a_pd is the
+share of requests pair (p, d) serves within both SLOs with no queueing (from the estimator): short
+prompts over slow links are fine, long ones are not. LP 2 is re-solved warm for each rate (bounds only).
 `problem.orchestrate = False` gives uniform routing instead (the ablation baseline).
 """
 
@@ -28,13 +30,17 @@ import highspy
 import numpy as np
 
 from swarm.plan.errors import InfeasibleError
-from swarm.plan.estimate import group_profile, pair_profile
+from swarm.plan.estimate import Scenario, group_profile, pair_profile
 from swarm.plan.parallel import Deployment
 from swarm.plan.problem import Problem
 
 BOTTLENECK_WEIGHT = 100.0  # M: the max utilisation first, then the tier sums
 LINK_COST_WEIGHT = 1e-4  # eps
+BALANCE_WEIGHT = 0.01  # beta, relative to the capacity LP's optimum
+RHO_TARGET = 0.8
 LP_TIME_LIMIT_S = 1.0
+_NO_PAIR = ("no (prefill, decode) pair to route through: a plan needs at least one prefill and one "
+            "decode group, or one colocated ('both') group")
 
 
 @dataclass(frozen=True)
@@ -49,14 +55,14 @@ class FlowNetwork:
 
     def pairs(self) -> list[tuple[int, int]]:
         """Every (prefill, decode) pair KV may take: prefill-only to decode-only, colocated to itself."""
-        pairs = [(p, d) for p in self.prefill_rps if p not in self.both
-                 for d in self.decode_rps if d not in self.both]
+        pairs = [(p, d) for p in sorted(self.prefill_rps) if p not in self.both
+                 for d in sorted(self.decode_rps) if d not in self.both]
         return pairs + [(g, g) for g in sorted(self.both)]
 
 
 @dataclass(frozen=True)
 class RoutingShares:
-    """Shares of all requests: per prefill group, per (prefill, decode) pair; and the rate they carry."""
+    """Shares of all requests per prefill group and per (prefill, decode) pair, and the plan's capacity."""
 
     prefill: dict[int, float]
     kv: dict[tuple[int, int], float]
@@ -80,25 +86,17 @@ def flow_network(problem: Problem, deployments: Mapping[int, Deployment]) -> Flo
 
 
 def orchestrate(problem: Problem, deployments: Mapping[int, Deployment]) -> RoutingShares:
-    """Routing shares for `deployments`: the LP, or uniform when `problem.orchestrate` is False."""
+    """Routing for `deployments` at problem.rate_rps: LP 2, or uniform when `problem.orchestrate` is False."""
     network = flow_network(problem, deployments)
-    return solve_routing(network) if problem.orchestrate else uniform_routing(network)
+    if not problem.orchestrate:
+        return uniform_routing(network)
+    attainment = Scenario(problem, deployments, network.pairs()).zero_load_attainment()
+    return Router.build(network, dict(zip(network.pairs(), attainment, strict=True))).shares_at(problem.rate_rps)
 
 
 def solve_routing(network: FlowNetwork) -> RoutingShares:
-    """The LP of the module docstring; InfeasibleError when no request can be served."""
-    pairs = network.pairs()
-    prefill_ids = sorted(network.prefill_rps)
-    if not pairs:
-        raise InfeasibleError("no (prefill, decode) pair to route through: a plan needs at least one prefill "
-                              "and one decode group, or one colocated ('both') group")
-    builder = _LpBuilder(prefill_ids, pairs)
-    builder.constraints(network)
-    values = builder.solve(network)
-    x, y, u = builder.unpack(values)
-    prefill = {p: x[i] for i, p in enumerate(prefill_ids)}
-    kv = {pair: y[k] for k, pair in enumerate(pairs) if y[k] > 1e-12}
-    return _normalised(prefill, kv, 1.0 / u if u > 0 else math.inf)
+    """LP 1 alone: the routing that maximises the rate the plan carries (min-max utilisation)."""
+    return Router.build(network).capacity_shares
 
 
 def uniform_routing(network: FlowNetwork) -> RoutingShares:
@@ -106,99 +104,143 @@ def uniform_routing(network: FlowNetwork) -> RoutingShares:
     pairs = network.pairs()
     senders = sorted({p for p, _ in pairs})
     if not senders:
-        raise InfeasibleError("no (prefill, decode) pair to route through: a plan needs at least one prefill "
-                              "and one decode group, or one colocated ('both') group")
+        raise InfeasibleError(_NO_PAIR)
     prefill = {p: (1.0 / len(senders) if p in senders else 0.0) for p in sorted(network.prefill_rps)}
     kv = {}
     for p in senders:
         partners = [d for q, d in pairs if q == p]
         for d in partners:
             kv[(p, d)] = prefill[p] / len(partners)
-    return _normalised(prefill, kv, carried_rps(network, prefill, kv))
+    return _normalised(prefill, kv, carried_rps(network, kv))
 
 
-def carried_rps(network: FlowNetwork, prefill: dict[int, float], kv: dict[tuple[int, int], float]) -> float:
+def carried_rps(network: FlowNetwork, kv: Mapping[tuple[int, int], float]) -> float:
     """The rate at which the busiest group or link of a routing reaches utilisation 1."""
-    loads = [prefill[p] / network.prefill_rps[p] for p in prefill if p not in network.both and prefill[p] > 0]
-    for d, cap in network.decode_rps.items():
-        if d not in network.both:
-            loads.append(sum(s for (_, q), s in kv.items() if q == d) / cap if cap > 0 else math.inf)
-    for g in network.both:
-        share = prefill.get(g, 0.0)
-        loads.append(share / network.prefill_rps[g] + share / network.decode_rps[g]
-                     if network.decode_rps[g] > 0 else math.inf)
+    sent: dict[int, float] = {}
+    received: dict[int, float] = {}
+    for (p, d), s in kv.items():
+        sent[p] = sent.get(p, 0.0) + s
+        received[d] = received.get(d, 0.0) + s
+    loads = [s / network.prefill_rps[p] for p, s in sent.items() if p not in network.both]
+    loads += [s * _inverse(network.decode_rps[d]) for d, s in received.items() if d not in network.both]
+    loads += [s * (_inverse(network.prefill_rps[g]) + _inverse(network.decode_rps[g]))
+              for g, s in sent.items() if g in network.both]
     loads += [s / network.link_rps[pair] for pair, s in kv.items() if pair in network.link_rps]
     busiest = max(loads, default=0.0)
     return 1.0 / busiest if busiest > 0 else math.inf
 
 
-class _LpBuilder:
-    """Columns: x_p..., y_pd..., u_P, u_D, u_N, u_B, u. Rows added as sparse (index, value) lists."""
+@dataclass(eq=False)
+class Router:
+    """LP 1 solved once, LP 2 kept in one HiGHS instance and re-solved for each rate."""
 
-    def __init__(self, prefill_ids: list[int], pairs: list[tuple[int, int]]) -> None:
-        self.prefill_ids, self.pairs = prefill_ids, pairs
-        self.num_x, self.num_y = len(prefill_ids), len(pairs)
-        self.rows: list[tuple[list[int], list[float], float, float]] = []
+    network: FlowNetwork
+    layout: _Layout
+    highs: highspy.Highs
+    capacity_shares: RoutingShares
+    unit_utilisation: float  # v* of LP 1
 
-    def x(self, p: int) -> int:
-        return self.prefill_ids.index(p)
+    @classmethod
+    def build(cls, network: FlowNetwork, pair_attainment: Mapping[tuple[int, int], float] | None = None) -> Router:
+        """Solve LP 1, then set LP 2's objective up (attainment per pair; 1 for every pair when None)."""
+        layout = _Layout(sorted(network.prefill_rps), network.pairs())
+        if not layout.pairs:
+            raise InfeasibleError(_NO_PAIR)
+        highs = _new_highs(layout.num_cols, layout.rows(network))
+        values = _solve(highs, layout.capacity_cost(network))
+        unit = float(values[layout.v(4)])
+        capacity = _normalised(*layout.unpack(values), 1.0 / unit if unit > 0 else math.inf)
+        attainment = [1.0 if pair_attainment is None else pair_attainment.get(pair, 0.0) for pair in layout.pairs]
+        cost = np.zeros(layout.num_cols)
+        cost[layout.num_x:layout.num_x + len(layout.pairs)] = -np.asarray(attainment)
+        cost[layout.v(0):layout.v(4)] = BALANCE_WEIGHT / max(unit, 1e-12)
+        highs.changeColsCost(layout.num_cols, np.arange(layout.num_cols, dtype=np.int32), cost)
+        return cls(network, layout, highs, capacity, unit)
 
-    def y(self, k: int) -> int:
-        return self.num_x + k
+    @property
+    def capacity_rps(self) -> float:
+        return self.capacity_shares.capacity_rps
 
-    def u(self, tier: int) -> int:
-        """0..3 = u_P, u_D, u_N, u_B; 4 = u."""
-        return self.num_x + self.num_y + tier
+    def shares_at(self, rate_rps: float) -> RoutingShares:
+        """LP 2 at `rate_rps`; past RHO_TARGET of capacity, the capacity routing itself."""
+        if not rate_rps > 0 or rate_rps * self.unit_utilisation >= RHO_TARGET:
+            return self.capacity_shares
+        bound = RHO_TARGET / rate_rps
+        tiers = np.arange(self.layout.v(0), self.layout.v(4), dtype=np.int32)
+        self.highs.changeColsBounds(len(tiers), tiers, np.zeros(len(tiers)), np.full(len(tiers), bound))
+        try:
+            values = _solve(self.highs, None)
+        except InfeasibleError:
+            return self.capacity_shares
+        return _normalised(*self.layout.unpack(values), self.capacity_rps)
 
-    def row(self, index: list[int], value: list[float], lower: float = -highspy.kHighsInf,
-            upper: float = 0.0) -> None:
-        self.rows.append((index, value, lower, upper))
 
-    def constraints(self, network: FlowNetwork) -> None:
-        self.row([self.x(p) for p in self.prefill_ids], [1.0] * self.num_x, 1.0, 1.0)
+@dataclass(frozen=True)
+class _Layout:
+    """Columns: x_p for each prefill-capable group, y_k for each pair, v_P, v_D, v_N, v_B, v."""
+
+    prefill_ids: list[int]
+    pairs: list[tuple[int, int]]
+
+    @property
+    def num_x(self) -> int:
+        return len(self.prefill_ids)
+
+    @property
+    def num_cols(self) -> int:
+        return self.num_x + len(self.pairs) + 5
+
+    def v(self, tier: int) -> int:
+        """0..3 = v_P, v_D, v_N, v_B; 4 = v."""
+        return self.num_x + len(self.pairs) + tier
+
+    def rows(self, network: FlowNetwork) -> list[tuple[list[int], list[float], float, float]]:
+        x = {p: i for i, p in enumerate(self.prefill_ids)}
+        y = {pair: self.num_x + k for k, pair in enumerate(self.pairs)}
+        inf = highspy.kHighsInf
+        rows = [(list(x.values()), [1.0] * self.num_x, 1.0, 1.0)]
         for p in self.prefill_ids:
-            out = [self.y(k) for k, (q, _) in enumerate(self.pairs) if q == p]
-            self.row([self.x(p)] + out, [1.0] + [-1.0] * len(out), 0.0, 0.0)
+            out = [y[pair] for pair in self.pairs if pair[0] == p]
+            rows.append(([x[p]] + out, [1.0] + [-1.0] * len(out), 0.0, 0.0))
             if p not in network.both:
-                self.row([self.x(p), self.u(0)], [1.0, -network.prefill_rps[p]])
-        for d, cap in network.decode_rps.items():
-            if d not in network.both:
-                into = [self.y(k) for k, (_, e) in enumerate(self.pairs) if e == d]
-                self.row(into + [self.u(1)], [1.0] * len(into) + [-cap])
-        for k, pair in enumerate(self.pairs):
+                rows.append(([x[p], self.v(0)], [1.0, -network.prefill_rps[p]], -inf, 0.0))
+        for d, cap in sorted(network.decode_rps.items()):
+            into = [y[pair] for pair in self.pairs if pair[1] == d and d not in network.both]
+            if into:
+                rows.append((into + [self.v(1)], [1.0] * len(into) + [-cap], -inf, 0.0))
+        for pair in self.pairs:
             if pair in network.link_rps:
-                self.row([self.y(k), self.u(2)], [1.0, -network.link_rps[pair]])
-        for g in network.both:
+                rows.append(([y[pair], self.v(2)], [1.0, -network.link_rps[pair]], -inf, 0.0))
+        for g in sorted(network.both):
             busy = _inverse(network.prefill_rps[g]) + _inverse(network.decode_rps[g])
-            self.row([self.x(g), self.u(3)], [busy, -1.0])
-        for tier in range(4):
-            self.row([self.u(tier), self.u(4)], [1.0, -1.0])
+            rows.append(([x[g], self.v(3)], [busy, -1.0], -inf, 0.0))
+        rows += [([self.v(t), self.v(4)], [1.0, -1.0], -inf, 0.0) for t in range(4)]
+        return rows
 
-    def solve(self, network: FlowNetwork) -> np.ndarray:
-        num_cols = self.num_x + self.num_y + 5
-        cost = np.zeros(num_cols)
-        cost[self.u(0):self.u(4)] = 1.0
-        cost[self.u(4)] = BOTTLENECK_WEIGHT
+    def capacity_cost(self, network: FlowNetwork) -> np.ndarray:
+        cost = np.zeros(self.num_cols)
         for k, pair in enumerate(self.pairs):
-            cost[self.y(k)] = LINK_COST_WEIGHT * network.link_cost_s.get(pair, 0.0)
-        return _solve_lp(cost, self.rows)
+            cost[self.num_x + k] = LINK_COST_WEIGHT * network.link_cost_s.get(pair, 0.0)
+        cost[self.v(0):self.v(4)] = 1.0
+        cost[self.v(4)] = BOTTLENECK_WEIGHT
+        return cost
 
-    def unpack(self, values: np.ndarray) -> tuple[list[float], list[float], float]:
-        x = [max(0.0, float(v)) for v in values[:self.num_x]]
-        y = [max(0.0, float(v)) for v in values[self.num_x:self.num_x + self.num_y]]
-        return x, y, float(values[self.u(4)])
+    def unpack(self, values: np.ndarray) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
+        prefill = {p: max(0.0, float(values[i])) for i, p in enumerate(self.prefill_ids)}
+        kv = {pair: float(values[self.num_x + k]) for k, pair in enumerate(self.pairs)
+              if values[self.num_x + k] > 1e-12}
+        return prefill, kv
 
 
-def _solve_lp(cost: np.ndarray, rows: list[tuple[list[int], list[float], float, float]]) -> np.ndarray:
-    """Minimise cost @ v over v >= 0 subject to the rows; InfeasibleError unless HiGHS says optimal."""
+def _new_highs(num_cols: int, rows: list[tuple[list[int], list[float], float, float]]) -> highspy.Highs:
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", LP_TIME_LIMIT_S)
     lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = len(cost), len(rows)
-    lp.col_cost_ = cost
-    lp.col_lower_ = np.zeros(len(cost))
-    lp.col_upper_ = np.full(len(cost), highspy.kHighsInf)
+    lp.num_col_, lp.num_row_ = num_cols, len(rows)
+    lp.col_cost_ = np.zeros(num_cols)
+    lp.col_lower_ = np.zeros(num_cols)
+    lp.col_upper_ = np.full(num_cols, highspy.kHighsInf)
     lp.row_lower_ = np.array([r[2] for r in rows])
     lp.row_upper_ = np.array([r[3] for r in rows])
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
@@ -206,6 +248,13 @@ def _solve_lp(cost: np.ndarray, rows: list[tuple[list[int], list[float], float, 
     lp.a_matrix_.index_ = np.array([i for r in rows for i in r[0]], dtype=np.int32)
     lp.a_matrix_.value_ = np.array([v for r in rows for v in r[1]], dtype=np.float64)
     h.passModel(lp)
+    return h
+
+
+def _solve(h: highspy.Highs, cost: np.ndarray | None) -> np.ndarray:
+    """Solve (with a new objective if given); InfeasibleError unless HiGHS reports an optimum."""
+    if cost is not None:
+        h.changeColsCost(len(cost), np.arange(len(cost), dtype=np.int32), cost)
     h.run()
     status = h.getModelStatus()
     if status != highspy.HighsModelStatus.kOptimal:
