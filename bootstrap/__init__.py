@@ -1,1 +1,1 @@
-"""The bootstrap/relay node and the deploy kit for rented boxes (issue 4)."""
+"""The bootstrap/relay node (`node.py`) and the deploy kit for rented boxes (`deploy/`) (issue 4)."""

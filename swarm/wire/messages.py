@@ -18,6 +18,7 @@ MAX_TEXT_CHARS = 1024
 MAX_U63 = 2**63 - 1
 MAX_RECORD_BYTES = 256 << 10
 MAX_KEY_BYTES = 1024
+MAX_PEERS_LISTED = 1024
 
 
 @message(40)
@@ -183,3 +184,30 @@ def check_text(name: str, value: object, max_chars: int) -> None:
 def check_bytes(name: str, value: object, max_bytes: int) -> None:
     if not isinstance(value, bytes) or len(value) > max_bytes:
         raise WireError(f"{name}: expected at most {max_bytes} bytes")
+
+
+@message(50)
+@dataclass(frozen=True)
+class PeerListRequest:
+    """Ask a peer (usually a bootstrap node) for the addresses of the peers it is connected to."""
+
+    max_peers: int = 64
+
+    def __post_init__(self) -> None:
+        if type(self.max_peers) is not int or not 1 <= self.max_peers <= MAX_PEERS_LISTED:
+            raise WireError(f"PeerListRequest.max_peers must be 1..{MAX_PEERS_LISTED}, got {self.max_peers!r}")
+
+
+@message(51)
+@dataclass(frozen=True)
+class PeerList:
+    """Full multiaddrs (ending in /p2p/<id>) of connected peers, as the answering peer saw them."""
+
+    addrs: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.addrs) > MAX_PEERS_LISTED:
+            raise WireError(f"PeerList holds at most {MAX_PEERS_LISTED} addresses, got {len(self.addrs)}")
+        for addr in self.addrs:
+            if not addr.startswith("/") or "/p2p/" not in addr or len(addr) > 512:
+                raise WireError(f"PeerList: {addr[:80]!r} is not a full multiaddr with /p2p/<peer id>")
