@@ -21,7 +21,14 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.tools.anyio_service import background_trio_service
 
 from swarm.net.host import Host, HostConfig, open_host
-from swarm.net.pubsub import TOPIC_ELECTION, TOPIC_HEARTBEAT, TOPIC_LOAD, TOPIC_PLAN, TOPIC_PROFILE, open_gossip
+from swarm.net.pubsub import (
+    TOPIC_ELECTION,
+    TOPIC_HEARTBEAT,
+    TOPIC_LOAD,
+    TOPIC_PLAN,
+    TOPIC_PROFILE,
+    open_gossip,
+)
 from swarm.net.rpc import serve_rpc
 from swarm.wire.messages import PeerList, PeerListRequest
 
