@@ -76,6 +76,8 @@ def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluati
     by_id = dict(enumerate(deployments))
     network = flow_network(problem, by_id)
     pairs = network.pairs()
+    if not pairs:
+        return Evaluation(0.0, 0.0, 0.0, None, deployments)
     scenario = Scenario(problem, by_id, pairs)
     try:
         if problem.orchestrate:

@@ -1,0 +1,88 @@
+"""The SLO estimator: monotone in rate and SLO, sensitive to links and KV format, and fast."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from swarm.plan.estimate import Scenario, _phi, estimate
+from swarm.plan.parallel import configure
+
+
+def _disaggregated(problem, hosts):
+    deployments = {0: configure(problem, hosts["a40-0"], "prefill"),
+                   1: configure(problem, hosts["a40-1"], "decode"),
+                   2: configure(problem, hosts["a6000-0"], "decode")}
+    pairs = [(0, 1), (0, 2)]
+    return Scenario(problem, deployments, pairs), np.array([0.5, 0.5])
+
+
+def test_attainment_falls_as_the_rate_grows(cloud32, llama30b, conv, make_problem, hosts_of):
+    scenario, shares = _disaggregated(make_problem(cloud32, llama30b, conv, slo_scale=2.0), hosts_of(cloud32))
+    rates = np.geomspace(0.01, 20, 40)
+    values = [scenario.estimate(r, shares, with_p90=False).slo_attainment for r in rates]
+    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:], strict=False))
+    assert values[0] > 0.9 and values[-1] < 0.05  # 20 req/s is far past one prefill replica
+
+
+def test_a_trickle_meets_the_zero_load_attainment(cloud32, llama30b, conv, make_problem, hosts_of):
+    scenario, shares = _disaggregated(make_problem(cloud32, llama30b, conv), hosts_of(cloud32))
+    zero_load = float(np.dot(shares, scenario.zero_load_attainment()))
+    assert scenario.estimate(1e-6, shares).slo_attainment == pytest.approx(zero_load, abs=1e-3)
+
+
+def test_looser_slo_never_lowers_attainment(cloud32, llama30b, conv, make_problem, hosts_of):
+    values = []
+    for scale in (0.5, 1.0, 2.0, 4.0):
+        scenario, shares = _disaggregated(make_problem(cloud32, llama30b, conv, slo_scale=scale), hosts_of(cloud32))
+        values.append(scenario.estimate(1.0, shares).slo_attainment)
+    assert values == sorted(values) and values[-1] > values[0]
+
+
+def test_four_bit_kv_helps_over_a_slow_link(llama30b, conv, make_problem, two_host_cluster):
+    cluster = two_host_cluster("A6000", "A6000", 4, 4, gbps=5)
+    results = {}
+    for bits in (16, 4):
+        problem = make_problem(cluster, llama30b, conv, kv_bits=bits)
+        deployments = {0: configure(problem, cluster.gpu_ids[:4], "prefill"),
+                       1: configure(problem, cluster.gpu_ids[4:], "decode")}
+        results[bits] = estimate(problem, deployments, {(0, 1): 1.0}, 0.5)
+    assert results[4].slo_attainment > results[16].slo_attainment
+    assert results[16].ttft_p90_s - results[4].ttft_p90_s > 1.0  # several seconds of fp16 KV at 5 Gbps
+
+
+def test_p90s_are_consistent_with_the_cost_model(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    scenario, shares = _disaggregated(problem, hosts_of(cloud32))
+    result = scenario.estimate(0.5, shares)
+    prefill = configure(problem, hosts_of(cloud32)["a40-0"], "prefill")
+    from swarm.plan.cost import group_cost
+
+    median_prefill_s = group_cost(problem, prefill).prefill_s(float(np.median(problem.lengths[0])))
+    assert result.ttft_p90_s > median_prefill_s
+    assert 0 < result.tpot_p90_s < problem.slo.tpot_s * 2
+
+
+def test_overloaded_colocated_group_misses_everything(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    deployments = {0: configure(problem, hosts_of(cloud32)["a40-0"], "both")}
+    result = estimate(problem, deployments, {(0, 0): 1.0}, 50.0)
+    assert result.slo_attainment == 0.0 and math.isinf(result.tpot_p90_s)
+
+
+def test_phi_matches_erf():
+    z = np.linspace(-5, 5, 101)
+    exact = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in z])
+    assert np.max(np.abs(_phi(z) - exact)) < 1e-6
+
+
+def test_one_estimate_takes_well_under_a_millisecond_on_average(cloud32, llama30b, conv, make_problem, hosts_of):
+    scenario, shares = _disaggregated(make_problem(cloud32, llama30b, conv), hosts_of(cloud32))
+    scenario.estimate(1.0, shares)
+    start = time.perf_counter()
+    for i in range(200):
+        scenario.estimate(0.5 + i * 0.01, shares, with_p90=False)
+    assert (time.perf_counter() - start) / 200 < 5e-3  # generous: the machine is shared

@@ -1,0 +1,92 @@
+"""evaluate(): valid wire plans, memoisation, dropped groups, orchestration against uniform routing."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarm.models import model_spec
+from swarm.plan.errors import InfeasibleError
+from swarm.plan.evaluate import ATTAINMENT_WEIGHT, evaluate, evaluate_deployments
+from swarm.plan.parallel import with_role
+from swarm.plan.validate import check_problem, validate_plan
+from swarm.wire.plan import Plan
+
+
+def _cloud_grouping(hosts):
+    return [(hosts["a6000-0"], "prefill"), (hosts["a6000-1"], "decode"), (hosts["a40-0"], "prefill"),
+            (hosts["a40-1"], "decode"), (hosts["a5000-0"], "decode"), (hosts["a5000-1"] + hosts["a5000-2"], "decode"),
+            (hosts["3090ti-0"], "prefill"), (hosts["3090ti-1"] + hosts["3090ti-2"], "decode")]
+
+
+def test_evaluate_gives_a_valid_scored_plan(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv, rate_rps=1.0, slo_scale=2.0)
+    result = evaluate(problem, _cloud_grouping(hosts_of(cloud32)))
+    assert result.is_feasible and result.goodput_rps > 0
+    validate_plan(result.plan, cloud32, llama30b)
+    assert result.plan.epoch == 0 and result.plan.model == "llama-30b"
+    assert sum(result.plan.routing.prefill.values()) == pytest.approx(1.0)
+    assert sum(s for _, _, s in result.plan.routing.kv) == pytest.approx(1.0)
+    assert result.score >= result.goodput_rps + ATTAINMENT_WEIGHT * result.slo_attainment
+    assert result.plan.predicted.goodput_rps == result.goodput_rps
+    assert Plan.from_json(result.plan.to_json()) == result.plan
+
+
+def test_evaluate_is_memoised_and_order_free(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    grouping = _cloud_grouping(hosts_of(cloud32))
+    first = evaluate(problem, grouping)
+    again = evaluate(problem, [(list(reversed(ids)), role) for ids, role in reversed(grouping)])
+    assert again is first
+
+
+def test_groups_that_cannot_hold_the_model_are_dropped(cloud32, llama30b, conv, make_problem, hosts_of):
+    hosts = hosts_of(cloud32)
+    problem = make_problem(cloud32, llama30b, conv)
+    result = evaluate(problem, [(hosts["a40-0"], "prefill"), (hosts["a40-1"], "decode"), (["a5000-1/0"], "decode")])
+    assert result.is_feasible and len(result.deployments) == 2
+    assert "a5000-1/0" not in result.plan.gpu_ids
+
+
+def test_no_decode_capacity_scores_zero(cloud32, llama30b, conv, make_problem, hosts_of):
+    hosts = hosts_of(cloud32)
+    result = evaluate(make_problem(cloud32, llama30b, conv), [(hosts["a40-0"], "prefill"), (hosts["a40-1"], "prefill")])
+    assert result.score == 0.0 and result.plan is None
+
+
+def test_orchestration_beats_uniform_routing(cloud32, llama30b, conv, make_problem, hosts_of):
+    grouping = _cloud_grouping(hosts_of(cloud32))
+    scores = {flag: evaluate(make_problem(cloud32, llama30b, conv, rate_rps=1.0, slo_scale=2.0,
+                                          orchestrate=flag), grouping) for flag in (True, False)}
+    assert scores[True].goodput_rps > 1.2 * scores[False].goodput_rps
+
+
+def test_colocated_groups_keep_their_own_kv(cloud32, llama30b, conv, make_problem, hosts_of):
+    hosts = hosts_of(cloud32)
+    problem = make_problem(cloud32, llama30b, conv)
+    result = evaluate(problem, [(hosts["a40-0"], "both"), (hosts["a6000-0"], "both")])
+    assert all(p == d for p, d, _ in result.plan.routing.kv)
+    validate_plan(result.plan, cloud32, llama30b)
+
+
+def test_flipping_roles_reuses_the_deployments(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    base = evaluate(problem, _cloud_grouping(hosts_of(cloud32)))
+    flipped = [with_role(d, "decode" if d.role == "prefill" else "prefill") for d in base.deployments]
+    result = evaluate_deployments(problem, flipped)
+    assert [g.stages for g in result.plan.groups] == [g.stages for g in base.plan.groups]
+    assert {g.role for g in result.plan.groups} == {"prefill", "decode"}
+
+
+def test_a_model_that_fits_nowhere_is_reported_with_its_size(conv, make_problem):
+    from swarm.hardware import load_cluster
+
+    problem = make_problem(load_cluster("mixed-4"), model_spec("llama-65b"), conv)
+    with pytest.raises(InfeasibleError, match=r"llama-65b needs 13\d GB .*add GPUs or use a smaller model"):
+        check_problem(problem)
+
+
+def test_an_impossible_tpot_is_reported(cloud32, llama30b, conv, make_problem):
+    problem = make_problem(cloud32, llama30b, conv, slo_scale=0.01)
+    with pytest.raises(InfeasibleError, match="TPOT target .* raise the TPOT target"):
+        check_problem(problem)
+    check_problem(make_problem(cloud32, llama30b, conv))  # the base SLO is reachable
