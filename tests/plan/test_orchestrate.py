@@ -7,7 +7,14 @@ import math
 import pytest
 
 from swarm.plan.errors import InfeasibleError
-from swarm.plan.orchestrate import FlowNetwork, Router, carried_rps, orchestrate, solve_routing, uniform_routing
+from swarm.plan.orchestrate import (
+    FlowNetwork,
+    Router,
+    carried_rps,
+    orchestrate,
+    solve_routing,
+    uniform_routing,
+)
 from swarm.plan.parallel import configure
 
 
