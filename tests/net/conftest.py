@@ -1,0 +1,25 @@
+"""Fixtures for networking tests: real hosts on 127.0.0.1 with identities in a tmp dir."""
+
+import itertools
+
+import pytest
+
+from swarm.net.host import HostConfig
+from swarm.wire.hardware import HardwareProfile
+
+
+@pytest.fixture
+def host_config(tmp_path):
+    """host_config(**overrides) -> a HostConfig with a fresh identity file under tmp_path."""
+    counter = itertools.count()
+
+    def make(**overrides) -> HostConfig:
+        overrides.setdefault("identity_path", tmp_path / f"identity-{next(counter)}.key")
+        return HostConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), **overrides)
+
+    return make
+
+
+def profile(peer_id: str) -> HardwareProfile:
+    return HardwareProfile(peer_id=peer_id, host="box", gpu="A40", num_gpus=1, tflops=150.0, memory_gb=48.0,
+                           memory_bandwidth_gbs=696.0, is_emulated=True)
