@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from sims.errors import SimError
 from swarm.plan.evaluate import Evaluation, evaluate
 from swarm.plan.problem import Problem
-from swarm.plan.search import plan as search_plan
+from swarm.plan.search import default_evaluations
+from swarm.plan.search import plan as _search
 from swarm.wire.plan import Plan
 
 SYSTEMS = ("swarm", "swarm-kv16", "swarm-uniform", "hexgen-like", "vllm-like", "distserve-like")
@@ -39,8 +40,13 @@ class Planned:
 
 
 def plan_system(system: str, problem: Problem, *, budget_s: float = 2.0, seed: int = 0, tp: int = 2) -> Planned:
-    """Plan `problem` the way `system` would (see the module docstring)."""
+    """Plan `problem` the way `system` would (see the module docstring).
+
+    Searches run a fixed number of evaluations (what `budget_s` buys on the reference machine), with
+    a generous wall-clock cap, so that a busy machine does not change the plan.
+    """
     start = time.perf_counter()
+    search_plan = _fixed_effort(budget_s)
     if system == "swarm":
         evaluation = search_plan(problem, budget_s=budget_s, seed=seed).best
     elif system == "swarm-kv16":
@@ -60,6 +66,14 @@ def plan_system(system: str, problem: Problem, *, budget_s: float = 2.0, seed: i
     if evaluation.plan is None:
         raise SimError(f"{system} found no feasible plan for {problem.model.name} on {problem.cluster.name}")
     return Planned(system, problem, evaluation, time.perf_counter() - start)
+
+
+def _fixed_effort(budget_s: float):
+    def run(problem: Problem, *, budget_s: float, seed: int, allowed_roles=("prefill", "decode")):
+        evaluations = default_evaluations(budget_s, problem.cluster.num_gpus)
+        return _search(problem, budget_s=20 * budget_s, seed=seed, allowed_roles=allowed_roles,
+                       max_evaluations=evaluations)
+    return run
 
 
 def vllm_like(problem: Problem, tp: int) -> Evaluation:

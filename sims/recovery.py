@@ -1,0 +1,98 @@
+"""Re-planning policies during a run, and how fast SLO attainment recovers after an event.
+
+Costs of a re-plan in simulated time (assumptions, stated in docs/simulator.md):
+  * planner time: the planner's measured wall time on this machine;
+  * lightweight (ThunderServe section 4.4): roles flip in place, no weights move (FLIP_S);
+  * full: each GPU loads the weight bytes Kuhn-Munkres matching could not keep in place
+    (`swarm.plan.match_migration`) at LOAD_GBPS, after an engine restart (ENGINE_START_S).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sims.cluster_sim import ClusterSim
+from sims.ledger import Ledger, meets_slo
+from swarm.plan import match_migration, replan
+from swarm.plan import plan as search_plan
+from swarm.plan.problem import Problem
+from swarm.wire.plan import Plan
+
+LOAD_GBPS = 8.0  # weights from local NVMe or a peer, about 1 GB/s per GPU
+ENGINE_START_S = 20.0  # process start, CUDA context, allocator warm-up
+FLIP_S = 0.1  # switching a replica's phase: drain bookkeeping only
+
+
+@dataclass(frozen=True)
+class Replanned:
+    plan: Plan
+    planner_s: float
+    reload_s: float
+    kind: str
+
+
+def lightweight(problem: Problem, current: Plan) -> Replanned:
+    """Keep the surviving groups, re-decide roles and routing (no weights move)."""
+    start = time.perf_counter()
+    evaluation = replan(problem, current)
+    return Replanned(evaluation.plan, time.perf_counter() - start, 0.0, "lightweight")
+
+
+def full(problem: Problem, current: Plan, *, budget_s: float, seed: int = 0) -> Replanned:
+    """A new search on the problem's cluster; GPUs then load what the migration could not keep."""
+    start = time.perf_counter()
+    new = search_plan(problem, budget_s=budget_s, seed=seed).best.plan.with_epoch(current.epoch + 1)
+    migration = match_migration(current, new, problem.model, available=problem.cluster.gpu_ids)
+    planner_s = time.perf_counter() - start
+    return Replanned(migration.plan, planner_s, reload_time_s(migration.loads), "full")
+
+
+def reload_time_s(loads) -> float:
+    """Time until every GPU has its new weights: the largest per-GPU load, plus an engine restart."""
+    if not loads:
+        return 0.0
+    return ENGINE_START_S + max(load.num_bytes for load in loads) * 8 / (LOAD_GBPS * 1e9)
+
+
+def full_reload_s(problem: Problem, plan: Plan) -> float:
+    """Restart-based recovery: every GPU loads its whole shard."""
+    per_gpu = max(problem.model.stage_weight_bytes(*s.layers) / g.tp for g in plan.groups for s in g.stages)
+    return ENGINE_START_S + per_gpu * 8 / (LOAD_GBPS * 1e9)
+
+
+def install(sim: ClusterSim, at_s: float, replanned: Replanned) -> float:
+    """Schedule the new plan once the planner is done; returns when it starts serving (incl. reload)."""
+    ready_s = at_s + replanned.planner_s
+    sim.replan_at(ready_s, replanned.plan, reload_s=replanned.reload_s, flip_s=FLIP_S)
+    return ready_s + replanned.reload_s
+
+
+def recovery_time_s(ledger: Ledger, ttft_s: float, tpot_s: float, event_s: float, *,
+                    window_s: float = 10.0, share: float = 0.9, before_s: float = 60.0,
+                    end_s: float | None = None) -> tuple[float, float]:
+    """(seconds after `event_s` from which every `window_s` window of arrivals meets the SLO at `share`
+    of the pre-event attainment (over the `before_s` before the event), that pre-event attainment).
+
+    Windows start at each arrival after the event and must end by `end_s` (default: the last arrival);
+    0 if no window after the event falls short, inf if the last one still does.
+    """
+    ok = meets_slo(ledger, ttft_s, tpot_s).astype(np.float64)
+    t = ledger.arrival_s
+    end_s = float(t[-1]) if end_s is None else end_s
+    pre = (t >= event_s - before_s) & (t < event_s)
+    baseline = float(ok[pre].mean()) if pre.any() else 1.0
+    after = np.flatnonzero((t >= event_s) & (t + window_s <= end_s))
+    if len(after) == 0:
+        return 0.0, baseline
+    cum = np.concatenate(([0.0], np.cumsum(ok)))
+    ends = np.searchsorted(t, t[after] + window_s)
+    attainment = (cum[ends] - cum[after]) / np.maximum(ends - after, 1)
+    bad = np.flatnonzero(attainment < share * baseline)
+    if len(bad) == 0:
+        return 0.0, baseline
+    if bad[-1] == len(after) - 1:
+        return float("inf"), baseline
+    return float(t[after[bad[-1] + 1]] - event_s), baseline
