@@ -1,21 +1,22 @@
 """The SLO estimator: TTFT/TPOT attainment of deployments under a routing, in well under a millisecond.
 
-How it works (DistServe, OSDI 2024, section 4: per-phase queueing models):
-  * Prompts are represented by NUM_QUANTILES quantiles of the problem's length sample; prefill latency
-    and KV transfer time both grow with the prompt, so a request's unqueued TTFT is a per-quantile array.
+How it works (DistServe, OSDI 2024, section 4: per-phase queueing models), over a fixed sample of
+NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
   * Prefill group p receives Poisson arrivals at rate * x_p; it is an M/G/1 queue whose service time is
-    the pipeline's prefill interval (P-K mean wait Wq = lam E[S^2] / 2(1-rho)), with the wait taken as
-    P(W <= t) = 1 - rho exp(-t rho / Wq). A request meets TTFT when wait + prefill latency + KV transfer
-    (plus that link's M/D/1 wait) <= the target. The KV transfer counts in TTFT because the first token
-    reaches the client from the decode replica.
+    the pipeline's prefill interval (P-K mean wait Wq = lam E[S^2] / 2(1-rho)), the wait taken as
+    P(W <= t) = 1 - rho exp(-t rho / Wq). TTFT = wait + prefill latency: the prefill replica computes
+    the first token and sends it to the entry peer itself (as in DistServe, and as the simulator counts).
   * Decode group d holds N sequences on average, by Little's law the fixed point
-    N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context).
-    The number decoding is about Poisson, so P(TPOT met) = Phi((N_lim - N) / sqrt(N)), with N_lim the
-    largest batch within TPOT and KV memory. No fixed point within memory = overloaded = 0.
-  * A colocated ('both') group time-shares: its decode steps stretch by 1 / (1 - rho_prefill) and a
-    prefill also waits half a decode step on average.
-  * Attainment = sum over pairs of y_pd * P(TTFT met | p, d) * P(TPOT met | d).
-Everything for one rate is a handful of numpy operations over (pairs, quantiles) and (groups, grid).
+    N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context);
+    the number decoding is about Poisson (sd sqrt N). A request's mean TPOT is step(N) plus its KV
+    transfer (and that link's M/D/1 wait) spread over its o - 1 later tokens; linearising step around N:
+        P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / (step'(N) sqrt N)) * Phi((N_mem - N) / sqrt N)
+    No fixed point within KV memory = overloaded = 0.
+  * A colocated ('both') group time-shares: steps stretch by 1 / (1 - rho_prefill) in the fixed point,
+    a prefill waits half a decode step, and each request's own prefill stalls (compound Poisson over
+    its decode lifetime) must fit in o * (TPOT - step).
+  * Attainment = sum over pairs of y_pd * mean over requests of P(TTFT met) * P(TPOT met).
+Everything for one rate is a few numpy operations over (active pairs, requests) and (groups, grid).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from swarm.plan.cost import group_cost, kv_link, kv_wire_bytes
 from swarm.plan.parallel import Deployment
 from swarm.plan.problem import Problem
 
-NUM_QUANTILES = 100
+NUM_REQUESTS = 512  # requests of the length sample the estimator follows one by one
 GRID_POINTS = 64
 _Z90 = 1.2816  # standard normal 90th percentile
 
@@ -40,8 +41,8 @@ _Z90 = 1.2816  # standard normal 90th percentile
 class GroupProfile:
     """Rate-independent figures of one deployment over the problem's length sample."""
 
-    prefill_s: np.ndarray  # (NUM_QUANTILES,) latency of each prompt quantile
-    mean_service_s: float  # E[prefill interval] over the sample
+    prefill_s: np.ndarray  # (NUM_REQUESTS,) prefill latency of each sampled request
+    mean_service_s: float  # E[prefill interval] over the whole sample
     service_moment2_s2: float  # E[prefill interval^2]
     batch_grid: np.ndarray  # (GRID_POINTS,) mean number of decoding sequences
     step_grid_s: np.ndarray  # (GRID_POINTS,) decode step at that batch (time-weighted mean context)
@@ -52,7 +53,7 @@ class GroupProfile:
 
 @dataclass(frozen=True, eq=False)
 class PairProfile:
-    kv_s: np.ndarray  # (NUM_QUANTILES,) KV transfer time of each prompt quantile
+    kv_s: np.ndarray  # (NUM_REQUESTS,) KV transfer time of each sampled request
     link_rps: float  # requests/s the link carries at utilisation 1
     mean_kv_s: float
 
@@ -67,13 +68,10 @@ class Estimate:
 _PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def prompt_quantiles(problem: Problem) -> np.ndarray:
-    """NUM_QUANTILES prompt lengths standing for the workload (midpoint quantiles of its sample)."""
-    cache = _PROFILES.setdefault(problem, {})
-    if "quantiles" not in cache:
-        levels = (np.arange(NUM_QUANTILES) + 0.5) / NUM_QUANTILES
-        cache["quantiles"] = np.quantile(problem.lengths[0], levels)
-    return cache["quantiles"]
+def request_sample(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, output) token arrays of the NUM_REQUESTS requests the estimator follows."""
+    prompts, outputs = problem.lengths
+    return prompts[:NUM_REQUESTS], outputs[:NUM_REQUESTS]
 
 
 def group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
@@ -94,7 +92,7 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
     grid = np.concatenate(([0.0], np.geomspace(0.05, max(max_batch, 0.1) * 1.05, GRID_POINTS - 1)))
     mean_service = float(service.mean())
     return GroupProfile(
-        prefill_s=np.asarray(cost.prefill_s(prompt_quantiles(problem))), mean_service_s=mean_service,
+        prefill_s=np.asarray(cost.prefill_s(request_sample(problem)[0])), mean_service_s=mean_service,
         service_moment2_s2=float((service * service).mean()), batch_grid=grid,
         step_grid_s=np.asarray(cost.decode_step_s(grid, grid * context)), max_batch=max_batch,
         prefill_rps=1.0 / mean_service,
@@ -106,13 +104,13 @@ def pair_profile(problem: Problem, prefill: Deployment, decode: Deployment) -> P
     cache = _PROFILES.setdefault(problem, {})
     key = ("pair", prefill.stages, decode.stages)
     if key not in cache:
-        quantiles = prompt_quantiles(problem)
+        prompts = request_sample(problem)[0]
         if prefill.stages == decode.stages:
-            cache[key] = PairProfile(kv_s=np.zeros_like(quantiles), link_rps=math.inf, mean_kv_s=0.0)
+            cache[key] = PairProfile(kv_s=np.zeros_like(prompts), link_rps=math.inf, mean_kv_s=0.0)
         else:
             gbps, latency_s = kv_link(problem, prefill, decode)
             mean_bytes = float(kv_wire_bytes(problem.model, problem.mean_prompt_tokens, problem.kv_bits))
-            kv_s = kv_wire_bytes(problem.model, quantiles, problem.kv_bits) * 8 / (gbps * 1e9) + latency_s
+            kv_s = kv_wire_bytes(problem.model, prompts, problem.kv_bits) * 8 / (gbps * 1e9) + latency_s
             cache[key] = PairProfile(kv_s=kv_s, link_rps=gbps * 1e9 / 8 / mean_bytes,
                                      mean_kv_s=mean_bytes * 8 / (gbps * 1e9) + latency_s)
     return cache[key]
@@ -129,6 +127,8 @@ class Scenario:
         profiles = [group_profile(problem, deployments[g]) for g in self.ids]
         pair_profiles = [pair_profile(problem, deployments[p], deployments[d]) for p, d in pairs]
         self.is_both = np.array([deployments[g].role == "both" for g in self.ids])
+        self.has_both = bool(self.is_both.any())
+        self.rows = np.arange(len(self.ids))
         self.pair_p = np.array([index[p] for p, _ in pairs], dtype=np.int64)
         self.pair_d = np.array([index[d] for _, d in pairs], dtype=np.int64)
         self.mean_service_s = np.array([pr.mean_service_s for pr in profiles])
@@ -136,73 +136,94 @@ class Scenario:
         self.batch_grid = np.stack([pr.batch_grid for pr in profiles])
         self.step_grid_s = np.stack([pr.step_grid_s for pr in profiles])
         self.max_batch = np.array([pr.max_batch for pr in profiles])
-        self.unqueued_ttft_s = np.stack([profiles[index[p]].prefill_s + pp.kv_s
-                                         for (p, _), pp in zip(pairs, pair_profiles, strict=True)])
+        self.prefill_s = np.stack([pr.prefill_s for pr in profiles])  # (groups, requests)
+        self.kv_s = np.stack([pp.kv_s for pp in pair_profiles])  # (pairs, requests)
         self.link_rps = np.array([pp.link_rps for pp in pair_profiles])
         self.mean_kv_s = np.array([pp.mean_kv_s for pp in pair_profiles])
-        self.prefill_rps = np.array([pr.prefill_rps for pr in profiles])
-        self.decode_rps = np.array([pr.decode_rps for pr in profiles])
+        self.outputs = request_sample(problem)[1]
+        self.per_token = 1.0 / np.maximum(self.outputs - 1, 1)  # spreads a delay over the later tokens
         self.mean_output_tokens = float(problem.lengths[1].mean())
 
     def zero_load_attainment(self) -> np.ndarray:
         """(pairs,) share of requests each pair would serve within both SLOs with no queueing."""
         slo = self.problem.slo
-        ttft_ok = (self.unqueued_ttft_s <= slo.ttft_s).mean(axis=1)
-        tpot_ok = self.step_grid_s[:, 1] <= slo.tpot_s
-        return ttft_ok * tpot_ok[self.pair_d]
+        ttft_ok = self.prefill_s[self.pair_p] <= slo.ttft_s
+        tpot_ok = self.step_grid_s[self.pair_d, :1] + self.kv_s * self.per_token <= slo.tpot_s
+        return (ttft_ok & tpot_ok).mean(axis=1)
 
     def estimate(self, rate_rps: float, kv_shares: np.ndarray, *, with_p90: bool = True) -> Estimate:
         """Attainment (and p90 TTFT/TPOT) at `rate_rps` when pair k carries kv_shares[k] of requests."""
-        slo = self.problem.slo
-        n = len(self.ids)
-        prefill_rate = rate_rps * np.bincount(self.pair_p, weights=kv_shares, minlength=n)
-        decode_rate = rate_rps * np.bincount(self.pair_d, weights=kv_shares, minlength=n)
+        slo, n = self.problem.slo, len(self.ids)
+        active = np.flatnonzero(kv_shares > 0)
+        shares, pair_p, pair_d = kv_shares[active], self.pair_p[active], self.pair_d[active]
+        prefill_rate = rate_rps * np.bincount(pair_p, weights=shares, minlength=n)
+        decode_rate = rate_rps * np.bincount(pair_d, weights=shares, minlength=n)
         rho = prefill_rate * self.mean_service_s
+        link_rho = rate_rps * shares / self.link_rps[active]
         with np.errstate(divide="ignore", invalid="ignore"):
             wait_s = np.where(rho < 1, prefill_rate * self.moment2_s2 / (2 * (1 - rho)), np.inf)
+            link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s[active] / (2 * (1 - link_rho)), np.inf)
             stretch = np.where(self.is_both, 1.0 / np.maximum(1.0 - rho, 1e-12), 1.0)
-        tpot_ok, tpot_p90_s, mean_step_s = self._decode(decode_rate, stretch, slo.tpot_s)
-        tpot_ok = np.where(self.is_both & (rho >= 1), 0.0, tpot_ok)
-        link_rho = rate_rps * kv_shares / self.link_rps
-        with np.errstate(divide="ignore", invalid="ignore"):
-            link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s / (2 * (1 - link_rho)), np.inf)
-            colocated_wait_s = np.where(self.is_both, np.nan_to_num(mean_step_s / 2, posinf=np.inf), 0.0)
-        fixed_s = self.unqueued_ttft_s + (link_wait_s + colocated_wait_s[self.pair_p])[:, None]
-        ttft_ok = _wait_cdf(rho[self.pair_p], wait_s[self.pair_p], slo.ttft_s - fixed_s).mean(axis=1)
-        attained = float(np.sum(kv_shares * ttft_ok * tpot_ok[self.pair_d]))
+        decode = self._decode(decode_rate, stretch)
+        delay_s = (self.kv_s[active] + link_wait_s[:, None]) * self.per_token  # (active, requests)
+        ttft_fixed_s = self.prefill_s[pair_p]
+        if self.has_both:
+            ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
+        ttft_ok = _wait_cdf(rho[pair_p], wait_s[pair_p], slo.ttft_s - ttft_fixed_s)
+        spread = decode.slope * np.sqrt(decode.batch)
+        tpot_ok = _phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
+        tpot_ok = tpot_ok * decode.ok[pair_d, None]
+        if self.has_both:
+            stalls_ok = self._stalls_ok(prefill_rate, decode.step_s, stretch)
+            tpot_ok = tpot_ok * np.where(self.is_both[pair_d, None], stalls_ok[pair_d], 1.0)
+        attained = min(float(np.dot(shares, (ttft_ok * tpot_ok).mean(axis=1))), 1.0)
         if not with_p90:
-            return Estimate(min(attained, 1.0), math.nan, math.nan)
-        ttft_values = fixed_s + _wait_p90_s(rho, wait_s)[self.pair_p][:, None]
-        ttft_p90 = _weighted_p90(ttft_values.ravel(), np.repeat(kv_shares, ttft_values.shape[1]))
-        tpot_p90 = _weighted_p90(tpot_p90_s, np.bincount(self.pair_d, weights=kv_shares, minlength=n))
-        return Estimate(min(attained, 1.0), ttft_p90, tpot_p90)
+            return Estimate(attained, math.nan, math.nan)
+        weights = np.repeat(shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
+        ttft_p90 = _weighted_p90((ttft_fixed_s + _wait_p90_s(rho, wait_s)[pair_p, None]).ravel(), weights)
+        tpot_values = (decode.step_s * stretch + _Z90 * spread)[pair_d, None] + delay_s
+        tpot_p90 = _weighted_p90(np.where(decode.ok[pair_d, None] > 0, tpot_values, np.inf).ravel(), weights)
+        return Estimate(attained, ttft_p90, tpot_p90)
 
-    def _decode(self, rate_rps: np.ndarray, stretch: np.ndarray, tpot_s: float):
-        """Per group: P(TPOT met), p90 step and mean step at the Little's-law batch (arrays over groups)."""
-        grid, steps = self.batch_grid, self.step_grid_s * stretch[:, None]
-        demand = (rate_rps * self.mean_output_tokens)[:, None] * steps - grid  # > 0 below the fixed point
-        settled = demand <= 0
-        k = np.argmax(settled, axis=1)
-        stable = settled.any(axis=1) & (k > 0)
+    def _decode(self, rate_rps: np.ndarray, stretch: np.ndarray) -> _DecodeState:
+        """Per group: the Little's-law batch (steps stretched by colocated prefills), step and slope there."""
+        grid, rows = self.batch_grid, self.rows
+        demand = (rate_rps * self.mean_output_tokens * stretch)[:, None] * self.step_grid_s - grid
+        k = np.argmax(demand <= 0, axis=1)  # first grid batch at or past the fixed point (0 if none)
+        stable = (k > 0) & (demand[rows, k] <= 0)
         k = np.maximum(k, 1)
-        rows = np.arange(len(k))
         d_lo, d_hi = demand[rows, k - 1], demand[rows, k]
-        batch = grid[rows, k - 1] + (grid[rows, k] - grid[rows, k - 1]) * d_lo / np.where(stable, d_lo - d_hi, 1)
-        batch = np.where(rate_rps > 0, batch, 0.0)
-        stable = (stable | (rate_rps <= 0)) & (batch <= self.max_batch)
-        within = steps <= tpot_s
-        j = np.maximum(np.argmin(within, axis=1) - 1, 0)  # last grid point within TPOT
-        all_within = within.all(axis=1)
-        j = np.where(all_within, grid.shape[1] - 2, j)
-        s_lo, s_hi = steps[rows, j], steps[rows, j + 1]
-        frac = np.clip((tpot_s - s_lo) / np.maximum(s_hi - s_lo, 1e-15), 0.0, 1.0)
-        limit = np.where(within[:, 0], grid[rows, j] + frac * (grid[rows, j + 1] - grid[rows, j]), -1.0)
-        limit = np.minimum(limit, self.max_batch)
-        z = (limit - batch) / np.sqrt(np.maximum(batch, 1e-9))
-        ok = np.where(stable & (limit > 0), _phi(z), 0.0)
-        p90 = _interp_rows(batch + _Z90 * np.sqrt(batch), grid, steps)
-        mean = _interp_rows(batch, grid, steps)
-        return ok, np.where(stable, p90, np.inf), np.where(stable, mean, np.inf)
+        frac = d_lo / np.where(stable, d_lo - d_hi, 1.0)
+        idle = rate_rps <= 0
+        batch = np.where(idle, 0.0, grid[rows, k - 1] + (grid[rows, k] - grid[rows, k - 1]) * frac)
+        lo_s, hi_s = self.step_grid_s[rows, k - 1], self.step_grid_s[rows, k]
+        step_s = np.where(idle, self.step_grid_s[:, 0], lo_s + (hi_s - lo_s) * frac)
+        slope = (hi_s - lo_s) / (grid[rows, k] - grid[rows, k - 1])
+        stable = (stable | idle) & (batch <= self.max_batch)
+        memory_ok = _phi(_ratio(self.max_batch - batch, np.sqrt(batch)))
+        return _DecodeState(batch=batch, step_s=step_s, slope=slope, ok=np.where(stable, memory_ok, 0.0))
+
+    def _stalls_ok(self, prefill_rate: np.ndarray, step_s: np.ndarray, stretch: np.ndarray) -> np.ndarray:
+        """(groups, requests): P(a colocated request's own prefill stalls fit in o * (TPOT - step)).
+
+        A request decodes for D = o * step * stretch seconds, during which its group's prefills (Poisson
+        at the group's prefill rate, service S) stall it: their total is about normal with mean
+        lam D E[S] and variance lam D E[S^2].
+        """
+        outputs = self.outputs[None, :]
+        lifetime_s = outputs * (step_s * stretch)[:, None]
+        budget_s = outputs * (self.problem.slo.tpot_s - step_s[:, None])
+        mean_s = (prefill_rate * self.mean_service_s)[:, None] * lifetime_s
+        std_s = np.sqrt(prefill_rate[:, None] * self.moment2_s2[:, None] * lifetime_s)
+        return _phi(_ratio(budget_s - mean_s, std_s))
+
+
+@dataclass(frozen=True)
+class _DecodeState:
+    batch: np.ndarray  # mean decoding sequences per group
+    step_s: np.ndarray  # decode step at that batch (not stretched)
+    slope: np.ndarray  # d step / d batch there
+    ok: np.ndarray  # P(the batch is stable and fits in KV memory)
 
 
 def estimate(problem: Problem, deployments: Mapping[int, Deployment], kv_shares: Mapping[tuple[int, int], float],
@@ -211,6 +232,16 @@ def estimate(problem: Problem, deployments: Mapping[int, Deployment], kv_shares:
     pairs = sorted(kv_shares)
     scenario = Scenario(problem, deployments, pairs)
     return scenario.estimate(rate_rps, np.array([kv_shares[p] for p in pairs], dtype=np.float64))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, as +-inf (by the numerator's sign) where the denominator is 0 or not finite."""
+    numerator, denominator = np.broadcast_arrays(np.asarray(numerator, dtype=np.float64),
+                                                 np.asarray(denominator, dtype=np.float64))
+    good = np.isfinite(denominator) & (denominator > 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        z = np.where(good, numerator / np.where(good, denominator, 1.0), np.where(numerator >= 0, np.inf, -np.inf))
+    return np.nan_to_num(z, nan=-np.inf)
 
 
 def _wait_cdf(rho: np.ndarray, wait_s: np.ndarray, slack_s: np.ndarray) -> np.ndarray:
@@ -231,20 +262,12 @@ def _wait_p90_s(rho: np.ndarray, wait_s: np.ndarray) -> np.ndarray:
 
 def _phi(z: np.ndarray) -> np.ndarray:
     """Standard normal CDF (Abramowitz and Stegun 7.1.26 erf, error below 1.5e-7), vectorised."""
-    x = np.abs(np.asarray(z, dtype=np.float64)) / math.sqrt(2.0)
+    z = np.asarray(z, dtype=np.float64)
+    x = np.minimum(np.abs(z), 40.0) / math.sqrt(2.0)
     t = 1.0 / (1.0 + 0.3275911 * x)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     erf = 1.0 - poly * np.exp(-x * x)
     return 0.5 * (1.0 + np.sign(z) * erf)
-
-
-def _interp_rows(x: np.ndarray, grid: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Row-wise linear interpolation of values(grid) at x, clamped to each row's grid (increasing)."""
-    rows = np.arange(len(x))
-    k = np.clip((grid < x[:, None]).sum(axis=1), 1, grid.shape[1] - 1)
-    g_lo, g_hi = grid[rows, k - 1], grid[rows, k]
-    frac = np.clip((x - g_lo) / np.maximum(g_hi - g_lo, 1e-15), 0.0, 1.0)
-    return values[rows, k - 1] + frac * (values[rows, k] - values[rows, k - 1])
 
 
 def _weighted_p90(values: np.ndarray, weights: np.ndarray) -> float:

@@ -27,7 +27,8 @@ from swarm.wire.plan import PLAN_FORMAT, Plan, Predicted, Routing
 
 ATTAINMENT_WEIGHT = 1e-3
 CAPACITY_WEIGHT = 1e-6
-GOODPUT_BISECTION_STEPS = 14
+GOODPUT_MAX_STEPS = 24
+GOODPUT_TOLERANCE = 0.003  # relative width of the final bracket
 MAX_REPORTED_S = 1e6  # an unbounded latency (overloaded group) is reported as this in the plan
 
 
@@ -107,25 +108,38 @@ def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluati
 
 
 def goodput_rps(problem: Problem, attainment_at: Callable[[float], float], capacity_rps: float) -> float:
-    """DistServe's goodput: the highest rate whose attainment reaches slo.attainment (bisection).
+    """DistServe's goodput: the highest rate whose attainment reaches slo.attainment.
 
-    Attainment falls as the rate grows; the search runs on [capacity * 1e-4, 2 * capacity] and
-    returns 0 when even the lowest rate misses the target.
+    Attainment falls as the rate grows. The root of attainment - target is bracketed in
+    [capacity * 1e-4, 2 * capacity] and found by the Illinois variant of false position on log(rate),
+    to GOODPUT_TOLERANCE relative width; the feasible end of the bracket is returned (0 if even the
+    lowest rate misses the target, 2 * capacity if even that meets it).
     """
     target = problem.slo.attainment
     hi = 2.0 * capacity_rps if math.isfinite(capacity_rps) else 1e6
-    if attainment_at(hi) >= target:
+    f_hi = attainment_at(hi) - target
+    if f_hi >= 0:
         return hi
     lo = hi * 1e-4
-    if attainment_at(lo) < target:
+    f_lo = attainment_at(lo) - target
+    if f_lo < 0:
         return 0.0
-    for _ in range(GOODPUT_BISECTION_STEPS):
-        mid = math.sqrt(lo * hi) if hi > 4 * lo else (lo + hi) / 2
-        if attainment_at(mid) >= target:
-            lo = mid
+    x_lo, x_hi, side = math.log(lo), math.log(hi), 0
+    for _ in range(GOODPUT_MAX_STEPS):
+        if x_hi - x_lo < GOODPUT_TOLERANCE:
+            break
+        x = (x_lo * f_hi - x_hi * f_lo) / (f_hi - f_lo)
+        x = min(max(x, x_lo + 0.01 * (x_hi - x_lo)), x_hi - 0.01 * (x_hi - x_lo))
+        f = attainment_at(math.exp(x)) - target
+        if f >= 0:
+            x_lo, f_lo = x, f
+            f_hi = f_hi / 2 if side == 1 else f_hi
+            side = 1
         else:
-            hi = mid
-    return lo
+            x_hi, f_hi = x, f
+            f_lo = f_lo / 2 if side == -1 else f_lo
+            side = -1
+    return math.exp(x_lo)
 
 
 def wire_routing(shares: RoutingShares) -> Routing:

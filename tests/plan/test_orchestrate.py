@@ -94,6 +94,6 @@ def test_orchestrate_builds_a_network_from_deployments(cloud32, llama30b, conv, 
         assert sum(shares.kv.values()) == pytest.approx(1.0)
         assert math.isfinite(shares.capacity_rps) and shares.capacity_rps > 0
         if flag:  # a6000-0 to a6000-1 is a 40 Gbps link, to the west hosts 5 Gbps: the LP keeps KV close
-            assert shares.kv.get((0, 1), 0.0) > 0.9
+            assert shares.kv.get((0, 1), 0.0) > 2 * shares.kv.get((0, 2), 0.0)
         else:
             assert shares.kv[(0, 1)] == pytest.approx(0.5)
