@@ -7,8 +7,6 @@ of the pre-event attainment (`recovery.recovery_time_s`). Paper: about 13 s (lig
 
 from __future__ import annotations
 
-import numpy as np
-
 from sims import plots, recovery
 from sims.baselines import plan_system
 from sims.cluster_sim import ClusterSim
@@ -76,7 +74,7 @@ def _scenario(scenario: str, duration_s: float, event_s: float, budget_s: float,
         out[policy] = {"recovery_s": recovery_s, "baseline": baseline, "attainment_after": tail.slo_attainment,
                        "rate_rps": rate, **after,
                        "series": attainment_over_time(ledger, slo.ttft_s, slo.tpot_s, 10.0, duration_s)}
-        out[policy]["series"] = tuple(list(np.nan_to_num(a, nan=1.0)) for a in out[policy]["series"])
+        out[policy]["series"] = tuple(list(a) for a in out[policy]["series"])
     return out
 
 

@@ -1,0 +1,158 @@
+"""Experiment `spot` (SpotServe, ASPLOS'24 section 7): serving on preemptible instances from real traces.
+
+Clusters: SpotServe's AWS g4dn segments As and Bs (4 x T4 per instance) and, in full runs, a 2-hour
+window of SkyPilot's 16-node p3.2xlarge availability trace (1 x V100 per instance); LLaMA-13B,
+Azure conversation lengths, SLO_SCALE x the base SLO, at a Poisson rate of RATE_FACTOR x the initial plan's predicted goodput.
+Policies, each on the same trace and requests:
+  * swarm        — at a preemption notice: lightweight re-plan at once (surviving groups keep their
+                   weights), the doomed replicas' KV migrated within the 30 s grace period (stateful
+                   recovery); when instances arrive: a full re-plan with Kuhn-Munkres migration,
+                   installed only if it predicts FULL_GAIN more goodput (reloads cost capacity);
+  * reroute-only — no re-plan: the dead replicas' requests restart on the survivors; new instances idle;
+  * restart-all  — every change re-plans and reloads every replica; in-flight requests start over;
+  * on-demand    — the initial instances at on-demand prices, never preempted.
+P99 latency counts an unfinished request at its age when the run stops. Cost: instance-hours paid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sims import plots, recovery, spot
+from sims.baselines import plan_system
+from sims.cluster_sim import ClusterSim
+from sims.ledger import DONE
+from sims.report import markdown_table, write_csv, write_summary
+from sims.workloads import resample
+from swarm.models import model_spec
+from swarm.plan import InfeasibleError
+from swarm.plan.problem import Problem, base_slo
+from swarm.workloads import load_workload
+
+MODEL = "llama-13b"
+RATE_FACTOR = 0.5
+SLO_SCALE = 5.0  # the base SLO is an A100 yardstick; T4s and V100s are 3-5x slower
+FULL_GAIN = 1.1
+POLICIES = ("swarm", "reroute-only", "restart-all", "on-demand")
+SKYPILOT_PRICE = {"on_demand": 3.06, "spot": 0.3 * 3.06}  # p3.2xlarge, us-east; spot share assumed
+DRAIN_S = 300.0
+
+
+def run(ctx) -> dict:
+    traces = _traces(ctx.quick)
+    rows, figures = [], {}
+    for name, (events, gpu, per_node, prices, end_s) in traces.items():
+        result = _trace(events, gpu, per_node, prices, end_s, budget_s=1.0 if ctx.quick else 3.0, seed=ctx.seed)
+        for policy, r in result.items():
+            rows.append({"trace": name, "policy": policy, **r})
+        swarm = result["swarm"]
+        figures[name] = {
+            "p99_s": {p: r["p99_s"] for p, r in result.items()},
+            "cost_usd": {p: r["cost_usd"] for p, r in result.items()},
+            "p99_ratio_vs_reroute": result["reroute-only"]["p99_s"] / swarm["p99_s"],
+            "p99_ratio_vs_restart": result["restart-all"]["p99_s"] / swarm["p99_s"],
+            "cost_saving_vs_on_demand": 1 - swarm["cost_usd"] / result["on-demand"]["cost_usd"]}
+    write_csv(ctx.path("spot.csv"), rows)
+    plots.bars(ctx.path("p99.png"), {t: {r["policy"]: r["p99_s"] for r in rows if r["trace"] == t} for t in traces},
+               ylabel="P99 end-to-end latency (s, log)", logy=True,
+               title="LLaMA-13B on spot instances: P99 latency by recovery policy")
+    plots.bars(ctx.path("cost.png"), {t: {r["policy"]: r["cost_usd"] for r in rows if r["trace"] == t}
+                                      for t in traces},
+               ylabel="cost of the run (USD)", title="Instance cost of the same trace window")
+    write_summary(ctx.out_dir, "spot", ctx.command, [("P99 latency, attainment and cost", markdown_table(
+        rows, ["trace", "policy", "p99_s", "p50_s", "slo_attainment", "done", "unfinished", "restarts",
+               "cost_usd", "replans"]))], figures)
+    return figures
+
+
+def _traces(quick: bool) -> dict:
+    g4dn = {"on_demand": spot.ON_DEMAND_PER_NODE_HOUR, "spot": spot.SPOT_PER_NODE_HOUR}
+    traces = {"As": (spot.spotserve_segment("As"), "T4", 4, g4dn, 1320.0)}
+    if not quick:
+        traces["Bs"] = (spot.spotserve_segment("Bs"), "T4", 4, g4dn, 1020.0)
+        sky = spot.skypilot_availability("us-east-2b", max_ticks=40)
+        first = min(e.time_s for e in sky)
+        sky = [spot.SpotEvent(e.time_s - first, e.op, e.nodes) for e in sky if e.time_s < first + 7200]
+        traces["SkyPilot us-east-2b"] = (sky, "V100", 1, SKYPILOT_PRICE, 7200.0)
+    return traces
+
+
+def _trace(events, gpu: str, per_node: int, prices: dict, end_s: float, *, budget_s: float, seed: int) -> dict:
+    model, workload = model_spec(MODEL), load_workload("azure-conv")
+    full = spot.spot_cluster(spot.all_nodes(events), gpu=gpu, gpus_per_node=per_node)
+    initial_nodes = [n for e in events if e.time_s == 0 and e.op == "add" for n in e.nodes]
+    problem = _problem(full, initial_nodes, model, workload, per_node)
+    initial = plan_system("swarm", problem, budget_s=budget_s, seed=seed)
+    rate = RATE_FACTOR * initial.evaluation.goodput_rps
+    out = {}
+    for policy in POLICIES:
+        ledger = resample(workload, rate, end_s, seed)
+        sim = ClusterSim(problem.with_cluster(full), initial.plan, ledger, seed=seed,  # every node ever
+                         recovery="stateful" if policy == "swarm" else "restart")
+        replans = 0 if policy == "on-demand" else _drive(sim, policy, events, full, problem, initial, per_node,
+                                                          budget_s, seed)
+        sim.run(end_s + DRAIN_S)
+        nodes_h = len(initial_nodes) * end_s / 3600 if policy == "on-demand" else spot.node_hours(events, end_s)
+        price = prices["on_demand" if policy == "on-demand" else "spot"]
+        out[policy] = dict(_latency(ledger, sim.sim.now_s, problem), cost_usd=nodes_h * price, replans=replans,
+                           rate_rps=rate)
+    return out
+
+
+def _problem(full, nodes, model, workload, per_node, slo=None) -> Problem:
+    gone = [f"{h.name}/{i}" for h in full.hosts if h.name not in nodes for i in range(per_node)]
+    cluster = full.without(gone)
+    slo = slo or base_slo(model, workload).scaled(SLO_SCALE)
+    return Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps)
+
+
+def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, seed) -> int:
+    """Decide every policy action in trace order (the planner runs on the cluster as it will be)."""
+    alive = [h.name for h in problem0.cluster.hosts]
+    current, replans = initial.plan, 0
+    for e in sorted(events, key=lambda e: e.time_s):
+        if e.time_s == 0:
+            continue
+        gpus = [f"{n}/{i}" for n in e.nodes for i in range(per_node)]
+        alive = alive + list(e.nodes) if e.op == "add" else [n for n in alive if n not in e.nodes]
+        problem = _problem(full, alive, problem0.model, problem0.workload, per_node, problem0.slo)
+        if e.op == "remove":
+            sim.fail_at(e.time_s + spot.GRACE_S, gpus, grace_s=0.0)
+        if policy == "reroute-only" or not alive:
+            continue
+        at_s = e.time_s if policy == "swarm" else e.time_s + (spot.GRACE_S if e.op == "remove" else 0.0)
+        new = _swarm_step(sim, e, problem, current, at_s, budget_s, seed) if policy == "swarm" else \
+            _restart_step(sim, problem, current, at_s, budget_s, seed)
+        if new is not None:
+            current, replans = new, replans + 1
+    return replans
+
+
+def _swarm_step(sim, event, problem, current, at_s, budget_s, seed):
+    if event.op == "remove":
+        try:
+            replanned = recovery.lightweight(problem, current)
+        except InfeasibleError:
+            replanned = recovery.full(problem, current, budget_s=budget_s, seed=seed)
+    else:
+        replanned = recovery.full(problem, current, budget_s=budget_s, seed=seed)
+        if replanned.plan.predicted.goodput_rps < FULL_GAIN * current.predicted.goodput_rps:
+            return None
+    recovery.install(sim, at_s, replanned)
+    return replanned.plan
+
+
+def _restart_step(sim, problem, current, at_s, budget_s, seed):
+    new = plan_system("swarm", problem, budget_s=budget_s, seed=seed).plan.with_epoch(current.epoch + 1)
+    sim.replan_at(at_s, new, reload_s=recovery.full_reload_s(problem, new), restart=True)
+    return new
+
+
+def _latency(ledger, stop_s: float, problem) -> dict:
+    done = ledger.state == DONE
+    age = np.where(done, ledger.done_s - ledger.arrival_s, stop_s - ledger.arrival_s)
+    ok = done & (ledger.first_token_s - ledger.arrival_s <= problem.slo.ttft_s) & (
+        (ledger.done_s - ledger.first_token_s) / np.maximum(ledger.output_tokens - 1, 1) <= problem.slo.tpot_s)
+    return {"p99_s": float(np.percentile(age, 99)), "p50_s": float(np.percentile(age, 50)),
+            "slo_attainment": float(ok.mean()), "done": int(done.sum()), "unfinished": int((~done).sum()),
+            "restarts": int(ledger.num_restarts.sum())}
