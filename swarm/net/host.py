@@ -152,9 +152,14 @@ class _DisconnectNotifee(INotifee):
 
 
 def connection_config(config: HostConfig) -> ConnectionConfig:
-    """One connection per peer (the default of 3 costs 250 ms a dial) and fast health checks."""
+    """One connection per peer (the default of 3 costs 250 ms a dial) and fast health checks.
+
+    The auto-connector is off (no minimum connection count): by default it re-dials every peer in the
+    peerstore, dead ones included, whenever a small swarm is below 50 connections; the daemon decides
+    whom to dial instead.
+    """
     return ConnectionConfig(
-        max_connections_per_peer=1, dial_timeout=config.dial_timeout_s,
+        max_connections_per_peer=1, dial_timeout=config.dial_timeout_s, min_connections=0, low_watermark=0,
         enable_health_monitoring=config.is_health_monitored, health_initial_delay=1.0,
         health_check_interval=config.health_check_interval_s, ping_timeout=config.ping_timeout_s,
         abort_connection_on_ping_failure=True)

@@ -5,7 +5,6 @@ import itertools
 import pytest
 
 from swarm.net.host import HostConfig
-from swarm.wire.hardware import HardwareProfile
 
 
 @pytest.fixture
@@ -18,8 +17,3 @@ def host_config(tmp_path):
         return HostConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), **overrides)
 
     return make
-
-
-def profile(peer_id: str) -> HardwareProfile:
-    return HardwareProfile(peer_id=peer_id, host="box", gpu="A40", num_gpus=1, tflops=150.0, memory_gb=48.0,
-                           memory_bandwidth_gbs=696.0, is_emulated=True)
