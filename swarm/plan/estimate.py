@@ -235,13 +235,9 @@ def estimate(problem: Problem, deployments: Mapping[int, Deployment], kv_shares:
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator, as +-inf (by the numerator's sign) where the denominator is 0 or not finite."""
-    numerator, denominator = np.broadcast_arrays(np.asarray(numerator, dtype=np.float64),
-                                                 np.asarray(denominator, dtype=np.float64))
-    good = np.isfinite(denominator) & (denominator > 0)
+    """numerator / denominator for a normal z-score; a zero spread gives +-a huge z (a step)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        z = np.where(good, numerator / np.where(good, denominator, 1.0), np.where(numerator >= 0, np.inf, -np.inf))
-    return np.nan_to_num(z, nan=-np.inf)
+        return numerator / np.maximum(denominator, 1e-12)
 
 
 def _wait_cdf(rho: np.ndarray, wait_s: np.ndarray, slack_s: np.ndarray) -> np.ndarray:
@@ -260,14 +256,23 @@ def _wait_p90_s(rho: np.ndarray, wait_s: np.ndarray) -> np.ndarray:
     return np.where(rho >= 1, np.inf, np.where(rho <= 0.1, 0.0, p90))
 
 
-def _phi(z: np.ndarray) -> np.ndarray:
+def _phi_exact(z: np.ndarray) -> np.ndarray:
     """Standard normal CDF (Abramowitz and Stegun 7.1.26 erf, error below 1.5e-7), vectorised."""
     z = np.asarray(z, dtype=np.float64)
     x = np.minimum(np.abs(z), 40.0) / math.sqrt(2.0)
     t = 1.0 / (1.0 + 0.3275911 * x)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    erf = 1.0 - poly * np.exp(-x * x)
-    return 0.5 * (1.0 + np.sign(z) * erf)
+    return 0.5 * (1.0 + np.sign(z) * (1.0 - poly * np.exp(-x * x)))
+
+
+_PHI_Z = np.linspace(-8.0, 8.0, 8001)
+_PHI_TABLE = _phi_exact(_PHI_Z)
+
+
+def _phi(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF by table lookup (error below 1e-6; NaN counts as -inf, i.e. 0)."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.interp(np.where(np.isnan(z), -np.inf, z), _PHI_Z, _PHI_TABLE)
 
 
 def _weighted_p90(values: np.ndarray, weights: np.ndarray) -> float:
