@@ -97,10 +97,12 @@ def metrics(ledger: Ledger, ttft_s: float, tpot_s: float, start_s: float = 0.0,
                  1e-9)
     tokens = float(ledger.output_tokens[mask][done].sum())
     kv = ledger.kv_s[mask][done] / np.maximum(e2e[done], 1e-9)
+    with np.errstate(invalid="ignore"):  # percentiles over inf (unfinished) are inf, as intended
+        e2e_p50_s, e2e_p99_s = (float(np.percentile(e2e_all, q)) for q in (50, 99))
     return Metrics(
         num_requests=n, slo_attainment=float(ok.mean()),
         ttft_p90_s=_pct(ttft, 90), tpot_p90_s=_pct(tpot, 90),
-        e2e_p50_s=float(np.percentile(e2e_all, 50)), e2e_p99_s=float(np.percentile(e2e_all, 99)),
+        e2e_p50_s=e2e_p50_s, e2e_p99_s=e2e_p99_s,
         throughput_rps=float(done.sum()) / span_s, tokens_per_s=tokens / span_s,
         kv_share=float(kv.mean()) if len(kv) else 0.0)
 
