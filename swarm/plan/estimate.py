@@ -3,8 +3,8 @@
 How it works (DistServe, OSDI 2024, section 4: per-phase queueing models), over a fixed sample of
 NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
   * Prefill group p receives Poisson arrivals at rate * x_p; it is an M/G/1 queue whose service time is
-    the pipeline's prefill interval (P-K mean wait Wq = lam E[S^2] / 2(1-rho)), the wait taken as
-    P(W <= t) = 1 - rho exp(-t rho / Wq). TTFT = wait + prefill latency: the prefill replica computes
+    the pipeline's prefill interval: no wait with probability 1 - rho, else a lognormal wait with the
+    M/G/1 moments (Pollaczek-Khinchine, Takacs). TTFT = wait + prefill latency: the prefill replica computes
     the first token and sends it to the entry peer itself (as in DistServe, and as the simulator counts).
   * Decode group d holds N sequences on average, by Little's law the fixed point
     N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context);
@@ -12,7 +12,8 @@ NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
     transfer (and that link's M/D/1 wait) spread over its o - 1 later tokens; linearising step around N:
         P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / (step'(N) sqrt N)) * Phi((N_mem - N) / sqrt N)
     No fixed point within KV memory = overloaded = 0.
-  * A colocated ('both') group time-shares: steps stretch by 1 / (1 - rho_prefill) in the fixed point,
+  * A colocated ('both') group time-shares (vLLM-like, prefill first): a prefill occupies the whole
+    pipeline for its latency, steps stretch by 1 / (1 - rho_prefill) in the fixed point,
     a prefill waits half a decode step, and each request's own prefill stalls (compound Poisson over
     its decode lifetime) must fit in o * (TPOT - step).
   * Attainment = sum over pairs of y_pd * mean over requests of P(TTFT met) * P(TPOT met).
@@ -42,13 +43,23 @@ class GroupProfile:
     """Rate-independent figures of one deployment over the problem's length sample."""
 
     prefill_s: np.ndarray  # (NUM_REQUESTS,) prefill latency of each sampled request
-    mean_service_s: float  # E[prefill interval] over the whole sample
+    mean_service_s: float  # E[prefill interval] over the whole sample (a pipeline overlaps prefills)
     service_moment2_s2: float  # E[prefill interval^2]
+    service_moment3_s3: float  # E[prefill interval^3] (the wait's tail)
+    mean_latency_s: float  # E[prefill latency]: a colocated group's service time (decode waits meanwhile)
+    latency_moment2_s2: float
+    latency_moment3_s3: float
     batch_grid: np.ndarray  # (GRID_POINTS,) mean number of decoding sequences
     step_grid_s: np.ndarray  # (GRID_POINTS,) decode step at that batch (time-weighted mean context)
     max_batch: float  # KV memory limit on the batch
-    prefill_rps: float  # prefill capacity
+    prefill_rps: float  # prefill capacity (of a prefill group)
     decode_rps: float  # decode capacity within the TPOT target
+
+    def service(self, role: str) -> tuple[float, float, float]:
+        """(E[S], E[S^2], E[S^3]) of a prefill: the pipeline interval, or the whole latency when colocated."""
+        if role == "both":
+            return self.mean_latency_s, self.latency_moment2_s2, self.latency_moment3_s3
+        return self.mean_service_s, self.service_moment2_s2, self.service_moment3_s3
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,12 +99,15 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
     prompts, outputs = problem.lengths
     context = problem.decode_context_tokens
     service = np.asarray(cost.prefill_interval_s(prompts))
+    latency = np.asarray(cost.prefill_s(prompts))
     max_batch = cost.max_kv_tokens / context
     grid = np.concatenate(([0.0], np.geomspace(0.05, max(max_batch, 0.1) * 1.05, GRID_POINTS - 1)))
     mean_service = float(service.mean())
     return GroupProfile(
         prefill_s=np.asarray(cost.prefill_s(request_sample(problem)[0])), mean_service_s=mean_service,
-        service_moment2_s2=float((service * service).mean()), batch_grid=grid,
+        service_moment2_s2=float((service ** 2).mean()), service_moment3_s3=float((service ** 3).mean()),
+        mean_latency_s=float(latency.mean()), latency_moment2_s2=float((latency ** 2).mean()),
+        latency_moment3_s3=float((latency ** 3).mean()), batch_grid=grid,
         step_grid_s=np.asarray(cost.decode_step_s(grid, grid * context)), max_batch=max_batch,
         prefill_rps=1.0 / mean_service,
         decode_rps=cost.decode_tokens_per_s(problem.slo.tpot_s, context) / float(outputs.mean()))
@@ -131,8 +145,8 @@ class Scenario:
         self.rows = np.arange(len(self.ids))
         self.pair_p = np.array([index[p] for p, _ in pairs], dtype=np.int64)
         self.pair_d = np.array([index[d] for _, d in pairs], dtype=np.int64)
-        self.mean_service_s = np.array([pr.mean_service_s for pr in profiles])
-        self.moment2_s2 = np.array([pr.service_moment2_s2 for pr in profiles])
+        services = [pr.service(deployments[g].role) for g, pr in zip(self.ids, profiles, strict=True)]
+        self.mean_service_s, self.moment2_s2, self.moment3_s3 = (np.array(m) for m in zip(*services, strict=True))
         self.batch_grid = np.stack([pr.batch_grid for pr in profiles])
         self.step_grid_s = np.stack([pr.step_grid_s for pr in profiles])
         self.max_batch = np.array([pr.max_batch for pr in profiles])
@@ -162,6 +176,8 @@ class Scenario:
         link_rho = rate_rps * shares / self.link_rps[active]
         with np.errstate(divide="ignore", invalid="ignore"):
             wait_s = np.where(rho < 1, prefill_rate * self.moment2_s2 / (2 * (1 - rho)), np.inf)
+            wait2_s2 = 2 * wait_s ** 2 + prefill_rate * self.moment3_s3 / (3 * (1 - rho))
+            wait_mu, wait_sigma = _lognormal(wait_s / rho, wait2_s2 / rho)
             link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s[active] / (2 * (1 - link_rho)), np.inf)
             stretch = np.where(self.is_both, 1.0 / np.maximum(1.0 - rho, 1e-12), 1.0)
         decode = self._decode(decode_rate, stretch)
@@ -169,7 +185,7 @@ class Scenario:
         ttft_fixed_s = self.prefill_s[pair_p]
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
-        ttft_ok = _wait_cdf(rho[pair_p], wait_s[pair_p], slo.ttft_s - ttft_fixed_s)
+        ttft_ok = _wait_cdf(rho[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
         spread = decode.slope * np.sqrt(decode.batch)
         tpot_ok = _phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
         tpot_ok = tpot_ok * decode.ok[pair_d, None]
@@ -180,7 +196,7 @@ class Scenario:
         if not with_p90:
             return Estimate(attained, math.nan, math.nan)
         weights = np.repeat(shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
-        ttft_p90 = _weighted_p90((ttft_fixed_s + _wait_p90_s(rho, wait_s)[pair_p, None]).ravel(), weights)
+        ttft_p90 = _weighted_p90((ttft_fixed_s + _wait_p90_s(rho, wait_mu, wait_sigma)[pair_p, None]).ravel(), weights)
         tpot_values = (decode.step_s * stretch + _Z90 * spread)[pair_d, None] + delay_s
         tpot_p90 = _weighted_p90(np.where(decode.ok[pair_d, None] > 0, tpot_values, np.inf).ravel(), weights)
         return Estimate(attained, ttft_p90, tpot_p90)
@@ -240,19 +256,32 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
         return numerator / np.maximum(denominator, 1e-12)
 
 
-def _wait_cdf(rho: np.ndarray, wait_s: np.ndarray, slack_s: np.ndarray) -> np.ndarray:
-    """P(M/G/1 wait <= slack), rows broadcast per pair: 1 - rho exp(-t rho / Wq) for t >= 0."""
-    rho, wait_s = rho[:, None], wait_s[:, None]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        decay = np.exp(-np.maximum(slack_s, 0.0) * rho / np.where(wait_s > 0, wait_s, 1.0))
-        ok = np.where(wait_s > 0, 1.0 - rho * decay, 1.0)
-    return np.where((slack_s >= 0) & (rho < 1), ok, 0.0)
-
-
-def _wait_p90_s(rho: np.ndarray, wait_s: np.ndarray) -> np.ndarray:
-    """90th percentile of the wait under the same approximation (0 when rho <= 0.1)."""
+def _lognormal(mean_s: np.ndarray, moment2_s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the lognormal with these first two moments (sigma at least 0.2)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        p90 = wait_s / rho * np.log(np.maximum(10 * rho, 1.0))
+        variance = np.log(np.maximum(moment2_s2 / (mean_s * mean_s), 1.04))
+        return np.log(mean_s) - variance / 2, np.sqrt(variance)
+
+
+def _wait_cdf(rho: np.ndarray, mu: np.ndarray, sigma: np.ndarray, slack_s: np.ndarray) -> np.ndarray:
+    """P(M/G/1 wait <= slack), rows per pair: no wait with probability 1 - rho, else lognormal.
+
+    The conditional wait W | W > 0 has mean Wq / rho and second moment E[W^2] / rho, with
+    Wq = lam E[S^2] / 2(1 - rho) and E[W^2] = 2 Wq^2 + lam E[S^3] / 3(1 - rho) (Takacs); a lognormal
+    with those moments keeps the heavy tail that long prompts give the queue.
+    """
+    rho, mu, sigma = rho[:, None], mu[:, None], sigma[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (np.log(np.maximum(slack_s, 1e-300)) - mu) / sigma
+    waited_ok = np.where(rho > 0, _phi(z), 1.0)
+    return np.where((slack_s >= 0) & (rho < 1), 1.0 - rho + rho * waited_ok, 0.0)
+
+
+def _wait_p90_s(rho: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """90th percentile of the wait under the same model (0 when rho <= 0.1)."""
+    level = np.clip(1.0 - 0.1 / np.maximum(rho, 1e-12), _PHI_TABLE[0], _PHI_TABLE[-1])
+    with np.errstate(invalid="ignore", over="ignore"):
+        p90 = np.exp(mu + sigma * np.interp(level, _PHI_TABLE, _PHI_Z))
     return np.where(rho >= 1, np.inf, np.where(rho <= 0.1, 0.0, p90))
 
 

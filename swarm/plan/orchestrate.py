@@ -74,7 +74,7 @@ def flow_network(problem: Problem, deployments: Mapping[int, Deployment]) -> Flo
     profiles = {g: group_profile(problem, d) for g, d in deployments.items()}
     roles = {g: d.role for g, d in deployments.items()}
     network = FlowNetwork(
-        prefill_rps={g: p.prefill_rps for g, p in profiles.items() if roles[g] in ("prefill", "both")},
+        prefill_rps={g: 1.0 / p.service(roles[g])[0] for g, p in profiles.items() if roles[g] in ("prefill", "both")},
         decode_rps={g: p.decode_rps for g, p in profiles.items() if roles[g] in ("decode", "both")},
         both=frozenset(g for g, r in roles.items() if r == "both"))
     for p, d in network.pairs():

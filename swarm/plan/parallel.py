@@ -10,7 +10,7 @@ How it works (ThunderServe, MLSys 2025, section 4.2 "lower level"):
      against the layers each stage can hold (weights plus a MIN_KV_TOKENS sequence). No MIP.
   4. Every (tp, split) candidate is priced with the cost model: prefill groups keep the one with the
      lowest mean-prompt latency, decode groups the highest decode throughput within the TPOT target,
-     `both` groups the lowest per-request busy time (prefill interval plus decode share).
+     `both` groups the lowest per-request busy time (prefill latency plus decode share).
 Results are cached per problem, keyed by the set of GPU ids, role, tp and pp.
 """
 
@@ -118,7 +118,7 @@ def objective(problem: Problem, cost: GroupCost, role: str) -> tuple[float, ...]
     if tokens_per_s <= 0:
         return (math.inf, step1_s)
     mean_output = float(problem.lengths[1].mean())
-    return (cost.prefill_interval_s(prompt) + mean_output / tokens_per_s, step1_s)
+    return (cost.prefill_s(prompt) + mean_output / tokens_per_s, step1_s)  # a colocated prefill stalls it all
 
 
 def tp_degrees(problem: Problem, host_counts: list[int]) -> list[int]:
