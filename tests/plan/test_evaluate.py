@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from swarm.hardware import parse_cluster
 from swarm.models import model_spec
 from swarm.plan.errors import InfeasibleError
 from swarm.plan.evaluate import ATTAINMENT_WEIGHT, evaluate, evaluate_deployments
@@ -90,3 +93,36 @@ def test_an_impossible_tpot_is_reported(cloud32, llama30b, conv, make_problem):
     with pytest.raises(InfeasibleError, match="TPOT target .* raise the TPOT target"):
         check_problem(problem)
     check_problem(make_problem(cloud32, llama30b, conv))  # the base SLO is reachable
+
+
+_GPUS = ["A40", "A6000", "A5000", "RTX3090Ti", "A100-80G", "L4"]
+
+
+@st.composite
+def _clusters(draw):
+    lines = []
+    for i in range(draw(st.integers(1, 4))):
+        lines += ["[[host]]", f'name = "h{i}"', f'gpu = "{draw(st.sampled_from(_GPUS))}"',
+                  f"count = {draw(st.integers(1, 4))}"]
+    lines += ["[network]", f"default_gbps = {draw(st.sampled_from([1, 5, 10, 40]))}"]
+    return parse_cluster("\n".join(lines), name="random")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cluster=_clusters(), model_name=st.sampled_from(["llama-7b", "llama-13b", "llama-30b"]),
+       scale=st.sampled_from([0.5, 1.0, 4.0]), data=st.data())
+def test_random_groupings_give_a_valid_plan_or_a_clean_zero(cluster, model_name, scale, data, conv, make_problem):
+    model = model_spec(model_name)
+    problem = make_problem(cluster, model, conv, rate_rps=data.draw(st.sampled_from([0.1, 1.0, 10.0])),
+                           slo_scale=scale, orchestrate=data.draw(st.booleans()))
+    labels = data.draw(st.lists(st.integers(0, 3), min_size=cluster.num_gpus, max_size=cluster.num_gpus))
+    roles = data.draw(st.lists(st.sampled_from(["prefill", "decode", "both"]), min_size=4, max_size=4))
+    groups = [([g for g, label in zip(cluster.gpu_ids, labels, strict=True) if label == k], roles[k])
+              for k in range(4) if k in labels]
+    result = evaluate(problem, groups)
+    assert result.score >= 0 and result.goodput_rps >= 0 and 0 <= result.slo_attainment <= 1
+    if result.plan is None:
+        assert result.score == 0.0
+    else:
+        validate_plan(result.plan, cluster, model)
+        assert Plan.from_json(result.plan.to_json()) == result.plan
