@@ -1,0 +1,185 @@
+"""The coordinator runtime: while this peer is the elected coordinator, plan the swarm and publish the plan.
+
+How it works: the swarm's profiles and measured links become a `Cluster` (`cluster_from_profiles`); with the
+model, the configured workload, rate and SLO scale that is a planner `Problem`. When the set of serving
+peers changes (and has been still for `settle_s`; a departure is planned at once), the planner runs in a
+worker thread, never on the event loop:
+1. lightweight first (ThunderServe section 4.4): if groups of the current plan survive, `replan` keeps
+   them (no weights move) and re-decides roles and routing; that plan is published at once;
+2. then the full tabu search (`plan`) over the new membership; its plan replaces the lightweight one
+   only if it scores clearly better (a change of groups moves weights).
+Each published plan carries an epoch above every epoch seen in the swarm (`Membership.term`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+
+from swarm.errors import SwarmError
+from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Predicted, Routing, Stage
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.1
+FULL_PLAN_GAIN = 1.05  # the full plan must score this much better than the lightweight one
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan is computed from; equal inputs give the same plan, so it is the re-plan trigger."""
+
+    profiles: tuple  # HardwareProfile of every serving peer, by peer id
+    links_gbps: tuple  # ((peer a, peer b), Gbit/s), measured
+
+    @property
+    def peer_ids(self) -> tuple[str, ...]:
+        return tuple(p.peer_id for p in self.profiles)
+
+
+def build_problem(config, model_path, inputs: PlanInputs):
+    """The planner's Problem for the current swarm, and its host name -> peer id map."""
+    from swarm.hardware import cluster_from_profiles
+    from swarm.models import model_spec
+    from swarm.plan import Problem, base_slo
+    from swarm.workloads import load_workload
+
+    gbps = {frozenset(pair): value for pair, value in inputs.links_gbps}
+    cluster, hosts = cluster_from_profiles(inputs.profiles, gbps)
+    model = model_spec(model_path)
+    workload = load_workload(config.workload)
+    slo = base_slo(model, workload).scaled(config.slo_scale)
+    return Problem(cluster, model, workload, slo, rate_rps=config.rate_rps, kv_bits=config.kv_bits), hosts
+
+
+def compute_plan(config, model_path, inputs: PlanInputs, current: Plan | None, current_hosts: dict[str, str],
+                 model_name: str) -> tuple[Plan, dict[str, str], str]:
+    """(plan, hosts, how) for `inputs`; runs in a worker thread. Epoch is set by the caller."""
+    try:
+        problem, hosts = build_problem(config, model_path, inputs)
+    except SwarmError as e:
+        logger.error("cannot build the planning problem (%s); using the simple fallback plan", e)
+        return fallback_plan(inputs, model_path, model_name), _fallback_hosts(inputs), "fallback"
+    light = _lightweight(problem, current, current_hosts, hosts)
+    full = _full(problem, config.plan_budget_s, light)
+    if full is not None and (light is None or full.score > light.score * FULL_PLAN_GAIN):
+        return full.plan, hosts, "full"
+    if light is not None:
+        return light.plan, hosts, "lightweight"
+    logger.error("the planner found no feasible plan for %d peers; using the simple fallback plan",
+                 len(inputs.profiles))
+    return fallback_plan(inputs, model_path, model_name), hosts, "fallback"
+
+
+def _lightweight(problem, current: Plan | None, current_hosts: dict[str, str], hosts: dict[str, str]):
+    from swarm.plan import replan
+
+    if current is None or current_hosts != {h: p for h, p in hosts.items() if h in current_hosts}:
+        return None  # no plan yet, or host names now mean other peers
+    try:
+        return replan(problem, current)
+    except Exception as e:  # a planner failure must not stop the coordinator; the full search follows
+        logger.info("lightweight re-plan not possible: %s", e)
+        return None
+
+
+def _full(problem, budget_s: float, initial):
+    """The tabu search's best disaggregated plan; colocated (`both`) replicas if none is feasible."""
+    from swarm.plan import plan
+
+    for roles in (("prefill", "decode"), ("both",)):
+        start = initial.plan if initial is not None and roles != ("both",) else None
+        try:
+            result = plan(problem, budget_s=budget_s, initial=start, allowed_roles=roles)
+        except Exception as e:  # a planner bug or an infeasible swarm: report it, keep serving
+            logger.info("full planning with roles %s failed: %s: %s", roles, type(e).__name__, e)
+            continue
+        if result.best.is_feasible:
+            return result.best
+    return None
+
+
+def fallback_plan(inputs: PlanInputs, model_path, model_name: str) -> Plan:
+    """When the planner cannot help: the fastest peer prefills, every other peer decodes (one alone: both)."""
+    from swarm.models import model_spec
+
+    num_layers = model_spec(model_path).num_layers
+    hosts = _fallback_hosts(inputs)
+    names = sorted(hosts, key=lambda h: hosts[h])
+    by_speed = sorted(inputs.profiles, key=lambda p: (-p.tflops, p.peer_id))
+    host_of = {p: h for h, p in hosts.items()}
+    if len(names) == 1:
+        group = Group(0, "both", 1, 1, (Stage((f"{names[0]}/0",), (0, num_layers)),))
+        return Plan(PLAN_FORMAT, 0, model_name, (group,), Routing({0: 1.0}, ((0, 0, 1.0),)), Predicted())
+    order = [host_of[by_speed[0].peer_id]] + [host_of[p.peer_id] for p in by_speed[1:]]
+    groups = tuple(Group(i, "prefill" if i == 0 else "decode", 1, 1, (Stage((f"{h}/0",), (0, num_layers)),))
+                   for i, h in enumerate(order))
+    share = 1.0 / (len(groups) - 1)
+    return Plan(PLAN_FORMAT, 0, model_name, groups, Routing({0: 1.0}, tuple((0, i, share) for i in range(1, len(groups)))),
+                Predicted())
+
+
+def _fallback_hosts(inputs: PlanInputs) -> dict[str, str]:
+    from swarm.hardware import cluster_from_profiles
+
+    return cluster_from_profiles(inputs.profiles)[1]
+
+
+def plan_inputs(node) -> PlanInputs:
+    """The current serving peers' profiles and the links they measured."""
+    digests = {p: m.digest for p, m in node.membership.members.items() if m.digest.profile is not None}
+    profiles = [d.profile for d in digests.values()]
+    if node.profile is not None:
+        profiles.append(node.profile)
+        digests[node.peer_id] = node.digest()
+    links: dict[tuple[str, str], float] = {}
+    for peer_id, digest in digests.items():
+        for other, gbps in digest.links_gbps.items():
+            if other in digests and other != peer_id:
+                pair = tuple(sorted((peer_id, other)))
+                links[pair] = min(links.get(pair, gbps), gbps)
+    return PlanInputs(tuple(sorted(profiles, key=lambda p: p.peer_id)), tuple(sorted(links.items())))
+
+
+async def run_coordinator(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Plan and publish while this peer is the coordinator; re-plan when the serving peers change."""
+    task_status.started()
+    planned_ids: tuple[str, ...] | None = None
+    changed_at_s, last_ids = time.monotonic(), ()
+    while True:
+        await trio.sleep(POLL_S)
+        if node.coordinator_id() != node.peer_id:
+            planned_ids = None
+            continue
+        if time.monotonic() - node.started_s < node.config.failure_timeout_s + node.config.settle_s:
+            continue  # give gossip time to find the swarm before planning for it
+        inputs = plan_inputs(node)
+        ids = inputs.peer_ids
+        if ids != last_ids:
+            changed_at_s, last_ids = time.monotonic(), ids
+        is_departure = planned_ids is not None and set(ids) < set(planned_ids)
+        is_settled = time.monotonic() - changed_at_s >= node.config.settle_s
+        if ids == planned_ids or not ids or not (is_departure or is_settled):
+            continue
+        await publish_new_plan(node, inputs)
+        planned_ids = ids
+
+
+async def publish_new_plan(node, inputs: PlanInputs) -> None:
+    holder = node.holder
+    start = time.perf_counter()
+    plan, hosts, how = await trio.to_thread.run_sync(
+        compute_plan, node.config, node.model_path, inputs, holder.plan, holder.hosts, node.model_name)
+    epoch = max(node.membership.term, holder.epoch) + 1
+    plan = plan.with_epoch(epoch)
+    logger.info("coordinator: %s plan for %d peers, epoch %d, in %.2f s: %s", how, len(inputs.profiles), epoch,
+                time.perf_counter() - start, describe(plan))
+    node.offer_plan(plan, hosts, source="self")
+
+
+def describe(plan: Plan) -> str:
+    return ", ".join(f"group {g.id} {g.role} on {'+'.join(g.gpu_ids)} layers {g.stages[0].layers[0]}-"
+                     f"{g.stages[-1].layers[1]}" for g in plan.groups)

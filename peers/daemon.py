@@ -1,0 +1,320 @@
+"""The peer daemon: `run_peer(config)` runs one peer under a single trio root nursery.
+
+Subsystems (each started with `await nursery.start(run_x, node)`): membership gossip (push-pull digests,
+failure detection, see `membership.py`), the applier (loads this peer's stage, takes its role), the
+coordinator runtime (plans while elected), the engine worker, and link measurement. Protocol handlers
+(`/swarm/<name>/1.0.0`: member, status, generate, prefill, decode, kv, bandwidth) run per stream; a
+failure there resets that stream and is logged, never more. `Node` holds the state they share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from pathlib import Path
+
+import trio
+
+from peers.applier import run_applier
+from peers.config import PeerConfig
+from peers.coordinator import run_coordinator
+from peers.dispatch import DECODE_PROTOCOL, GENERATE_PROTOCOL, PREFILL_PROTOCOL, Ledger, serve_generate
+from peers.kvlink import BANDWIDTH_PROTOCOL, KV_PROTOCOL, measure_gbps, serve_bandwidth, serve_kv
+from peers.loopback import loopback_pair
+from peers.membership import Membership, PlanHolder
+from peers.replica import serve_decode, serve_prefill
+from peers.status import STATUS_PROTOCOL, serve_status
+from peers.worker import EngineWorker, WorkerLoad
+from swarm.errors import SwarmError
+from swarm.net.host import Host, HostConfig, open_host, reset_quietly
+from swarm.net.rpc import read_message, write_message
+from swarm.wire.requests import MemberDigest
+
+logger = logging.getLogger(__name__)
+
+MEMBER_PROTOCOL = "/swarm/member/1.0.0"
+EXCHANGE_TIMEOUT_S = 1.5
+MAX_PROBED_PEERS = 4
+PROBES_PER_LINK = 3
+PROBE_PAUSE_S = 0.5
+
+
+class Node:
+    """What the subsystems of one peer share: identity, membership, the followed plan, the engine."""
+
+    def __init__(self, config: PeerConfig, host: Host, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.host = host
+        self.nursery = nursery
+        self.peer_id = host.peer_id
+        self.started_s = time.monotonic()
+        self.membership = Membership(self.peer_id, config.failure_timeout_s)
+        self.holder = PlanHolder()
+        self.ledger = Ledger()
+        self.rng = random.Random(0)
+        self.profile = None  # HardwareProfile; None on a bootstrap node
+        self.model_path: Path | None = None
+        self.model_name = ""
+        self.worker: EngineWorker | None = None
+        self.worker_scope: trio.CancelScope | None = None
+        self.ready_epoch = -1
+        self.decode_sessions: dict = {}
+        self.links_gbps: dict[str, float] = {}
+        self.sequence = 0
+        self.changed = trio.Event()
+        self.gossip_soon = trio.Event()
+        self.preloaded = trio.Event()
+
+    # ---- shared state ----------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake every task waiting for a change (plan, readiness, membership)."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for_change(self, timeout_s: float = 1.0) -> None:
+        with trio.move_on_after(timeout_s):
+            await self.changed.wait()
+
+    def coordinator_id(self) -> str:
+        return self.membership.coordinator_id(self.profile is not None)
+
+    def offer_plan(self, plan, hosts: dict[str, str], *, source: str) -> None:
+        outcome = self.holder.offer(plan, hosts)
+        if outcome == "applied":
+            logger.info("following plan epoch %d (from %s)", plan.epoch, source)
+            self.membership.term = max(self.membership.term, plan.epoch)
+            self.notify()
+            self.gossip_soon.set()
+        elif outcome == "stale":
+            logger.debug("ignored plan epoch %d from %s: we follow epoch %d", plan.epoch, source, self.holder.epoch)
+
+    def set_ready(self, epoch: int, group_id: int | None) -> None:
+        self.ready_epoch = epoch
+        self.notify()
+        self.gossip_soon.set()
+
+    def ready_peers(self) -> set[str]:
+        epoch = self.holder.epoch
+        ready = {p for p, m in self.membership.members.items() if m.digest.ready_epoch == epoch >= 0}
+        if self.ready_epoch == epoch >= 0:
+            ready.add(self.peer_id)
+        return ready
+
+    def load(self) -> WorkerLoad:
+        return self.worker.load() if self.worker is not None else WorkerLoad()
+
+    def load_of(self, peer_id: str) -> int:
+        if peer_id == self.peer_id:
+            load = self.load()
+            return load.num_queued + load.num_running
+        member = self.membership.members.get(peer_id)
+        return 0 if member is None else member.digest.num_queued + member.digest.num_running
+
+    def digest(self) -> MemberDigest:
+        self.sequence += 1
+        load = self.load()
+        return MemberDigest(
+            peer_id=self.peer_id, sequence=self.sequence, addrs=tuple(self.host.addrs[:8]), profile=self.profile,
+            term=max(self.membership.term, self.holder.epoch, 0), plan=self.holder.plan,
+            plan_hosts=self.holder.hosts, ready_epoch=self.ready_epoch, num_queued=load.num_queued,
+            num_running=load.num_running, kv_tokens_free=load.kv_tokens_free,
+            tokens_per_s=load.tokens_per_s, known=self.membership.known(), links_gbps=dict(self.links_gbps))
+
+    # ---- engine ----------------------------------------------------------------------------------------
+
+    async def preload(self) -> None:
+        """Load the whole model (role `both`) before any plan arrives, so applying a plan is a role flip."""
+        import torch
+
+        from peers.engine import Engine, EngineConfig
+
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        config = EngineConfig(role="both", dtype=self.config.dtype, kv_cache_bytes=self.config.kv_cache_bytes,
+                              max_num_seqs=self.config.max_num_seqs)
+        start = time.perf_counter()
+        engine = await trio.to_thread.run_sync(Engine.load, self.model_path, config)
+        await self.start_worker(engine)
+        self.preloaded.set()
+        logger.info("model %s loaded in %.1f s (%d layers)", self.model_name, time.perf_counter() - start,
+                    engine.model_config.num_layers)
+
+    async def start_worker(self, engine) -> None:
+        """Run a worker for `engine`, replacing (and stopping) the previous one."""
+        worker = EngineWorker(engine)
+
+        async def run(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await worker.run_worker()
+
+        scope = await self.nursery.start(run)
+        if self.worker_scope is not None:
+            self.worker_scope.cancel()
+        self.worker, self.worker_scope = worker, scope
+
+    # ---- streams ---------------------------------------------------------------------------------------
+
+    async def open_stream(self, peer_id: str, protocol: str):
+        """A stream to `peer_id` (an in-process loopback when it is this peer), dialling if need be."""
+        if peer_id == self.peer_id:
+            ours, theirs = loopback_pair(self.peer_id)
+            self.nursery.start_soon(self._serve_loopback, protocol, theirs)
+            return ours
+        if peer_id not in self.host.connected_peer_ids():
+            await self.dial(peer_id, self.membership.addrs.get(peer_id, ()))
+        return await self.host.open_stream(peer_id, protocol)
+
+    async def close_stream(self, stream) -> None:
+        # the stream may be reset or closed by the other side already
+        with trio.move_on_after(1.0), contextlib.suppress(Exception):
+            await stream.close()
+
+    async def dial(self, peer_id: str, addrs) -> None:
+        errors = []
+        for addr in addrs:
+            full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
+            try:
+                await self.host.dial(full)
+                return
+            except SwarmError as e:
+                errors.append(str(e))
+        raise SwarmError(f"cannot reach peer {peer_id}: {'; '.join(errors) or 'no known address'}")
+
+    async def _serve_loopback(self, protocol: str, stream) -> None:
+        try:
+            await HANDLERS[protocol](self, stream)
+        except Exception as e:  # as in Host.set_handler: a stream's failure stays in that stream
+            logger.warning("%s (local): %s; stream reset", protocol, e)
+            await reset_quietly(stream)
+
+
+# ---- membership gossip ------------------------------------------------------------------------------------
+
+async def serve_member(node: Node, stream) -> None:
+    with trio.fail_after(EXCHANGE_TIMEOUT_S):
+        digest = await read_message(stream, expect=MemberDigest)
+        await write_message(stream, node.digest())
+    take_digest(node, digest)
+    await node.close_stream(stream)
+
+
+def take_digest(node: Node, digest: MemberDigest) -> None:
+    if node.membership.on_digest(digest, time.monotonic()):
+        what = f"{digest.profile.gpu} on {digest.profile.host}" if digest.profile else "bootstrap node"
+        logger.info("peer %s joined (%s)", digest.peer_id, what)
+    if digest.plan is not None:
+        node.offer_plan(digest.plan, digest.plan_hosts, source=f"peer {digest.peer_id}")
+    node.notify()
+
+
+async def exchange(node: Node, peer_id: str, addrs) -> None:
+    """Push our digest to one peer and take its digest back; a failure only means no news from it."""
+    try:
+        with trio.fail_after(EXCHANGE_TIMEOUT_S):
+            stream = await node.open_stream(peer_id, MEMBER_PROTOCOL)
+            try:
+                await write_message(stream, node.digest())
+                take_digest(node, await read_message(stream, expect=MemberDigest))
+            finally:
+                await node.close_stream(stream)
+    except (SwarmError, trio.TooSlowError) as e:
+        logger.debug("no digest exchange with %s: %s", peer_id, e)
+    except Exception as e:  # libp2p raises its own types for refused or reset connections
+        logger.debug("no digest exchange with %s: %s: %s", peer_id, type(e).__name__, e)
+
+
+def on_disconnect(node: Node, peer_id: str) -> None:
+    if node.membership.on_disconnect(peer_id, time.monotonic()):
+        logger.warning("peer %s disconnected; removed from the swarm", peer_id)
+        node.notify()
+
+
+async def run_gossip(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Exchange digests with every known peer each `gossip_interval_s` (sooner after a change)."""
+    for addr in node.config.bootstrap:
+        node.membership.addrs.setdefault(addr.rsplit("/p2p/", 1)[1], (addr,))
+    node.host.on_disconnect(lambda peer_id: on_disconnect(node, peer_id))
+    task_status.started()
+    while True:
+        now = time.monotonic()
+        for peer_id in node.membership.expire(now):
+            logger.warning("peer %s silent for %.1f s; removed from the swarm", peer_id, node.config.failure_timeout_s)
+            node.notify()
+        async with trio.open_nursery() as nursery:
+            for peer_id, addrs in node.membership.dial_targets(now):
+                nursery.start_soon(exchange, node, peer_id, addrs)
+        node.gossip_soon = trio.Event()
+        with trio.move_on_after(node.config.gossip_interval_s):
+            await node.gossip_soon.wait()
+
+
+async def run_link_probes(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Measure bandwidth to up to MAX_PROBED_PEERS serving peers (short timed transfers, best of
+    PROBES_PER_LINK, after the model is loaded so loading does not slow the measurement)."""
+    task_status.started()
+    await node.preloaded.wait()
+    counts: dict[str, int] = {}
+    while True:
+        await trio.sleep(PROBE_PAUSE_S)
+        alive = set(node.membership.serving_ids(False))
+        todo = [p for p in sorted(alive) if counts.get(p, 0) < PROBES_PER_LINK][:MAX_PROBED_PEERS]
+        for peer_id in todo:
+            try:
+                gbps = await measure_gbps(node, peer_id, node.config.bandwidth_probe_bytes)
+            except Exception as e:  # a failed probe is retried next round
+                logger.debug("bandwidth probe to %s failed: %s", peer_id, e)
+                continue
+            counts[peer_id] = counts.get(peer_id, 0) + 1
+            node.links_gbps[peer_id] = round(max(gbps, node.links_gbps.get(peer_id, 0.0)), 3)
+            if counts[peer_id] == PROBES_PER_LINK:
+                logger.info("link to %s: %.2f Gbit/s", peer_id, node.links_gbps[peer_id])
+
+
+HANDLERS = {
+    MEMBER_PROTOCOL: serve_member, STATUS_PROTOCOL: serve_status, GENERATE_PROTOCOL: serve_generate,
+    PREFILL_PROTOCOL: serve_prefill, DECODE_PROTOCOL: serve_decode, KV_PROTOCOL: serve_kv,
+    BANDWIDTH_PROTOCOL: serve_bandwidth,
+}
+
+
+# ---- root -------------------------------------------------------------------------------------------------
+
+def describe_self(config: PeerConfig, peer_id: str):
+    """This peer's profile (declared or probed) and model, or (None, None, "") for a bootstrap node."""
+    if not config.is_serving:
+        return None, None, ""
+    from swarm.hardware import declared_profile, probe
+    from swarm.models import model_spec
+    from swarm.modelstore import resolve_model
+
+    host = config.host_name
+    profile = (declared_profile(config.profile, peer_id=peer_id, host=host) if config.profile
+               else probe(peer_id=peer_id, host=host))
+    model_path = resolve_model(config.model)
+    return profile, model_path, model_spec(model_path).name
+
+
+async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one peer until cancelled; `task_status.started(node)` once it listens and gossips."""
+    host_config = HostConfig(listen_addrs=config.listen, identity_path=config.identity_path,
+                             swarm_key_path=config.swarm_key_path)
+    async with open_host(host_config) as host, trio.open_nursery() as nursery:
+        node = Node(config, host, nursery)
+        node.profile, node.model_path, node.model_name = describe_self(config, host.peer_id)
+        for protocol, handler in HANDLERS.items():
+            host.set_handler(protocol, lambda stream, handler=handler: handler(node, stream))
+        await nursery.start(run_gossip, node)
+        if node.profile is not None:
+            await nursery.start(run_applier, node)
+            await nursery.start(run_coordinator, node)
+            await nursery.start(run_link_probes, node)
+        if config.addrs_file:
+            Path(config.addrs_file).write_text("\n".join(host.addrs) + "\n")
+        what = (f"{node.profile.gpu}x{node.profile.num_gpus}{' (emulated)' if node.profile.is_emulated else ''}, "
+                f"model {node.model_name}") if node.profile else "bootstrap node"
+        logger.warning("peer %s up (%s) at %s", host.peer_id, what, " ".join(host.addrs))
+        task_status.started(node)

@@ -1,0 +1,176 @@
+"""The replica side of the data plane: prefill jobs, decode sessions waiting for KV, colocated requests.
+
+`/swarm/prefill/1.0.0`: a `PrefillJob` in; on a prefill replica the first token comes back, the KV is
+exported in the job's format and pushed to the decode replica (`kvlink`), and an `Ack` ends the stream;
+on a colocated (`both`) replica every token comes back on this stream. `/swarm/decode/1.0.0`: a
+`DecodeWatch` in, `Ack` out, then, once the KV has arrived and been imported, the tokens. Jobs carrying
+an epoch older than this peer's plan are refused (fencing), so the entry peer re-routes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from kernels import KvFormat
+from peers.engine import SamplingParams
+from peers.kvlink import send_kv
+from swarm.errors import SwarmError
+from swarm.net.rpc import read_message, write_message
+from swarm.wire.requests import (
+    Ack,
+    DecodeWatch,
+    GenerateRequest,
+    KvPush,
+    PrefillJob,
+    RequestFailure,
+    TokenChunk,
+)
+
+logger = logging.getLogger(__name__)
+
+READ_TIMEOUT_S = 10.0
+KV_WAIT_S = 60.0
+IMPORT_RETRIES = 40
+IMPORT_RETRY_PAUSE_S = 0.25
+
+
+def sampling_params(request: GenerateRequest) -> SamplingParams:
+    return SamplingParams(temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
+                          seed=request.seed, max_tokens=request.max_tokens, stop=request.stop,
+                          ignore_eos=request.ignore_eos)
+
+
+def prompt_of(request: GenerateRequest) -> tuple[object, list[dict] | None]:
+    """(prompt, messages) as the engine's `add` takes them."""
+    if request.messages:
+        return None, [{"role": m.role, "content": m.content} for m in request.messages]
+    return (list(request.token_ids) if request.token_ids else request.prompt), None
+
+
+def chunk_of(request_id: str, index: int, event) -> TokenChunk:
+    return TokenChunk(request_id, index, tuple(event.token_ids), event.text, event.finish_reason or "")
+
+
+def check_epoch(node, epoch: int, request_id: str) -> RequestFailure | None:
+    if epoch < node.holder.epoch:
+        logger.info("request %s carries plan epoch %d, older than ours (%d): refused", request_id, epoch,
+                    node.holder.epoch)
+        return RequestFailure(request_id, "stale_epoch", f"plan epoch {epoch} is older than {node.holder.epoch}")
+    return None
+
+
+async def serve_prefill(node, stream) -> None:
+    with trio.fail_after(READ_TIMEOUT_S):
+        job = await read_message(stream, expect=PrefillJob)
+    request = job.request
+    failure = check_epoch(node, job.epoch, request.request_id) or _role_failure(node, request.request_id, "prefill")
+    if failure is not None:
+        await write_message(stream, failure)
+        return
+    worker = node.worker
+    is_colocated = job.decode_peer_id == node.peer_id and worker.engine.config.role == "both"
+    try:
+        prompt, messages = prompt_of(request)
+        events = await worker.add(request.request_id, prompt, messages=messages, params=sampling_params(request))
+    except SwarmError as e:
+        await write_message(stream, RequestFailure(request.request_id, "bad_request", str(e)[:4000]))
+        return
+    try:
+        with trio.fail_after(node.config.request_timeout_s):
+            if is_colocated:
+                await _stream_events(stream, request.request_id, 0, events)
+            else:
+                await _prefill_and_push(node, stream, job, events)
+    finally:
+        await worker.abort(request.request_id)
+
+
+async def _prefill_and_push(node, stream, job: PrefillJob, events) -> None:
+    request_id = job.request.request_id
+    first = await events.receive()
+    await write_message(stream, chunk_of(request_id, 0, first))
+    if first.finish_reason != "prefilled":
+        return
+    try:
+        blob = await node.worker.export_kv(request_id, KvFormat(bits=job.kv_bits))
+        push = KvPush(request_id, job.epoch, first.prompt_token_ids, tuple(first.token_ids), len(blob))
+        await send_kv(node, job.decode_peer_id, push, blob, job.epoch)
+    except SwarmError as e:
+        await write_message(stream, RequestFailure(request_id, "kv_push_failed", str(e)[:4000]))
+        return
+    await write_message(stream, Ack(request_id))
+
+
+async def _stream_events(stream, request_id: str, index: int, events) -> None:
+    async for event in events:
+        await write_message(stream, chunk_of(request_id, index, event))
+        index += len(event.token_ids)
+        if event.is_finished:
+            return
+
+
+class DecodeSession:
+    """A decode replica waiting for one request's KV, then streaming its tokens to the entry peer."""
+
+    def __init__(self, node, watch: DecodeWatch) -> None:
+        self.node = node
+        self.watch = watch
+        self.events = None
+        self.first_index = 0
+        self.has_kv = trio.Event()
+
+    async def take_kv(self, push: KvPush, blob: bytes) -> None:
+        """Import the KV (retrying while the cache is full for a while); start streaming."""
+        from peers.errors import CapacityError
+
+        request = self.watch.request
+        for attempt in range(IMPORT_RETRIES):
+            try:
+                self.events = await self.node.worker.import_kv(
+                    request.request_id, blob, prompt_token_ids=list(push.prompt_token_ids),
+                    output_token_ids=list(push.output_token_ids), params=sampling_params(request))
+                break
+            except CapacityError:
+                if attempt == IMPORT_RETRIES - 1:
+                    raise
+                await trio.sleep(IMPORT_RETRY_PAUSE_S)
+        self.first_index = len(push.output_token_ids)
+        self.has_kv.set()
+
+
+async def serve_decode(node, stream) -> None:
+    with trio.fail_after(READ_TIMEOUT_S):
+        watch = await read_message(stream, expect=DecodeWatch)
+    request_id = watch.request.request_id
+    failure = check_epoch(node, watch.epoch, request_id) or _role_failure(node, request_id, "decode")
+    if failure is None and request_id in node.decode_sessions:
+        failure = RequestFailure(request_id, "duplicate", "a decode session for this request id is open")
+    if failure is not None:
+        await write_message(stream, failure)
+        return
+    session = DecodeSession(node, watch)
+    node.decode_sessions[request_id] = session
+    try:
+        await write_message(stream, Ack(request_id))
+        with trio.move_on_after(KV_WAIT_S):
+            await session.has_kv.wait()
+        if session.events is None:
+            return  # the request ended at its first token, or the prefill replica never sent the KV
+        with trio.fail_after(node.config.request_timeout_s):
+            await _stream_events(stream, request_id, session.first_index, session.events)
+    finally:
+        node.decode_sessions.pop(request_id, None)
+        if session.events is not None:
+            await node.worker.abort(request_id)
+
+
+def _role_failure(node, request_id: str, phase: str) -> RequestFailure | None:
+    worker = node.worker
+    if worker is None or node.ready_epoch < 0:
+        return RequestFailure(request_id, "not_ready", "this replica is not ready (loading, or in no group)")
+    role = worker.engine.config.role
+    if role != "both" and role != phase:
+        return RequestFailure(request_id, "wrong_role", f"this replica serves {role}, not {phase}")
+    return None

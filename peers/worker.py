@@ -1,0 +1,121 @@
+"""`EngineWorker`: the trio side of one engine. Every engine call runs in a worker thread, never on trio's.
+
+How it works: one task (`run_worker`) loops `engine.step()` in a thread (through a capacity limiter of
+one, so engine calls never overlap) while any request waits or runs, and sleeps on an event otherwise.
+Each request gets a bounded memory channel sized for all its events (max_tokens + 2), so handing out a
+step's events never blocks the loop; a consumer that goes away aborts its request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+
+from peers.engine import Engine, SamplingParams, TokenEvent
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerLoad:
+    """What this engine is doing, for load reports and the status table."""
+
+    num_queued: int = 0
+    num_running: int = 0
+    kv_tokens_free: int = 0
+    tokens_per_s: float = 0.0
+
+
+class EngineWorker:
+    """Feeds requests into one engine and hands each request's `TokenEvent`s to its channel."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.limiter = trio.CapacityLimiter(1)
+        self.channels: dict[str, trio.MemorySendChannel] = {}
+        self.has_work = trio.Event()
+        self.tokens_window: list[tuple[float, int]] = []  # (time, tokens) of recent steps
+
+    async def call(self, fn, *args, **kwargs):
+        """Run `fn(*args, **kwargs)` (an engine method) in the worker thread."""
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.limiter)
+
+    async def add(self, request_id: str, prompt, *, messages=None, params: SamplingParams) -> trio.MemoryReceiveChannel:
+        """Queue a request (text, token ids or chat messages); its events arrive on the returned channel."""
+        receive = self._open_channel(request_id, params)
+        try:
+            await self.call(self.engine.add, request_id, prompt, messages=messages, params=params)
+        except BaseException:
+            self.channels.pop(request_id, None)
+            raise
+        self.has_work.set()
+        return receive
+
+    async def import_kv(self, request_id: str, blob: bytes, *, prompt_token_ids: list[int],
+                        output_token_ids: list[int], params: SamplingParams) -> trio.MemoryReceiveChannel:
+        """Continue a request from a prefill replica's KV; its further events arrive on the channel."""
+        receive = self._open_channel(request_id, params)
+        try:
+            await self.call(self.engine.import_kv, request_id, blob, prompt_token_ids=prompt_token_ids,
+                            output_token_ids=output_token_ids, params=params)
+        except BaseException:
+            self.channels.pop(request_id, None)
+            raise
+        self.has_work.set()
+        return receive
+
+    async def export_kv(self, request_id: str, fmt) -> bytes:
+        """The parked KV of a prefilled request as a blob (freed in the engine)."""
+        self.channels.pop(request_id, None)
+        return await self.call(self.engine.export_kv, request_id, fmt)
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request whose consumer went away; an already finished one is left alone."""
+        if self.channels.pop(request_id, None) is None or request_id not in self.engine.seqs:
+            return
+        with trio.CancelScope(shield=True):
+            await self.call(self.engine.abort, request_id)
+
+    def load(self) -> WorkerLoad:
+        scheduler = self.engine.scheduler
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self.tokens_window if now - t < 5.0]
+        self.tokens_window = recent
+        return WorkerLoad(num_queued=len(scheduler.waiting), num_running=len(scheduler.running),
+                          kv_tokens_free=scheduler.blocks.num_free_blocks * scheduler.blocks.block_size_tokens,
+                          tokens_per_s=sum(n for _, n in recent) / 5.0)
+
+    async def run_worker(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Step the engine while it has work; deliver each event to its request's channel."""
+        task_status.started()
+        while True:
+            if not await self.call(self.engine.has_work):
+                self.has_work = trio.Event()
+                if not await self.call(self.engine.has_work):
+                    await self.has_work.wait()
+                continue
+            events = await self.call(self.engine.step)
+            self.tokens_window.append((time.monotonic(), sum(len(e.token_ids) for e in events)))
+            for event in events:
+                self._deliver(event)
+
+    def _deliver(self, event: TokenEvent) -> None:
+        channel = self.channels.get(event.request_id)
+        if channel is None:
+            return
+        try:
+            channel.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            logger.warning("request %s: its consumer is gone or stuck; dropping its tokens", event.request_id)
+        if event.is_finished:
+            if event.finish_reason != "prefilled":
+                self.channels.pop(event.request_id, None)
+            channel.close()
+
+    def _open_channel(self, request_id: str, params: SamplingParams) -> trio.MemoryReceiveChannel:
+        send, receive = trio.open_memory_channel(params.max_tokens + 2)
+        self.channels[request_id] = send
+        return receive

@@ -1,0 +1,292 @@
+"""The records of the swarm's data plane and status (wire type ids 80-99), each range-checked here, once.
+
+Client -> entry peer: `GenerateRequest`, answered by a stream of `TokenChunk`s (or a `RequestFailure`).
+Entry -> prefill replica: `PrefillJob`; entry -> decode replica: `DecodeWatch` (answered by `Ack`, then
+the tokens); prefill -> decode: `KvPush` followed by the KV blob in frames. Peers exchange `MemberDigest`
+records (push-pull, every half second) and answer `StatusRequest` with a `StatusReply`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from swarm.errors import WireError
+from swarm.wire.codec import message
+from swarm.wire.hardware import HardwareProfile
+from swarm.wire.plan import Plan
+
+MAX_REQUEST_ID_CHARS = 64
+MAX_PROMPT_CHARS = 60_000
+MAX_PROMPT_TOKENS = 32_768
+MAX_OUTPUT_TOKENS = 16_384
+MAX_MESSAGES = 256
+MAX_STOP_STRINGS = 16
+MAX_TEXT_CHARS = 4096
+MAX_ADDRS = 16
+MAX_PEERS = 1024
+MAX_U63 = 2**63 - 1
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+FINISH_REASONS = ("", "stop", "length", "prefilled", "aborted")
+KV_BITS = (4, 8, 16)
+
+
+def _check_id(name: str, value: object) -> None:
+    if type(value) is not str or not 1 <= len(value) <= MAX_REQUEST_ID_CHARS or not value.isprintable():
+        raise WireError(f"{name}={value!r}: expected 1 to {MAX_REQUEST_ID_CHARS} printable characters")
+
+
+def _check_peer(name: str, value: object, *, may_be_empty: bool = False) -> None:
+    if may_be_empty and value == "":
+        return
+    if type(value) is not str or not 1 <= len(value) <= 128 or not value.isalnum():
+        raise WireError(f"{name}={value!r}: expected a base58 peer id")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (math.isfinite(value) and low <= value <= high):
+        raise WireError(f"{name} must be in [{low}, {high}], got {value!r}")
+
+
+def _check_text(name: str, value: str, max_chars: int) -> None:
+    if len(value) > max_chars:
+        raise WireError(f"{name} has {len(value)} characters; the limit is {max_chars}")
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in CHAT_ROLES:
+            raise WireError(f"ChatMessage.role must be one of {CHAT_ROLES}, got {self.role!r}")
+        _check_text("ChatMessage.content", self.content, MAX_PROMPT_CHARS)
+
+
+@message(80)
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generation: exactly one of a text prompt, chat messages or token ids, and sampling settings."""
+
+    request_id: str
+    prompt: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        _check_id("GenerateRequest.request_id", self.request_id)
+        given = [bool(self.prompt), bool(self.messages), bool(self.token_ids)]
+        if sum(given) != 1:
+            raise WireError("GenerateRequest needs exactly one of a non-empty prompt, messages or token_ids")
+        _check_text("GenerateRequest.prompt", self.prompt, MAX_PROMPT_CHARS)
+        if len(self.messages) > MAX_MESSAGES or len(self.token_ids) > MAX_PROMPT_TOKENS:
+            raise WireError(f"GenerateRequest: at most {MAX_MESSAGES} messages and {MAX_PROMPT_TOKENS} token ids")
+        if any(not 0 <= t < 2**31 for t in self.token_ids):
+            raise WireError("GenerateRequest.token_ids must be in [0, 2**31)")
+        if not 1 <= self.max_tokens <= MAX_OUTPUT_TOKENS:
+            raise WireError(f"GenerateRequest.max_tokens must be in [1, {MAX_OUTPUT_TOKENS}], got {self.max_tokens}")
+        _check_range("GenerateRequest.temperature", self.temperature, 0.0, 100.0)
+        _check_range("GenerateRequest.top_p", self.top_p, 1e-9, 1.0)
+        if not 0 <= self.top_k <= 1 << 20:
+            raise WireError(f"GenerateRequest.top_k must be in [0, 2**20], got {self.top_k}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_U63:
+            raise WireError(f"GenerateRequest.seed must be in [0, 2**63), got {self.seed}")
+        if len(self.stop) > MAX_STOP_STRINGS or any(not s or len(s) > 256 for s in self.stop):
+            raise WireError(f"GenerateRequest.stop: at most {MAX_STOP_STRINGS} non-empty strings of <= 256 chars")
+
+
+@message(81)
+@dataclass(frozen=True)
+class TokenChunk:
+    """Tokens `index`, `index + 1`, ... of a request's output; a non-empty `finish_reason` ends it."""
+
+    request_id: str
+    index: int
+    token_ids: tuple[int, ...]
+    text: str = ""
+    finish_reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_id("TokenChunk.request_id", self.request_id)
+        if not 0 <= self.index <= MAX_OUTPUT_TOKENS or len(self.token_ids) > MAX_OUTPUT_TOKENS:
+            raise WireError(f"TokenChunk.index must be in [0, {MAX_OUTPUT_TOKENS}], got {self.index}")
+        if self.finish_reason not in FINISH_REASONS:
+            raise WireError(f"TokenChunk.finish_reason must be one of {FINISH_REASONS}, got {self.finish_reason!r}")
+        _check_text("TokenChunk.text", self.text, MAX_PROMPT_CHARS)
+
+
+@message(82)
+@dataclass(frozen=True)
+class RequestFailure:
+    """A request could not be served: a short code ("bad_request", "unavailable", ...) and why."""
+
+    request_id: str
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        _check_text("RequestFailure.code", self.code, 64)
+        _check_text("RequestFailure.message", self.message, MAX_TEXT_CHARS)
+
+
+@message(83)
+@dataclass(frozen=True)
+class StatusRequest:
+    include_plan: bool = True
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One peer as the answering peer sees it."""
+
+    peer_id: str
+    host: str
+    gpu: str
+    num_gpus: int
+    is_emulated: bool
+    is_serving: bool
+    group_id: int  # -1: in no group of the plan
+    role: str
+    is_ready: bool
+    num_queued: int
+    num_running: int
+    kv_tokens_free: int
+    tokens_per_s: float
+    last_heard_s: float
+    addrs: tuple[str, ...] = ()
+
+
+@message(84)
+@dataclass(frozen=True)
+class StatusReply:
+    peer_id: str
+    coordinator_id: str
+    epoch: int
+    plan_json: str
+    members: tuple[MemberStatus, ...]
+    uptime_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.members) > MAX_PEERS:
+            raise WireError(f"StatusReply: at most {MAX_PEERS} members")
+
+
+@message(85)
+@dataclass(frozen=True)
+class PrefillJob:
+    """Entry -> prefill replica: compute `request`'s prompt, send its KV to `decode_peer_id`."""
+
+    request: GenerateRequest
+    epoch: int
+    decode_peer_id: str
+    kv_bits: int = 4
+
+    def __post_init__(self) -> None:
+        _check_peer("PrefillJob.decode_peer_id", self.decode_peer_id)
+        if self.kv_bits not in KV_BITS:
+            raise WireError(f"PrefillJob.kv_bits must be one of {KV_BITS}, got {self.kv_bits}")
+        if not 0 <= self.epoch <= MAX_U63:
+            raise WireError(f"PrefillJob.epoch must be in [0, 2**63), got {self.epoch}")
+
+
+@message(86)
+@dataclass(frozen=True)
+class DecodeWatch:
+    """Entry -> decode replica: the KV of `request_id` is coming; stream its tokens back on this stream."""
+
+    request: GenerateRequest
+    epoch: int
+
+
+@message(87)
+@dataclass(frozen=True)
+class Ack:
+    request_id: str
+
+
+@message(88)
+@dataclass(frozen=True)
+class KvPush:
+    """Prefill -> decode: the header in front of a request's KV blob (sent in frames right after)."""
+
+    request_id: str
+    epoch: int
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    blob_bytes: int
+
+    def __post_init__(self) -> None:
+        _check_id("KvPush.request_id", self.request_id)
+        if not self.output_token_ids or len(self.prompt_token_ids) > MAX_PROMPT_TOKENS:
+            raise WireError("KvPush needs the first output token and at most "
+                            f"{MAX_PROMPT_TOKENS} prompt tokens")
+        if not 0 < self.blob_bytes <= 1 << 34:
+            raise WireError(f"KvPush.blob_bytes must be in (0, 16 GiB], got {self.blob_bytes}")
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    peer_id: str
+    addrs: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_peer("PeerAddress.peer_id", self.peer_id)
+        if not 1 <= len(self.addrs) <= MAX_ADDRS or any(len(a) > 256 for a in self.addrs):
+            raise WireError(f"PeerAddress.addrs: 1 to {MAX_ADDRS} multiaddrs of <= 256 characters")
+
+
+@message(89)
+@dataclass(frozen=True)
+class MemberDigest:
+    """A peer's state, exchanged push-pull with every known peer: who it is, its load, its plan."""
+
+    peer_id: str
+    sequence: int
+    addrs: tuple[str, ...]
+    profile: HardwareProfile | None = None  # None: a bootstrap node, serves no model
+    term: int = 0  # the highest plan epoch this peer has seen
+    plan: Plan | None = None
+    plan_hosts: dict[str, str] = field(default_factory=dict)  # host name in the plan -> peer id
+    ready_epoch: int = -1  # the plan epoch this peer's replica is ready for (-1: not ready)
+    num_queued: int = 0
+    num_running: int = 0
+    kv_tokens_free: int = 0
+    tokens_per_s: float = 0.0
+    known: tuple[PeerAddress, ...] = ()
+    links_gbps: dict[str, float] = field(default_factory=dict)  # measured bandwidth to a peer id
+
+    def __post_init__(self) -> None:
+        _check_peer("MemberDigest.peer_id", self.peer_id)
+        if len(self.known) > MAX_PEERS or len(self.plan_hosts) > MAX_PEERS or len(self.links_gbps) > MAX_PEERS:
+            raise WireError(f"MemberDigest: at most {MAX_PEERS} known peers, plan hosts and links")
+        for name in ("sequence", "term", "num_queued", "num_running", "kv_tokens_free"):
+            if not 0 <= getattr(self, name) <= MAX_U63:
+                raise WireError(f"MemberDigest.{name} must be in [0, 2**63), got {getattr(self, name)}")
+        if not -1 <= self.ready_epoch <= MAX_U63:
+            raise WireError(f"MemberDigest.ready_epoch must be -1 or an epoch, got {self.ready_epoch}")
+        _check_range("MemberDigest.tokens_per_s", self.tokens_per_s, 0.0, 1e12)
+        for peer, gbps in self.links_gbps.items():
+            _check_peer("MemberDigest.links_gbps key", peer)
+            _check_range("MemberDigest.links_gbps value", gbps, 0.0, 1e6)
+        if self.plan is not None and self.plan.epoch > self.term:
+            raise WireError(f"MemberDigest: plan epoch {self.plan.epoch} is above the term {self.term}")
+
+
+@message(90)
+@dataclass(frozen=True)
+class BandwidthProbe:
+    """A timed bulk transfer: `num_bytes` follow in frames; the receiver answers with an `Ack`."""
+
+    num_bytes: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.num_bytes <= 64 << 20:
+            raise WireError(f"BandwidthProbe.num_bytes must be in (0, 64 MiB], got {self.num_bytes}")
