@@ -121,7 +121,8 @@ class ClusterSim:
             self._routes[key] = kv_route(self.problem.cluster, self._stages[src_gid], self._stages[dst_gid],
                                          self.problem.model.num_layers)
         src, dst, frac = self._routes[key]
-        tokens = self.ledger.prompt_tokens[rid] + self.ledger.tokens_done[rid]
+        # the KV of the prompt and of every delivered token but the newest (not yet computed)
+        tokens = self.ledger.prompt_tokens[rid] + max(int(self.ledger.tokens_done[rid]) - 1, 0)
         num_bytes = float(kv_wire_bytes(self.problem.model, tokens, self.problem.kv_bits)) * frac
         self.network.send(src, dst, num_bytes, self._kv_arrived, rid, self.replicas[dst_gid], self.sim.now_s,
                           deadline_s)

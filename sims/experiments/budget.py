@@ -15,6 +15,7 @@ import numpy as np
 
 from sims import plots
 from sims.baselines import plan_system
+from sims.calibrate import calibrated_efficiency
 from sims.errors import SimError
 from sims.report import markdown_table, write_csv, write_summary
 from sims.run import crossing, rate_sweep
@@ -61,7 +62,7 @@ def run(ctx) -> dict:
     rates = np.geomspace(0.5, 16.0, 6 if ctx.quick else 12)
     scored = []
     for counts in candidate_pools(BUDGET_PER_HOUR):
-        problem = Problem(pool_cluster(counts), model, workload, slo, rate_rps=workload.rate_rps)
+        problem = Problem(pool_cluster(counts), model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency())
         try:
             planned = plan_system("swarm", problem, budget_s=budget_s, seed=ctx.seed)
         except SimError:

@@ -12,6 +12,7 @@ import numpy as np
 
 from sims import plots
 from sims.baselines import Planned, deployment_table, plan_system
+from sims.calibrate import calibrated_efficiency
 from sims.report import markdown_table, write_csv, write_summary
 from sims.run import crossing, rate_sweep, slo_sweep
 from swarm.hardware import load_cluster
@@ -36,7 +37,7 @@ def run(ctx) -> dict:
         workload, model = load_workload(workload_name), model_spec(MODEL)
         slo = base_slo(model, workload)
         planned = {s: plan_system(s, Problem(load_cluster(SYSTEMS[s]), model, workload, slo,
-                                             rate_rps=workload.rate_rps), budget_s=budget_s, seed=ctx.seed)
+                                             rate_rps=workload.rate_rps, efficiency=calibrated_efficiency()), budget_s=budget_s, seed=ctx.seed)
                    for s in systems}
         result = _measure(planned, rates, workload.rate_rps, duration_s, ctx.seed)
         figures[workload_name] = _ratios(result)

@@ -16,6 +16,7 @@ import numpy as np
 
 from sims import plots
 from sims.baselines import plan_system
+from sims.calibrate import calibrated_efficiency
 from sims.ledger import DONE
 from sims.report import markdown_table, write_csv, write_summary
 from sims.run import simulate
@@ -38,7 +39,7 @@ def run(ctx) -> dict:
     rows, figures = [], {}
     for gbps in LINKS_GBPS:
         cluster = replace(load_cluster("network-8"), default_gbps=gbps, name=f"network-8@{gbps:g}Gbps")
-        problem = Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps)
+        problem = Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency())
         for label, system in SYSTEMS.items():
             planned = plan_system(system, problem, budget_s=budget_s, seed=ctx.seed)
             row = _measure(planned, num_requests, ctx.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sims import plots, recovery
 from sims.baselines import plan_system
+from sims.calibrate import calibrated_efficiency
 from sims.cluster_sim import ClusterSim
 from sims.ledger import attainment_over_time, metrics
 from sims.report import markdown_table, write_csv, write_summary
@@ -57,7 +58,7 @@ def _scenario(scenario: str, duration_s: float, event_s: float, budget_s: float,
     first = code if scenario == "shift" else conv
     slo = base_slo(model, first)
     cluster = load_cluster("cloud-32")
-    problem = Problem(cluster, model, first, slo, rate_rps=first.rate_rps)
+    problem = Problem(cluster, model, first, slo, rate_rps=first.rate_rps, efficiency=calibrated_efficiency())
     initial = plan_system("swarm", problem, budget_s=budget_s, seed=seed)
     rate = RATE_FACTOR[scenario] * max(initial.evaluation.goodput_rps, 0.5)
     out = {}
@@ -86,7 +87,8 @@ def _schedule(sim, scenario, policy, problem, plan, ledger, event_s, budget_s, s
         decide_s = event_s
     else:
         shifted_to = as_workload(ledger, "observed", event_s, event_s + PROFILER_WINDOW_S)
-        target = Problem(problem.cluster, problem.model, shifted_to, problem.slo, rate_rps=problem.rate_rps)
+        target = Problem(problem.cluster, problem.model, shifted_to, problem.slo, rate_rps=problem.rate_rps,
+                         efficiency=problem.efficiency)
         decide_s = event_s + PROFILER_WINDOW_S
     if policy == "none":
         return decide_s, {"planner_s": 0.0, "reload_s": 0.0, "serving_again_s": 0.0}

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from sims import plots
 from sims.baselines import plan_system
+from sims.calibrate import calibrated_efficiency
 from sims.cluster_sim import ClusterSim
 from sims.report import markdown_table, write_csv, write_summary
 from sims.workloads import replay
@@ -47,7 +48,8 @@ def run(ctx) -> dict:
     for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
         cluster = scaled_cloud(n)
         budget_s = (0.5 if ctx.quick else 2.0) * max(1.0, n / 32) ** 0.5
-        problem = Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps * n / 32)
+        problem = Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps * n / 32,
+                          efficiency=calibrated_efficiency())
         planned = plan_system("swarm", problem, budget_s=budget_s, seed=ctx.seed)
         e = planned.evaluation
         rows.append({"num_gpus": n, "planner_s": planned.planner_s, "budget_s": budget_s,
@@ -71,7 +73,7 @@ def run(ctx) -> dict:
 
 def _sim_speed(ctx, model, workload, slo) -> dict:
     duration_s = 300.0 if ctx.quick else workload.duration_s + 1.0
-    problem = Problem(load_cluster("cloud-32"), model, workload, slo, rate_rps=workload.rate_rps)
+    problem = Problem(load_cluster("cloud-32"), model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency())
     plan = plan_system("swarm", problem, budget_s=1.0, seed=ctx.seed).plan
     ledger = replay(workload, duration_s=duration_s)
     sim = ClusterSim(problem, plan, ledger, seed=ctx.seed)

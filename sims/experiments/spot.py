@@ -20,6 +20,7 @@ import numpy as np
 
 from sims import plots, recovery, spot
 from sims.baselines import plan_system
+from sims.calibrate import calibrated_efficiency
 from sims.cluster_sim import ClusterSim
 from sims.ledger import DONE
 from sims.report import markdown_table, write_csv, write_summary
@@ -103,7 +104,7 @@ def _problem(full, nodes, model, workload, per_node, slo=None) -> Problem:
     gone = [f"{h.name}/{i}" for h in full.hosts if h.name not in nodes for i in range(per_node)]
     cluster = full.without(gone)
     slo = slo or base_slo(model, workload).scaled(SLO_SCALE)
-    return Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps)
+    return Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency())
 
 
 def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, seed) -> int:
