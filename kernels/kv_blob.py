@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from kernels.errors import KvConfigError, KvFormatError
-from kernels.paged import dequantize_into_paged
+from kernels.paged import dequantize_into_paged, to_device
 from kernels.quant import dequantize, quantize
 from kernels.quant_ref import (
     AXES,
@@ -253,10 +253,7 @@ def materialize(x: QuantizedTensor | Tensor, dtype: torch.dtype, device: torch.d
     """Dequantise (or convert) one stacked (L, H, T, D) section on `device`, after check_finite."""
     check_finite(x, dtype)
     if isinstance(x, QuantizedTensor):
-        moved = QuantizedTensor(
-            x.data.to(device), x.scale.to(device), x.minimum.to(device), x.shape, x.bits, x.group_size, x.axis
-        )
-        return dequantize(moved, dtype)
+        return dequantize(to_device(x, torch.device(device)), dtype)
     return x.to(device=device, dtype=dtype)
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from kernels.errors import KvConfigError
-from kernels.quant import dequantize
+from kernels.quant import dequantize, has_triton
 from kernels.quant_ref import QuantizedTensor
 
 
@@ -87,19 +87,24 @@ def dequantize_into_paged(
     A plain tensor (fp16 on the wire) is converted and scattered the same way.
     """
     check_caches(caches, q.shape)
-    slots = token_slots(block_ids, q.shape[2], caches[0])
+    num_tokens = q.shape[2]
+    slots = token_slots(block_ids, num_tokens, caches[0])
     for layer, cache in enumerate(caches):
-        if isinstance(q, QuantizedTensor):
-            part = layer_rows(q, layer)
-            part = QuantizedTensor(
-                part.data.to(cache.device),
-                part.scale.to(cache.device),
-                part.minimum.to(cache.device),
-                part.shape,
-                part.bits,
-                part.group_size,
-                part.axis,
-            )
-            write_layer(dequantize(part, cache.dtype), cache, slots)  # (kv_heads, num_tokens, head_dim)
-        else:
+        if not isinstance(q, QuantizedTensor):
             write_layer(q[layer], cache, slots)
+            continue
+        part = to_device(layer_rows(q, layer), cache.device)
+        if cache.is_cuda and cache.is_contiguous() and has_triton():
+            from kernels import quant_triton
+
+            block_table = (
+                slots[:: cache.shape[1]] // cache.shape[1]
+            )  # the sequence's block ids, (num_needed,)
+            quant_triton.dequantize_paged(part, cache, block_table)
+        else:
+            write_layer(dequantize(part, cache.dtype), cache, slots)  # (kv_heads, num_tokens, head_dim)
+
+
+def to_device(q: QuantizedTensor, device: torch.device) -> QuantizedTensor:
+    data, scale, minimum = (t.to(device) for t in (q.data, q.scale, q.minimum))
+    return QuantizedTensor(data, scale, minimum, q.shape, q.bits, q.group_size, q.axis)

@@ -1,0 +1,160 @@
+"""Triton kernels for CUDA: quantise+pack and unpack+dequantise (dense or straight into paged blocks).
+
+Imported only when CUDA and triton exist (kernels.quant.has_triton). Same maths and layout as
+kernels.quant_ref, which is the specification: one program per (row, group); element `pos` of a row
+is at (lead, token, channel) = (row, pos // head_dim, pos % head_dim) for axis "token" and
+(row // head_dim, pos, row % head_dim) for axis "channel"; positions past the row's end read the row's
+last element (the reference's padding) and are never stored.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.quant_ref import (
+    QuantizedTensor,
+    check_quant_args,
+    num_groups_of,
+    packed_row_bytes,
+    row_layout,
+)
+
+
+@triton.jit
+def element_offset(row, pos, num_tokens, head_dim, CHANNEL: tl.constexpr):
+    """Offset of a row's element `pos` in a contiguous (lead, num_tokens, head_dim) tensor."""
+    row = row.to(tl.int64)
+    pos = pos.to(tl.int64)
+    if CHANNEL:
+        return (row // head_dim) * num_tokens * head_dim + pos * head_dim + row % head_dim
+    return row * num_tokens * head_dim + pos
+
+
+@triton.jit
+def quantize_kernel(
+    x_ptr, data_ptr, scale_ptr, min_ptr, num_tokens, head_dim, row_len, row_bytes, num_groups,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    group = tl.program_id(1)
+    q_max = (1 << BITS) - 1
+    if BITS == 4:
+        pair = tl.arange(0, GROUP // 2)
+        pos_even = group * GROUP + 2 * pair
+        pos_odd = pos_even + 1
+        x_even = tl.load(
+            x_ptr + element_offset(row, tl.minimum(pos_even, row_len - 1), num_tokens, head_dim, CHANNEL)
+        )
+        x_odd = tl.load(
+            x_ptr + element_offset(row, tl.minimum(pos_odd, row_len - 1), num_tokens, head_dim, CHANNEL)
+        )
+        x_even = x_even.to(tl.float32)
+        x_odd = x_odd.to(tl.float32)
+        lo = tl.minimum(tl.min(x_even, axis=0), tl.min(x_odd, axis=0))
+        hi = tl.maximum(tl.max(x_even, axis=0), tl.max(x_odd, axis=0))
+    else:
+        pos = group * GROUP + tl.arange(0, GROUP)
+        x = tl.load(x_ptr + element_offset(row, tl.minimum(pos, row_len - 1), num_tokens, head_dim, CHANNEL))
+        x = x.to(tl.float32)
+        lo = tl.min(x, axis=0)
+        hi = tl.max(x, axis=0)
+    scale16 = ((hi - lo) / q_max).to(tl.float16)
+    min16 = lo.to(tl.float16)
+    tl.store(scale_ptr + row.to(tl.int64) * num_groups + group, scale16)
+    tl.store(min_ptr + row.to(tl.int64) * num_groups + group, min16)
+    scale = scale16.to(tl.float32)
+    minimum = min16.to(tl.float32)
+    inv_scale = tl.where(scale > 0, 1.0 / scale, 0.0)
+    row_data = data_ptr + row.to(tl.int64) * row_bytes
+    if BITS == 4:
+        code_even = (tl.minimum(tl.maximum((x_even - minimum) * inv_scale, 0.0), q_max) + 0.5).to(tl.uint8)
+        code_odd = (tl.minimum(tl.maximum((x_odd - minimum) * inv_scale, 0.0), q_max) + 0.5).to(tl.uint8)
+        byte = group * (GROUP // 2) + pair
+        tl.store(row_data + byte, code_even | (code_odd << 4), mask=byte < row_bytes)
+    else:
+        code = (tl.minimum(tl.maximum((x - minimum) * inv_scale, 0.0), q_max) + 0.5).to(tl.uint8)
+        tl.store(row_data + pos, code, mask=pos < row_len)
+
+
+@triton.jit
+def dequantize_kernel(
+    data_ptr, scale_ptr, min_ptr, out_ptr, block_table_ptr, num_tokens, head_dim, kv_heads, row_len, row_bytes,
+    num_groups, block_size,
+    BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, PAGED: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    group = tl.program_id(1)
+    scale = tl.load(scale_ptr + row.to(tl.int64) * num_groups + group).to(tl.float32)
+    minimum = tl.load(min_ptr + row.to(tl.int64) * num_groups + group).to(tl.float32)
+    row_data = data_ptr + row.to(tl.int64) * row_bytes
+    pos = group * GROUP + tl.arange(0, GROUP)
+    is_real = pos < row_len
+    if BITS == 4:
+        packed = tl.load(row_data + pos // 2, mask=is_real, other=0)
+        code = tl.where(pos % 2 == 0, packed & 0x0F, packed >> 4)
+    else:
+        code = tl.load(row_data + pos, mask=is_real, other=0)
+    value = code.to(tl.float32) * scale + minimum
+    if PAGED:
+        # (kv_heads, tokens, head_dim) element -> cache (num_blocks, block_size, kv_heads, head_dim) slot
+        if CHANNEL:
+            head = row // head_dim
+            token = pos
+            channel = row % head_dim
+        else:
+            head = row
+            token = pos // head_dim
+            channel = pos % head_dim
+        block = tl.load(block_table_ptr + token // block_size, mask=is_real, other=0).to(tl.int64)
+        slot = block * block_size + token % block_size
+        offset = (slot * kv_heads + head) * head_dim + channel
+    else:
+        offset = element_offset(row, pos, num_tokens, head_dim, CHANNEL)
+    tl.store(out_ptr + offset, value.to(out_ptr.dtype.element_ty), mask=is_real)
+
+
+def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTensor:
+    """CUDA version of kernels.quant_ref.quantize (same layout, same codes up to fp32 rounding)."""
+    check_quant_args(bits, group_size, axis)
+    x = x.contiguous()
+    shape = tuple(x.shape)
+    num_rows, row_len = row_layout(shape, axis)
+    num_groups = num_groups_of(row_len, group_size)
+    row_bytes = packed_row_bytes(row_len, bits)
+    data = torch.empty(num_rows, row_bytes, dtype=torch.uint8, device=x.device)
+    scale = torch.empty(num_rows, num_groups, dtype=torch.float16, device=x.device)
+    minimum = torch.empty_like(scale)
+    num_tokens, head_dim = shape[-2:]
+    quantize_kernel[(num_rows, num_groups)](
+        x, data, scale, minimum, num_tokens, head_dim, row_len, row_bytes, num_groups,
+        BITS=bits, GROUP=group_size, CHANNEL=axis == "channel",
+    )  # fmt: skip
+    return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
+
+
+def launch_dequantize(q: QuantizedTensor, out: Tensor, block_table: Tensor | None, block_size: int) -> None:
+    num_rows, num_groups = q.scale.shape
+    _, row_len = row_layout(q.shape, q.axis)
+    num_tokens, head_dim = q.shape[-2:]
+    kv_heads = q.shape[-3] if len(q.shape) >= 3 else 1
+    table = block_table if block_table is not None else q.scale  # unused when not PAGED
+    dequantize_kernel[(num_rows, num_groups)](
+        q.data, q.scale, q.minimum, out, table, num_tokens, head_dim, kv_heads, row_len, q.data.shape[1],
+        num_groups, block_size,
+        BITS=q.bits, GROUP=q.group_size, CHANNEL=q.axis == "channel", PAGED=block_table is not None,
+    )  # fmt: skip
+
+
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
+    """CUDA version of kernels.quant_ref.dequantize."""
+    out = torch.empty(q.shape, dtype=dtype, device=q.data.device)
+    launch_dequantize(q, out, None, 1)
+    return out
+
+
+def dequantize_paged(q: QuantizedTensor, cache: Tensor, block_table: Tensor) -> None:
+    """Dequantise one layer q (kv_heads, num_tokens, head_dim) into cache (num_blocks, block_size, kv_heads,
+    head_dim) at the sequence's blocks `block_table` (int32/int64, enough blocks, checked by the caller)."""
+    assert cache.is_contiguous() and len(q.shape) == 3
+    launch_dequantize(q, cache, block_table.contiguous(), cache.shape[1])
