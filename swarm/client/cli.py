@@ -1,0 +1,46 @@
+"""`swarm generate --peer ADDR "prompt"`: the swarm half of the generate command, kept in the SDK.
+
+`swarm/cli/generate_cmd.py` adds these arguments with `add_swarm_arguments(parser)` and calls
+`cli_generate(args)` when `--peer` is given. Tokens are printed as they arrive; TTFT and TPOT go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def add_swarm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of swarm mode (`--peer`, `--swarm-key`, `--chat`); sampling flags are shared with --local."""
+    parser.add_argument("--peer", action="append", default=None, metavar="MULTIADDR",
+                        help="generate through the swarm via this peer (repeatable: tried in order)")
+    parser.add_argument("--swarm-key", default=None, metavar="FILE", help="private-swarm key file")
+    parser.add_argument("--chat", action="store_true", help="send the prompt as one user chat message")
+
+
+def cli_generate(args: argparse.Namespace) -> int:
+    """Stream one generation through the swarm to stdout; timings to stderr."""
+    from swarm.client.sync import SwarmClient
+
+    addrs = args.peer or [a for a in os.environ.get("SWARM_PEER", "").split(",") if a]
+    sampling = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed")
+                if getattr(args, k, None) is not None}
+    client = SwarmClient(addrs, swarm_key=getattr(args, "swarm_key", None))
+    prompt = args.prompt
+    kwargs = {"messages": [{"role": "user", "content": prompt}]} if getattr(args, "chat", False) else {"prompt": prompt}
+    start = time.perf_counter()
+    first_s, num_tokens, reason = None, 0, ""
+    for chunk in client.stream(**kwargs, **sampling):
+        if chunk.token_ids and first_s is None:
+            first_s = time.perf_counter() - start
+        num_tokens += len(chunk.token_ids)
+        reason = chunk.finish_reason
+        print(chunk.text, end="", flush=True)
+    total_s = time.perf_counter() - start
+    tpot_ms = (total_s - (first_s or 0)) / max(1, num_tokens - 1) * 1e3
+    print()
+    print(f"[{num_tokens} tokens, finish: {reason}, TTFT {(first_s or 0) * 1e3:.0f} ms, TPOT {tpot_ms:.0f} ms]",
+          file=sys.stderr)
+    return 0
