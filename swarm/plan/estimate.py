@@ -26,6 +26,7 @@ import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -130,33 +131,73 @@ def pair_profile(problem: Problem, prefill: Deployment, decode: Deployment) -> P
     return cache[key]
 
 
+@dataclass(frozen=True, eq=False)
 class Scenario:
-    """Deployments (by id) and the (prefill, decode) pairs KV may take, as arrays for fast estimates."""
+    """Deployments (by id) and the (prefill, decode) pairs KV may take, as arrays for fast estimates.
 
-    def __init__(self, problem: Problem, deployments: Mapping[int, Deployment],
-                 pairs: list[tuple[int, int]]) -> None:
-        self.problem, self.pairs = problem, pairs
-        self.ids = sorted(deployments)
-        index = {g: i for i, g in enumerate(self.ids)}
-        profiles = [group_profile(problem, deployments[g]) for g in self.ids]
+    Group arrays are indexed by position in `ids`; pair arrays by position in `pairs`.
+    """
+
+    problem: Problem
+    pairs: list[tuple[int, int]]
+    ids: list[int]
+    is_both: np.ndarray  # (groups,)
+    pair_p: np.ndarray  # (pairs,) group index of the prefill side
+    pair_d: np.ndarray  # (pairs,) group index of the decode side
+    mean_service_s: np.ndarray  # (groups,) E[S] of a prefill in this group's role
+    moment2_s2: np.ndarray
+    moment3_s3: np.ndarray
+    batch_grid: np.ndarray  # (groups, GRID_POINTS)
+    step_grid_s: np.ndarray  # (groups, GRID_POINTS)
+    max_batch: np.ndarray  # (groups,)
+    prefill_s: np.ndarray  # (groups, requests)
+    kv_s: np.ndarray  # (pairs, requests)
+    link_rps: np.ndarray  # (pairs,)
+    mean_kv_s: np.ndarray  # (pairs,)
+
+    @classmethod
+    def build(cls, problem: Problem, deployments: Mapping[int, Deployment], pairs: list[tuple[int, int]]) -> Scenario:
+        """Gather the (cached) profiles of the groups and pairs into arrays."""
+        ids = sorted(deployments)
+        index = {g: i for i, g in enumerate(ids)}
+        profiles = [group_profile(problem, deployments[g]) for g in ids]
         pair_profiles = [pair_profile(problem, deployments[p], deployments[d]) for p, d in pairs]
-        self.is_both = np.array([deployments[g].role == "both" for g in self.ids])
-        self.has_both = bool(self.is_both.any())
-        self.rows = np.arange(len(self.ids))
-        self.pair_p = np.array([index[p] for p, _ in pairs], dtype=np.int64)
-        self.pair_d = np.array([index[d] for _, d in pairs], dtype=np.int64)
-        services = [pr.service(deployments[g].role) for g, pr in zip(self.ids, profiles, strict=True)]
-        self.mean_service_s, self.moment2_s2, self.moment3_s3 = (np.array(m) for m in zip(*services, strict=True))
-        self.batch_grid = np.stack([pr.batch_grid for pr in profiles])
-        self.step_grid_s = np.stack([pr.step_grid_s for pr in profiles])
-        self.max_batch = np.array([pr.max_batch for pr in profiles])
-        self.prefill_s = np.stack([pr.prefill_s for pr in profiles])  # (groups, requests)
-        self.kv_s = np.stack([pp.kv_s for pp in pair_profiles])  # (pairs, requests)
-        self.link_rps = np.array([pp.link_rps for pp in pair_profiles])
-        self.mean_kv_s = np.array([pp.mean_kv_s for pp in pair_profiles])
-        self.outputs = request_sample(problem)[1]
-        self.per_token = 1.0 / np.maximum(self.outputs - 1, 1)  # spreads a delay over the later tokens
-        self.mean_output_tokens = float(problem.lengths[1].mean())
+        services = [pr.service(deployments[g].role) for g, pr in zip(ids, profiles, strict=True)]
+        mean_service, moment2, moment3 = (np.array(m) for m in zip(*services, strict=True))
+        return cls(
+            problem=problem, pairs=pairs, ids=ids,
+            is_both=np.array([deployments[g].role == "both" for g in ids]),
+            pair_p=np.array([index[p] for p, _ in pairs], dtype=np.int64),
+            pair_d=np.array([index[d] for _, d in pairs], dtype=np.int64),
+            mean_service_s=mean_service, moment2_s2=moment2, moment3_s3=moment3,
+            batch_grid=np.stack([pr.batch_grid for pr in profiles]),
+            step_grid_s=np.stack([pr.step_grid_s for pr in profiles]),
+            max_batch=np.array([pr.max_batch for pr in profiles]),
+            prefill_s=np.stack([pr.prefill_s for pr in profiles]),
+            kv_s=np.stack([pp.kv_s for pp in pair_profiles]),
+            link_rps=np.array([pp.link_rps for pp in pair_profiles]),
+            mean_kv_s=np.array([pp.mean_kv_s for pp in pair_profiles]))
+
+    @cached_property
+    def has_both(self) -> bool:
+        return bool(self.is_both.any())
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        return np.arange(len(self.ids))
+
+    @cached_property
+    def outputs(self) -> np.ndarray:
+        return request_sample(self.problem)[1]
+
+    @cached_property
+    def per_token(self) -> np.ndarray:
+        """1 / (o - 1) per request: spreads a delay of the second token over the later tokens."""
+        return 1.0 / np.maximum(self.outputs - 1, 1)
+
+    @cached_property
+    def mean_output_tokens(self) -> float:
+        return float(self.problem.lengths[1].mean())
 
     def zero_load_attainment(self) -> np.ndarray:
         """(pairs,) share of requests each pair would serve within both SLOs with no queueing."""
@@ -246,7 +287,7 @@ def estimate(problem: Problem, deployments: Mapping[int, Deployment], kv_shares:
              rate_rps: float) -> Estimate:
     """Attainment and p90 TTFT/TPOT of `deployments` (by id) at `rate_rps` under the given KV shares."""
     pairs = sorted(kv_shares)
-    scenario = Scenario(problem, deployments, pairs)
+    scenario = Scenario.build(problem, deployments, pairs)
     return scenario.estimate(rate_rps, np.array([kv_shares[p] for p in pairs], dtype=np.float64))
 
 

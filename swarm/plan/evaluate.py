@@ -79,7 +79,7 @@ def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluati
     pairs = network.pairs()
     if not pairs:
         return Evaluation(0.0, 0.0, 0.0, None, deployments)
-    scenario = Scenario(problem, by_id, pairs)
+    scenario = Scenario.build(problem, by_id, pairs)
     try:
         if problem.orchestrate:
             attainment = dict(zip(pairs, scenario.zero_load_attainment(), strict=True))

@@ -90,7 +90,7 @@ def orchestrate(problem: Problem, deployments: Mapping[int, Deployment]) -> Rout
     network = flow_network(problem, deployments)
     if not problem.orchestrate:
         return uniform_routing(network)
-    attainment = Scenario(problem, deployments, network.pairs()).zero_load_attainment()
+    attainment = Scenario.build(problem, deployments, network.pairs()).zero_load_attainment()
     return Router.build(network, dict(zip(network.pairs(), attainment, strict=True))).shares_at(problem.rate_rps)
 
 

@@ -17,7 +17,7 @@ def _disaggregated(problem, hosts):
                    1: configure(problem, hosts["a40-1"], "decode"),
                    2: configure(problem, hosts["a6000-0"], "decode")}
     pairs = [(0, 1), (0, 2)]
-    return Scenario(problem, deployments, pairs), np.array([0.5, 0.5])
+    return Scenario.build(problem, deployments, pairs), np.array([0.5, 0.5])
 
 
 def test_attainment_falls_as_the_rate_grows(cloud32, llama30b, conv, make_problem, hosts_of):
