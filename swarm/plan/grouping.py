@@ -6,8 +6,9 @@ hold the model are simply left idle by `evaluate`, so every partition is a valid
 
 Initial grouping: single-linkage agglomerative clustering of hosts on the bandwidth matrix. Hosts with
 room for two or more replicas are first cut into power-of-two chunks that each just hold the model;
-then the two "open" clusters (too small for the model) with the fastest link between them are merged,
-until no open cluster is left (a last one joins its best-linked closed cluster).
+then, while some cluster is "open" (too small for the model), the pair with the fastest link that
+involves an open cluster is merged (two open ones first among equal links), so slow links are never
+used to complete a replica while a fast one could.
 
 Moves (the neighbourhood): flip a group's role; split a group (one host peeled off, a single host
 halved, or the host chain cut at its weakest link); merge two groups; move one host's part of a group,
@@ -110,18 +111,19 @@ def apply_move(topo: Topology, grouping: Grouping, move: Move) -> Grouping:
 
 def initial_clusters(topo: Topology) -> list[tuple[str, ...]]:
     """GPU sets from hierarchical clustering of the bandwidth matrix, each just large enough for the model."""
-    atoms = _atoms(topo)
-    closed = [a for a in atoms if topo.holds_model(a)]
-    open_ = [a for a in atoms if not topo.holds_model(a)]
-    while len(open_) > 1:
-        i, j = _fastest_pair(topo, open_)
-        merged = open_[i] + open_[j]
-        open_ = [a for k, a in enumerate(open_) if k not in (i, j)]
-        (closed if topo.holds_model(merged) else open_).append(merged)
-    if open_ and closed:
-        k = max(range(len(closed)), key=lambda c: (topo.link_gbps(open_[0], closed[c]), -c))
-        closed[k] = closed[k] + open_.pop()
-    return [topo.sorted_ids(c) for c in closed + open_]
+    return cluster_levels(topo)[0]
+
+
+def cluster_levels(topo: Topology) -> list[list[tuple[str, ...]]]:
+    """The dendrogram: level 0 is `initial_clusters`; each next level merges its best-linked pair
+    (fastest link, then the smaller merged memory), down to a single cluster."""
+    agg = _Agglomeration(topo, _atoms(topo))
+    while agg.merge(open_only=True):
+        pass
+    levels = [agg.clusters()]
+    while agg.merge(open_only=False):
+        levels.append(agg.clusters())
+    return levels
 
 
 def _atoms(topo: Topology) -> list[tuple[str, ...]]:
@@ -139,16 +141,41 @@ def _atoms(topo: Topology) -> list[tuple[str, ...]]:
     return atoms
 
 
-def _fastest_pair(topo: Topology, clusters: list[tuple[str, ...]]) -> tuple[int, int]:
-    """The pair with the fastest link; ties go to the smaller merged memory, then the earlier pair."""
-    best, best_key = (0, 1), None
-    for i in range(len(clusters)):
-        for j in range(i + 1, len(clusters)):
-            memory = sum(topo.memory_bytes[g] for g in clusters[i] + clusters[j])
-            key = (topo.link_gbps(clusters[i], clusters[j]), -memory)
-            if best_key is None or key > best_key:
-                best, best_key = (i, j), key
-    return best
+class _Agglomeration:
+    """Single-linkage agglomerative clustering on a cluster-to-cluster link matrix (Gbit/s)."""
+
+    def __init__(self, topo: Topology, atoms: list[tuple[str, ...]]) -> None:
+        self.topo = topo
+        self.members: list[tuple[str, ...] | None] = list(atoms)
+        hosts = [sorted({topo.host_of[g] for g in a}) for a in atoms]
+        reach = np.stack([topo.gbps[h].max(axis=0) for h in hosts])  # (atoms, hosts)
+        self.link = np.stack([reach[:, h].max(axis=1) for h in hosts], axis=1)  # (atoms, atoms)
+        self.memory = np.array([sum(topo.memory_bytes[g] for g in a) for a in atoms], dtype=np.float64)
+        self.is_open = np.array([not topo.holds_model(a) for a in atoms])
+
+    def clusters(self) -> list[tuple[str, ...]]:
+        return [self.topo.sorted_ids(m) for m in self.members if m is not None]
+
+    def merge(self, *, open_only: bool) -> bool:
+        """Merge the best pair (with an open cluster in it, if `open_only`); False when there is none."""
+        alive = np.array([m is not None for m in self.members])
+        i, j = np.triu_indices(len(self.members), k=1)
+        ok = alive[i] & alive[j]
+        if open_only:
+            ok &= self.is_open[i] | self.is_open[j]
+        i, j = i[ok], j[ok]
+        if len(i) == 0:
+            return False
+        both_open = self.is_open[i] & self.is_open[j]
+        # lexsort: the last key is the primary one; -i, -j make the earliest pair win among equals.
+        k = np.lexsort((-j, -i, -(self.memory[i] + self.memory[j]), both_open, self.link[i, j]))[-1]
+        a, b = int(i[k]), int(j[k])
+        self.members[a] = self.members[a] + self.members[b]
+        self.members[b] = None
+        self.link[a] = self.link[:, a] = np.maximum(self.link[a], self.link[b])
+        self.memory[a] += self.memory[b]
+        self.is_open[a] = not self.topo.holds_model(self.members[a])
+        return True
 
 
 def prefill_affinity(topo: Topology, gpu_ids) -> float:
@@ -158,23 +185,19 @@ def prefill_affinity(topo: Topology, gpu_ids) -> float:
     return sum(s.tflops for s in specs) / sum(s.memory_bandwidth_gbs for s in specs)
 
 
-def neighbours(topo: Topology, grouping: Grouping, rng, allowed_roles: tuple[str, ...],
-               max_moves: int) -> list[Move]:
-    """The moves from `grouping`: all of them, or `max_moves` drawn round-robin over the move kinds."""
+def neighbours(topo: Topology, grouping: Grouping, rng, allowed_roles: tuple[str, ...]) -> list[Move]:
+    """Every move from `grouping`, each kind shuffled by `rng`, interleaved round-robin over the kinds
+    (so any prefix of the list is a mixed sample of the neighbourhood)."""
     partners = _partners(topo, grouping)
     kinds = [_flips(grouping, allowed_roles), _splits(topo, grouping, allowed_roles),
              _merges(grouping, partners, allowed_roles), _transfers(topo, grouping, partners),
              _swaps(topo, grouping, partners)]
-    if sum(len(k) for k in kinds) <= max_moves:
-        return [m for k in kinds for m in k]
     for k in kinds:
         rng.shuffle(k)
-    picked: list[Move] = []
-    while len(picked) < max_moves:
-        for k in kinds:
-            if k and len(picked) < max_moves:
-                picked.append(k.pop())
-    return picked
+    interleaved: list[Move] = []
+    for i in range(max(len(k) for k in kinds)):
+        interleaved += [k[i] for k in kinds if i < len(k)]
+    return interleaved
 
 
 def _partners(topo: Topology, grouping: Grouping) -> list[list[int]]:
@@ -234,21 +257,18 @@ def _transfers(topo: Topology, grouping: Grouping, partners: list[list[int]]) ->
     moves = []
     for i, js in enumerate(partners):
         src_ids, src_role = grouping[i]
-        for part in topo.host_parts(src_ids).values():
-            pieces = [tuple(part)] + ([tuple(part[-1:])] if len(part) > 1 else [])
-            for piece in pieces:
-                rest = tuple(g for g in src_ids if g not in piece)
-                if not rest or (topo.holds_model(src_ids) and not topo.holds_model(rest)):
-                    continue
-                for j in js:
-                    dst_ids, dst_role = grouping[j]
-                    moves.append(Move("move", (grouping[i], grouping[j]),
-                                      ((rest, src_role), (dst_ids + piece, dst_role))))
+        for piece in _pieces(topo, src_ids):
+            rest = tuple(g for g in src_ids if g not in piece)
+            if not rest or (topo.holds_model(src_ids) and not topo.holds_model(rest)):
+                continue
+            for j in js:
+                dst_ids, dst_role = grouping[j]
+                moves.append(Move("move", (grouping[i], grouping[j]), ((rest, src_role), (dst_ids + piece, dst_role))))
     return moves
 
 
 def _swaps(topo: Topology, grouping: Grouping, partners: list[list[int]]) -> list[Move]:
-    """Equal-sized host parts of two groups exchanged (e.g. an A40 host for an RTX 3090 Ti host)."""
+    """Equal-sized pieces (a host's part of a group, or one GPU) on two hosts exchanged between groups."""
     moves = []
     for i, js in enumerate(partners):
         a_ids, a_role = grouping[i]
@@ -256,11 +276,22 @@ def _swaps(topo: Topology, grouping: Grouping, partners: list[list[int]]) -> lis
             if j < i:
                 continue
             b_ids, b_role = grouping[j]
-            for p in topo.host_parts(a_ids).values():
-                for q in topo.host_parts(b_ids).values():
-                    if len(p) != len(q) or topo.host_of[p[0]] == topo.host_of[q[0]]:
+            for p in _pieces(topo, a_ids):
+                for q in _pieces(topo, b_ids):
+                    whole = len(p) == len(a_ids) and len(q) == len(b_ids)  # = exchanging roles
+                    if whole or len(p) != len(q) or topo.host_of[p[0]] == topo.host_of[q[0]]:
                         continue
-                    new_a = tuple(g for g in a_ids if g not in p) + tuple(q)
-                    new_b = tuple(g for g in b_ids if g not in q) + tuple(p)
+                    new_a = tuple(g for g in a_ids if g not in p) + q
+                    new_b = tuple(g for g in b_ids if g not in q) + p
                     moves.append(Move("swap", (grouping[i], grouping[j]), ((new_a, a_role), (new_b, b_role))))
     return moves
+
+
+def _pieces(topo: Topology, gpu_ids: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Each host's part of a group, and the last GPU of each part of two or more."""
+    pieces = []
+    for part in topo.host_parts(gpu_ids).values():
+        pieces.append(tuple(part))
+        if len(part) > 1:
+            pieces.append((part[-1],))
+    return pieces

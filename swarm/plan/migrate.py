@@ -17,6 +17,7 @@ in-flight requests know where they continue. The result lists, per GPU, the laye
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -139,12 +140,18 @@ def shard_bytes(model: ModelSpec, position: Position) -> int:
     return model.stage_weight_bytes(*position.layers) // position.tp
 
 
-def match_migration(old: Plan, new: Plan, model: ModelSpec) -> Migration:
-    """Remap `new`'s GPUs within hosts to keep the most weight bytes of `old` in place."""
-    old_at = positions(old)
+def match_migration(old: Plan, new: Plan, model: ModelSpec, available: Collection[str] | None = None) -> Migration:
+    """Remap `new`'s GPUs within hosts to keep the most weight bytes of `old` in place.
+
+    `available` (e.g. the new cluster's GPU ids) may add GPUs that `new` leaves idle: a position can
+    move to such a GPU of the same host if it already holds the weights. Without it only the GPUs
+    `new` names are permuted.
+    """
+    old_at, new_at = positions(old), positions(new)
+    spare = _by_host(g for g in (available or ()) if g not in new_at)
     remap = {}
-    for host_gpus in _by_host(positions(new)).values():
-        remap.update(_match_host(model, old_at, positions(new), host_gpus))
+    for host, host_gpus in _by_host(new_at).items():
+        remap.update(_match_host(model, old_at, new_at, host_gpus, host_gpus + spare.get(host, [])))
     plan = _remapped(new, remap)
     new_at = positions(plan)
     loads, kept, moved = [], 0, 0
@@ -157,23 +164,23 @@ def match_migration(old: Plan, new: Plan, model: ModelSpec) -> Migration:
     return Migration(plan, tuple(loads), kept, moved, _group_map(model, old, plan, old_at, new_at))
 
 
-def _by_host(at: dict[str, Position]) -> dict[str, list[str]]:
+def _by_host(gpus: Iterable[str]) -> dict[str, list[str]]:
     hosts: dict[str, list[str]] = {}
-    for gpu in at:
+    for gpu in gpus:
         hosts.setdefault(gpu.rpartition("/")[0], []).append(gpu)
     return hosts
 
 
 def _match_host(model: ModelSpec, old_at: dict[str, Position], new_at: dict[str, Position],
-                gpus: list[str]) -> dict[str, str]:
+                slots: list[str], gpus: list[str]) -> dict[str, str]:
     """{GPU named at a position by the new plan: GPU of the same host that takes that position}."""
-    weights = np.array([[kept_bytes(model, old_at.get(g), new_at[p]) for p in gpus] for g in gpus],
+    weights = np.array([[kept_bytes(model, old_at.get(g), new_at[s]) for g in gpus] for s in slots],
                        dtype=np.float64)
     if not weights.any():
-        return {g: g for g in gpus}
-    # Prefer the identity among equals: a tiny bonus on the diagonal breaks ties towards no change.
-    weights += np.eye(len(gpus)) * 1e-3
-    return {gpus[p]: gpus[g] for g, p in assign_max(weights)}
+        return {s: s for s in slots}
+    # Among equals prefer what the new plan named: a tiny bonus (< 1 byte) on those pairs.
+    weights[:, :len(slots)] += np.eye(len(slots)) * 1e-3
+    return {slots[s]: gpus[g] for s, g in assign_max(weights)}
 
 
 def _remapped(plan: Plan, remap: dict[str, str]) -> Plan:

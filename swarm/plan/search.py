@@ -1,11 +1,15 @@
 """The upper level of the scheduler: tabu search over GPU groupings and each group's phase.
 
-How it works (ThunderServe, MLSys 2025, section 4.1). The start is the bandwidth clustering of
-`grouping.initial_clusters` with roles given by prefill affinity (compute per memory bandwidth): the
-k most compute-heavy groups prefill, the rest decode, for the k that scores best. Each iteration draws
-up to `max_neighbours` moves (flip, split, merge, move, swap; see grouping.py), scores every resulting
-grouping with `evaluate` (lower level + routing LP + SLO estimate) and moves to the best one even if it
-is worse than the current grouping (that is what escapes local optima). A move is tabu for `tenure`
+How it works (ThunderServe, MLSys 2025, section 4.1). The start comes from the bandwidth clustering
+of grouping.py: a few levels of its dendrogram, from the finest (every group just holds the model) to
+coarse ones (few large pipelines), each with roles by prefill affinity (compute per memory bandwidth:
+the k most compute-heavy groups prefill, the rest decode, k by ternary search); the best one is the
+start. Each iteration draws
+moves (flip, split, merge, move, swap; see grouping.py) in random order and scores the resulting
+groupings with `evaluate` (lower level + routing LP + SLO estimate): the first one better than the
+current grouping is taken at once (first improvement: evaluations are the scarce resource); if none
+is found among `max_neighbours` new groupings, the best of them is taken even if it is worse (that is
+what escapes local optima). A move is tabu for `tenure`
 iterations if it would recreate a group (GPU set and role) that an earlier move removed, unless it
 beats the best grouping seen (aspiration). The best grouping seen is returned.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from swarm.plan.errors import InfeasibleError, PlanError
 from swarm.plan.evaluate import Evaluation, evaluate
@@ -28,16 +32,18 @@ from swarm.plan.grouping import (
     Topology,
     apply_move,
     canonical,
-    initial_clusters,
+    cluster_levels,
     neighbours,
     prefill_affinity,
     topology,
 )
 from swarm.plan.problem import Problem
+from swarm.plan.validate import check_problem
 from swarm.wire.plan import ROLES, Plan
 
 DEFAULT_TENURE = 7
-MAX_ROLE_SPLITS = 12  # prefill counts tried for the initial roles on large clusters
+RESTART_AFTER = 2  # x tenure iterations without a new best: back to the best grouping
+START_LEVELS = 6  # dendrogram levels tried as starting groupings
 IMPROVEMENT = 1e-9
 MAX_STALE_ITERATIONS = 25  # iterations that meet only groupings seen before: the search has converged
 # Calibration of the default evaluation count (2-core machine): seconds per evaluation grow about
@@ -54,6 +60,7 @@ class SearchResult:
     num_evaluations: int
     elapsed_s: float
     history: tuple[tuple[int, float, float], ...]  # (evaluations, elapsed_s, best score) per improvement
+    start: Evaluation | None = None  # the grouping the tabu phase started from
 
     @property
     def time_to_best_s(self) -> float:
@@ -88,10 +95,11 @@ def plan(problem: Problem, *, budget_s: float = 2.0, seed: int = 0,
     num_gpus = problem.cluster.num_gpus
     search = _Search(problem, budget_s,
                      max_evaluations or default_evaluations(budget_s, num_gpus), random.Random(seed))
+    check_problem(problem)
     search.colocated = allowed_roles == ("both",)
     start = search.start(allowed_roles, initial)
     search.tabu(start, allowed_roles, max_neighbours or default_neighbours(num_gpus), tenure)
-    return search.result()
+    return replace(search.result(), start=search.cache.get(start, _NOTHING))
 
 
 class _Search:
@@ -104,34 +112,51 @@ class _Search:
         self.started = time.perf_counter()
         self.best: tuple[Grouping, Evaluation] | None = None
         self.history: list[tuple[int, float, float]] = []
+        self.num_evaluations = 0
         self.colocated = False
 
     def exhausted(self) -> bool:
-        return (len(self.cache) >= self.max_evaluations
+        return (self.num_evaluations >= self.max_evaluations
                 or time.perf_counter() - self.started >= self.budget_s)
 
     def score(self, grouping: Grouping) -> Evaluation:
+        """The evaluation of `grouping` (cached); one with no (prefill, decode) pair scores 0 for free."""
         if grouping not in self.cache:
+            if not _servable(grouping):
+                self.cache[grouping] = _NOTHING
+                self.best = self.best or (grouping, _NOTHING)
+                return _NOTHING
+            if self.exhausted():  # the budget is hard, also for the start candidates
+                return _NOTHING
+            self.num_evaluations += 1
             evaluation = evaluate(self.problem, grouping)
             self.cache[grouping] = evaluation
             if self.best is None or evaluation.score > self.best[1].score + IMPROVEMENT:
                 self.best = (grouping, evaluation)
-                self.history.append((len(self.cache), time.perf_counter() - self.started, evaluation.score))
+                self.history.append((self.num_evaluations, time.perf_counter() - self.started, evaluation.score))
         return self.cache[grouping]
 
     def start(self, allowed_roles: tuple[str, ...], initial: Plan | None) -> Grouping:
-        """The starting grouping: `initial`'s groups, or the clustering with the best role split."""
+        """The starting grouping: `initial`'s groups, or the best of a few dendrogram levels and role splits."""
         if initial is not None:
             return self._from_plan(initial, allowed_roles)
-        clusters = initial_clusters(self.topo)
-        if set(allowed_roles) != {"prefill", "decode"}:
-            return canonical(self.topo, [(c, allowed_roles[0]) for c in clusters])
-        ranked = sorted(clusters, key=lambda c: (-prefill_affinity(self.topo, c), self.topo.order[c[0]]))
-        candidates = [canonical(self.topo, [(c, "prefill" if i < k else "decode") for i, c in enumerate(ranked)])
-                      for k in _prefill_counts(len(ranked))]
-        for grouping in candidates:
+        levels = cluster_levels(self.topo)
+        starts = [self._roles_for(levels[i], allowed_roles) for i in _level_indices(len(levels), allowed_roles)]
+        return max(starts, key=lambda g: self.cache.get(g, _NOTHING).score)
+
+    def _roles_for(self, clusters: list[tuple[str, ...]], allowed_roles: tuple[str, ...]) -> Grouping:
+        """The clusters with the best "k most compute-heavy groups prefill" roles (ternary search on k)."""
+        if allowed_roles == ("both",) or len(clusters) < 2:
+            grouping = canonical(self.topo, [(c, allowed_roles[0]) for c in clusters])
             self.score(grouping)
-        return max(candidates, key=lambda g: self.cache[g].score)
+            return grouping
+        ranked = sorted(clusters, key=lambda c: (-prefill_affinity(self.topo, c), self.topo.order[c[0]]))
+
+        def split(k: int) -> Grouping:
+            return canonical(self.topo, [(c, "prefill" if i < k else "decode") for i, c in enumerate(ranked)])
+
+        k = ternary_max(lambda k: self.score(split(k)).score, 1, len(ranked) - 1)
+        return split(k)
 
     def _from_plan(self, initial: Plan, allowed_roles: tuple[str, ...]) -> Grouping:
         known = set(self.topo.order)
@@ -145,46 +170,86 @@ class _Search:
         return grouping
 
     def tabu(self, current: Grouping, allowed_roles: tuple[str, ...], max_neighbours: int, tenure: int) -> None:
-        """Move to the best non-tabu neighbour each iteration until the evaluation budget is spent."""
+        """Move to the best non-tabu neighbour each iteration until the evaluation budget is spent;
+        after `RESTART_AFTER * tenure` iterations without a new best, go back to the best grouping."""
         tabu_until: dict = {}
-        iteration = stale = 0
+        iteration = stale = since_best = 0
+        best_score = self.best[1].score
+        if current not in self.cache:
+            return
         while not self.exhausted() and stale < MAX_STALE_ITERATIONS:
-            chosen, evaluated_before = None, len(self.cache)
-            for move in neighbours(self.topo, current, self.rng, allowed_roles, max_neighbours):
-                if self.exhausted():
-                    break
-                grouping = apply_move(self.topo, current, move)
-                evaluation = self.score(grouping)
-                is_tabu = any(tabu_until.get(g, -1) >= iteration for g in move.added)
-                if is_tabu and evaluation.score <= self.best[1].score:
-                    continue
-                if chosen is None or evaluation.score > chosen[2].score:
-                    chosen = (move, grouping, evaluation)
-            stale = stale + 1 if len(self.cache) == evaluated_before else 0
-            if chosen is None:
-                continue
-            for group in chosen[0].removed:
-                tabu_until[group] = iteration + tenure
-            current = chosen[1]
+            evaluated_before = self.num_evaluations
+            chosen = self._best_neighbour(current, allowed_roles, max_neighbours, tabu_until, iteration)
+            stale = stale + 1 if self.num_evaluations == evaluated_before else 0
             iteration += 1
+            if self.best[1].score > best_score:
+                best_score, since_best = self.best[1].score, 0
+            else:
+                since_best += 1
+            if since_best >= RESTART_AFTER * tenure:
+                current, since_best = self.best[0], 0
+            elif chosen is not None:
+                for group in chosen[0].removed:
+                    tabu_until[group] = iteration + tenure
+                current = chosen[1]
+
+    def _best_neighbour(self, current: Grouping, allowed_roles: tuple[str, ...], max_neighbours: int,
+                        tabu_until: dict, iteration: int):
+        """(move, grouping, evaluation): the first admissible neighbour better than `current`, else the
+        best admissible one among the first `max_neighbours` not evaluated before; None if none."""
+        chosen, fresh = None, 0
+        current_score = self.cache[current].score
+        for move in neighbours(self.topo, current, self.rng, allowed_roles):
+            if self.exhausted() or fresh >= max_neighbours:
+                break
+            grouping = apply_move(self.topo, current, move)
+            if not _servable(grouping):
+                continue
+            fresh += grouping not in self.cache
+            evaluation = self.score(grouping)
+            is_tabu = any(tabu_until.get(g, -1) >= iteration for g in move.added)
+            if is_tabu and evaluation.score <= self.best[1].score:
+                continue
+            if chosen is None or evaluation.score > chosen[2].score:
+                chosen = (move, grouping, evaluation)
+            if evaluation.score > current_score + IMPROVEMENT:
+                break
+        return chosen
 
     def result(self) -> SearchResult:
         assert self.best is not None
         grouping, best = self.best
         if not best.is_feasible:
             raise InfeasibleError(_infeasible_message(self.problem, self.colocated))
-        return SearchResult(best, len(self.cache), time.perf_counter() - self.started, tuple(self.history))
+        return SearchResult(best, self.num_evaluations, time.perf_counter() - self.started, tuple(self.history))
 
 
-def _prefill_counts(num_groups: int) -> list[int]:
-    """Numbers of prefill groups to try: all of 1..G-1, or MAX_ROLE_SPLITS of them spread evenly."""
-    if num_groups < 2:
-        return [num_groups]
-    counts = range(1, num_groups)
-    if len(counts) <= MAX_ROLE_SPLITS:
-        return list(counts)
-    step = (num_groups - 2) / (MAX_ROLE_SPLITS - 1)
-    return sorted({1 + round(i * step) for i in range(MAX_ROLE_SPLITS)})
+_NOTHING = Evaluation(0.0, 0.0, 0.0, None, ())
+
+
+def _servable(grouping: Grouping) -> bool:
+    """Colocated groups, or at least one prefill and one decode group: otherwise nothing can be routed."""
+    roles = {role for _, role in grouping}
+    return "both" in roles or roles == {"prefill", "decode"}
+
+
+def ternary_max(f, lo: int, hi: int) -> int:
+    """An integer in [lo, hi] maximising `f`, by ternary search (exact when f is unimodal); lowest wins ties."""
+    while hi - lo > 2:
+        a, b = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        if f(a) < f(b):
+            lo = a + 1
+        else:
+            hi = b - 1
+    return max(range(lo, hi + 1), key=lambda k: (f(k), -k))
+
+
+def _level_indices(num_levels: int, allowed_roles: tuple[str, ...]) -> list[int]:
+    """Up to START_LEVELS dendrogram levels, evenly spread from the finest to the coarsest usable one."""
+    last = num_levels - 1 if allowed_roles == ("both",) else max(0, num_levels - 2)  # disaggregated: >= 2 groups
+    if last + 1 <= START_LEVELS:
+        return list(range(last + 1))
+    return sorted({round(i * last / (START_LEVELS - 1)) for i in range(START_LEVELS)})
 
 
 def _check_roles(allowed_roles: tuple[str, ...]) -> None:
