@@ -1,0 +1,45 @@
+"""PeerConfig: validation and the merge order file < environment < flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from peers.config import PeerConfig, load_peer_config
+from peers.daemon_errors import PeerConfigError
+
+
+def test_flags_override_environment_which_overrides_the_file(tmp_path):
+    path = tmp_path / "peer.toml"
+    path.write_text('[peer]\nkv_bits = 8\nrate_rps = 2.0\nname = "from-file"\n')
+    config = load_peer_config(path, env={"SWARM_KV_BITS": "16", "SWARM_NAME": "from-env"},
+                              flags={"name": "from-flag", "rate_rps": None})
+    assert (config.kv_bits, config.name, config.rate_rps) == (16, "from-flag", 2.0)
+
+
+def test_environment_lists_and_booleans_are_parsed():
+    addr = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc"
+    config = load_peer_config(env={"SWARM_BOOTSTRAP": f"{addr},{addr}", "SWARM_IS_SERVING": "false"})
+    assert config.bootstrap == (addr, addr) and config.is_serving is False
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"kv_bits": 3}, "kv_bits"),
+    ({"bootstrap": ("/ip4/1.2.3.4/tcp/1",)}, "peer id"),
+    ({"listen": ("localhost:4001",)}, "multiaddr"),
+    ({"gossip_interval_s": 3.0, "failure_timeout_s": 2.0}, "failure_timeout_s"),
+    ({"rate_rps": -1.0}, "rate_rps"),
+])
+def test_bad_settings_are_refused_with_the_field_named(settings, field):
+    with pytest.raises(PeerConfigError, match=field):
+        PeerConfig(**settings)
+
+
+def test_unknown_setting_and_bad_type_are_refused(tmp_path):
+    with pytest.raises(PeerConfigError, match="unknown peer settings"):
+        load_peer_config(flags={"kv_bitz": 4})
+    with pytest.raises(PeerConfigError, match="kv_bits"):
+        load_peer_config(env={"SWARM_KV_BITS": "four"})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("kv_bits = [")
+    with pytest.raises(PeerConfigError, match="not valid TOML"):
+        load_peer_config(bad, env={})
