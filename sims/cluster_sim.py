@@ -1,9 +1,10 @@
 """A plan executing on a simulated cluster: routing, KV transfers, failures, preemptions and re-plans.
 
 How it works: arrivals are chained events (one pending at a time). An arriving request goes to a
-prefill (or colocated) replica drawn by the plan's `routing.prefill` shares among the replicas that are
-up; when its prompt is done, a decode replica is drawn from the plan's `routing.kv` pairs of that
-prefill group and the KV (at the problem's `kv_bits`) crosses the bottleneck host link, shared with
+prefill (or colocated) replica among those with a `routing.prefill` share that are up: the one with
+the least outstanding work per unit of share (DESIGN.md: "by the plan's routing fractions and current
+load"; `routing="random"` draws by share instead). When its prompt is done, a decode replica is chosen
+the same way among the plan's `routing.kv` pairs of that prefill group, and the KV (at the problem's `kv_bits`) crosses the bottleneck host link, shared with
 every other transfer on it (`network.py`). Requests with nowhere to go wait at the entry (`pending`).
 Failures stop the replicas holding a failed GPU; their requests are recovered by the chosen policy:
   * "stateful" (SpotServe section 5, and swarm): resume from the last delivered token — KV moved to
@@ -30,15 +31,19 @@ from swarm.plan.problem import Problem
 from swarm.wire.plan import Plan
 
 RECOVERY = ("stateful", "restart")
+ROUTING = ("load", "random")
 
 
 class ClusterSim:
     """Runs `plan` for the requests of `ledger`; schedule failures and re-plans before `run`."""
 
     def __init__(self, problem: Problem, plan: Plan, ledger: Ledger, *, seed: int = 0,
-                 recovery: str = "stateful", record: bool = False) -> None:
+                 recovery: str = "stateful", routing: str = "load", record: bool = False) -> None:
         if recovery not in RECOVERY:
             raise SimError(f"recovery must be one of {RECOVERY}, got {recovery!r}")
+        if routing not in ROUTING:
+            raise SimError(f"routing must be one of {ROUTING}, got {routing!r}")
+        self.routing = routing
         self.problem, self.ledger, self.recovery = problem, ledger, recovery
         self.sim = Simulator(seed, record=record)
         self.network = Network(self.sim, problem.cluster, problem.efficiency)
@@ -85,9 +90,13 @@ class ClusterSim:
         return replica is not None and replica.is_alive and self.up_at_s[gid] <= self.sim.now_s
 
     def _draw(self, options: list[tuple[int, float]]) -> int | None:
-        live = [(g, s) for g, s in options if self._is_up(g)]
+        """A replica among `options` (gid, plan share) that is up: the least loaded per unit of share
+        ("load", what an entry peer does with load reports), or a draw weighted by share ("random")."""
+        live = [(g, s) for g, s in options if self._is_up(g) and s > 0]
         if not live:
             return None
+        if self.routing == "load":
+            return min(live, key=lambda gs: ((self.replicas[gs[0]].load_tokens + 1.0) / gs[1], gs[0]))[0]
         weights = np.array([s for _, s in live], dtype=np.float64)
         if weights.sum() <= 0:
             weights[:] = 1.0

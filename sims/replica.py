@@ -31,12 +31,17 @@ MAX_BATCH_SEQS = 256  # vLLM's default max_num_seqs
 MAX_BATCH_TOKENS = 4096  # prompt tokens in one prefill batch (at least one whole prompt)
 
 
+def need_tokens(ledger: Ledger, rid: int) -> int:
+    """Tokens a (re)prefill of `rid` computes: its prompt plus the tokens already delivered."""
+    return int(ledger.prompt_tokens[rid] + ledger.tokens_done[rid])
+
+
 def take_batch(queue: deque, ledger: Ledger, max_tokens: int, room_tokens: float) -> tuple[list[int], int]:
     """FIFO prompts up to `max_tokens` (always at least one, if it fits in `room_tokens`)."""
     batch, tokens = [], 0
     while queue:
         rid = queue[0]
-        need = int(ledger.prompt_tokens[rid] + ledger.tokens_done[rid])
+        need = need_tokens(ledger, rid)
         if (batch and tokens + need > max_tokens) or tokens + need > room_tokens:
             break
         batch.append(queue.popleft())
@@ -53,7 +58,8 @@ class PrefillReplica:
                  on_done: Callable[[PrefillReplica, list[int]], None]) -> None:
         self.sim, self.gid, self.cost, self.ledger, self.on_done = sim, gid, cost, ledger, on_done
         self.queue: deque[int] = deque()
-        self.batches: dict[int, tuple[list, list[int]]] = {}
+        self.batches: dict[int, tuple[list, list[int], int]] = {}
+        self.load_tokens = 0  # queued and in-flight prompt tokens (what the router balances)
         self.is_alive = True
         self.busy_s = 0.0
         self._entry = None
@@ -61,11 +67,9 @@ class PrefillReplica:
 
     def submit(self, rid: int) -> None:
         self.queue.append(rid)
+        self.load_tokens += need_tokens(self.ledger, rid)
         if self._entry is None:
             self._start()
-
-    def queued_tokens(self) -> int:
-        return int(sum(self.ledger.prompt_tokens[r] for r in self.queue))
 
     def _start(self) -> None:
         self._entry = None
@@ -73,18 +77,21 @@ class PrefillReplica:
             return
         batch, tokens = take_batch(self.queue, self.ledger, MAX_BATCH_TOKENS, max(self.cost.max_kv_tokens, 1))
         if not batch:  # a prompt longer than the replica's KV capacity can never run here
-            self.ledger.fail(self.queue.popleft(), self.sim.now_s)
+            rid = self.queue.popleft()
+            self.load_tokens -= need_tokens(self.ledger, rid)
+            self.ledger.fail(rid, self.sim.now_s)
             self._entry = self.sim.after(0.0, self._start)
             return
         latency_s = self.cost.prefill_s(tokens, len(batch))
         interval_s = self.cost.prefill_interval_s(tokens, len(batch))
         self.busy_s += interval_s
         key = self._next_batch = self._next_batch + 1
-        self.batches[key] = (self.sim.after(latency_s, self._done, key), batch)
+        self.batches[key] = (self.sim.after(latency_s, self._done, key), batch, tokens)
         self._entry = self.sim.after(interval_s, self._start)
 
     def _done(self, key: int) -> None:
-        _, batch = self.batches.pop(key)
+        _, batch, tokens = self.batches.pop(key)
+        self.load_tokens -= tokens
         for rid in batch:
             self.ledger.first_token(rid, self.sim.now_s)
         self.on_done(self, batch)
@@ -94,7 +101,8 @@ class PrefillReplica:
         self.is_alive = False
         Simulator.cancel(self._entry)
         held = list(self.queue)
-        for handle, batch in self.batches.values():
+        self.load_tokens = 0
+        for handle, batch, _ in self.batches.values():
             Simulator.cancel(handle)
             held.extend(batch)
         self.queue.clear()
@@ -115,6 +123,8 @@ class DecodeReplica:
         self.running: dict[int, tuple[int, int, int]] = {}  # rid -> (admit step, tokens done then, finish step)
         self.finish_heap: list[tuple[int, int]] = []
         self.recompute: set[int] = set()
+        self.queued: dict[int, int] = {}  # rid -> tokens, for every sequence not yet in the batch
+        self.queued_tokens = 0
         self.num_steps = 0
         self.context_tokens = 0
         self.num_preemptions = 0
@@ -127,15 +137,26 @@ class DecodeReplica:
     def submit(self, rid: int) -> None:
         """A new prompt (colocated replicas only)."""
         self.prompts.append(rid)
+        self._enqueue(rid)
         self._kick()
 
     def admit_kv(self, rid: int) -> None:
         """A sequence whose KV has arrived (or must be recomputed, if `rid` is in `recompute`)."""
         self.waiting.append(rid)
+        self._enqueue(rid)
         self._kick()
 
+    @property
     def load_tokens(self) -> float:
-        return self.context_tokens + sum(self.ledger.prompt_tokens[r] for r in self.waiting)
+        """KV tokens in the batch plus those of every sequence waiting for it (what the router balances)."""
+        return self.context_tokens + self.queued_tokens
+
+    def _enqueue(self, rid: int) -> None:
+        tokens = self.queued[rid] = need_tokens(self.ledger, rid)
+        self.queued_tokens += tokens
+
+    def _dequeue(self, rid: int) -> None:
+        self.queued_tokens -= self.queued.pop(rid, 0)
 
     # -- the loop -----------------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -160,6 +181,7 @@ class DecodeReplica:
         room = self.capacity_tokens * WATERMARK - self.context_tokens
         head = self.prompts[0]
         if self.ledger.prompt_tokens[head] + self.ledger.tokens_done[head] > self.capacity_tokens * WATERMARK:
+            self._dequeue(head)
             self.ledger.fail(self.prompts.popleft(), self.sim.now_s)  # can never fit here
             return self._prefill_batch() if self.prompts else False
         batch, tokens = take_batch(self.prompts, self.ledger, MAX_BATCH_TOKENS, room)
@@ -189,6 +211,7 @@ class DecodeReplica:
             if self.running and self.context_tokens + context > limit:
                 break
             self.waiting.popleft()
+            self._dequeue(rid)
             if rid in self.recompute:
                 self.recompute.discard(rid)
                 rebuilt += context
@@ -233,6 +256,7 @@ class DecodeReplica:
         del self.running[rid]
         self.recompute.add(rid)
         self.waiting.appendleft(rid)
+        self._enqueue(rid)
         self.num_preemptions += 1
 
     def stop(self) -> tuple[list[int], list[int]]:
@@ -245,6 +269,8 @@ class DecodeReplica:
         with_kv = list(self.running)
         self.prompts.clear()
         self.waiting.clear()
+        self.queued.clear()
+        self.queued_tokens = 0
         self.running.clear()
         self.finish_heap.clear()
         self._prefilling = []

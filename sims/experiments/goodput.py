@@ -25,7 +25,7 @@ WORKLOADS = ("azure-code", "azure-conv")
 SYSTEMS = {"swarm": "cloud-32", "hexgen-like": "cloud-32", "vllm-like": "inhouse-8xa100",
            "distserve-like": "inhouse-8xa100", "swarm-kv16": "cloud-32", "swarm-uniform": "cloud-32"}
 QUICK_SYSTEMS = ("swarm", "hexgen-like", "vllm-like", "distserve-like")
-SCALES = (0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
+SCALES = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
 
 
 def run(ctx) -> dict:
@@ -40,7 +40,7 @@ def run(ctx) -> dict:
                                              rate_rps=workload.rate_rps, efficiency=calibrated_efficiency()), budget_s=budget_s, seed=ctx.seed)
                    for s in systems}
         result = _measure(planned, rates, workload.rate_rps, duration_s, ctx.seed)
-        figures[workload_name] = _ratios(result)
+        figures[workload_name] = _ratios(result, {s: p.problem.cluster.price_per_hour for s, p in planned.items()})
         for s, r in result.items():
             curves += [{"workload": workload_name, "system": s, "rate_rps": x, "slo_attainment": a}
                        for x, a in zip(rates, r["attainment"], strict=True)]
@@ -74,14 +74,16 @@ def _measure(planned: dict[str, Planned], rates, fixed_rate: float, duration_s: 
     return out
 
 
-def _ratios(result: dict) -> dict:
+def _ratios(result: dict, price_per_hour: dict[str, float]) -> dict:
     swarm = result["swarm"]
+    per_dollar = {s: r["goodput_rps"] / price_per_hour[s] for s, r in result.items()}
     figures = {"goodput_rps": {s: r["goodput_rps"] for s, r in result.items()},
                "min_slo_scale": {s: r["min_scale"] for s, r in result.items()}}
     for s, r in result.items():
         if s != "swarm":
             figures[f"goodput_ratio_vs_{s}"] = swarm["goodput_rps"] / max(r["goodput_rps"], 1e-9)
             figures[f"slo_ratio_vs_{s}"] = r["min_scale"] / max(swarm["min_scale"], 1e-9)
+            figures[f"goodput_per_dollar_ratio_vs_{s}"] = per_dollar["swarm"] / max(per_dollar[s], 1e-12)
     return figures
 
 

@@ -45,22 +45,35 @@ def test_run_until_stops_before_later_events():
     assert seen == [1] and sim.now_s == 2.0
 
 
-def _trace(problem, plan, seed):
+def _trace(problem, plan, seed, routing="load"):
     ledger = resample(problem.workload, 4.0, 60.0, seed=1)
-    sim = ClusterSim(problem, plan, ledger, seed=seed, record=True)
+    sim = ClusterSim(problem, plan, ledger, seed=seed, routing=routing, record=True)
     sim.run()
     return sim.sim.trace, ledger.done_s.copy()
 
 
-def test_same_seed_gives_the_same_event_trace(problem, wide_plan):
-    trace_a, done_a = _trace(problem, wide_plan, seed=7)
-    trace_b, done_b = _trace(problem, wide_plan, seed=7)
+@pytest.mark.parametrize("routing", ["load", "random"])
+def test_same_seed_gives_the_same_event_trace(problem, wide_plan, routing):
+    trace_a, done_a = _trace(problem, wide_plan, 7, routing)
+    trace_b, done_b = _trace(problem, wide_plan, 7, routing)
     assert len(trace_a) > 100
     assert trace_a == trace_b
     assert (done_a == done_b).all()
 
 
-def test_another_seed_routes_differently(problem, wide_plan):
-    trace_a, _ = _trace(problem, wide_plan, seed=7)
-    trace_b, _ = _trace(problem, wide_plan, seed=8)
+def test_another_seed_draws_other_routes(problem, wide_plan):
+    trace_a, _ = _trace(problem, wide_plan, 7, "random")
+    trace_b, _ = _trace(problem, wide_plan, 8, "random")
     assert trace_a != trace_b
+
+
+def test_load_routing_spreads_requests_over_equal_replicas(problem, wide_plan):
+    ledger = resample(problem.workload, 8.0, 60.0, seed=2)
+    sim = ClusterSim(problem, wide_plan, ledger, seed=0)
+    served = {}
+    for gid, replica in sim.replicas.items():
+        if replica.role == "decode":
+            replica.on_finished = lambda rid, gid=gid: served.__setitem__(gid, served.get(gid, 0) + 1)
+    sim.run()
+    counts = sorted(served.values())
+    assert len(counts) == 2 and counts[0] > 0.35 * sum(counts)
