@@ -27,8 +27,8 @@ from swarm.wire.plan import PLAN_FORMAT, Plan, Predicted, Routing
 
 ATTAINMENT_WEIGHT = 1e-3
 CAPACITY_WEIGHT = 1e-6
-GOODPUT_MAX_STEPS = 24
-GOODPUT_TOLERANCE = 0.003  # relative width of the final bracket
+GOODPUT_FLOOR = 1e-4
+GOODPUT_TOLERANCE = 0.01  # width of the final bracket in log(rate): 1%
 MAX_REPORTED_S = 1e6  # an unbounded latency (overloaded group) is reported as this in the plan
 
 
@@ -110,36 +110,33 @@ def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluati
 def goodput_rps(problem: Problem, attainment_at: Callable[[float], float], capacity_rps: float) -> float:
     """DistServe's goodput: the highest rate whose attainment reaches slo.attainment.
 
-    Attainment falls as the rate grows. The root of attainment - target is bracketed in
-    [capacity * 1e-4, 2 * capacity] and found by the Illinois variant of false position on log(rate),
-    to GOODPUT_TOLERANCE relative width; the feasible end of the bracket is returned (0 if even the
-    lowest rate misses the target, 2 * capacity if even that meets it).
+    Attainment falls as the rate grows, usually from a plateau to a cliff just below the capacity the
+    LP found. So the crossing is bracketed around capacity first ([0.6, 1.2] x capacity, widened
+    by 2x up or 4x down as needed, 0 below GOODPUT_FLOOR x capacity) and then bisected on log(rate) to
+    GOODPUT_TOLERANCE. Returns the feasible end of the final bracket.
     """
     target = problem.slo.attainment
-    hi = 2.0 * capacity_rps if math.isfinite(capacity_rps) else 1e6
-    f_hi = attainment_at(hi) - target
-    if f_hi >= 0:
-        return hi
-    lo = hi * 1e-4
-    f_lo = attainment_at(lo) - target
-    if f_lo < 0:
-        return 0.0
-    x_lo, x_hi, side = math.log(lo), math.log(hi), 0
-    for _ in range(GOODPUT_MAX_STEPS):
-        if x_hi - x_lo < GOODPUT_TOLERANCE:
-            break
-        x = (x_lo * f_hi - x_hi * f_lo) / (f_hi - f_lo)
-        x = min(max(x, x_lo + 0.01 * (x_hi - x_lo)), x_hi - 0.01 * (x_hi - x_lo))
-        f = attainment_at(math.exp(x)) - target
-        if f >= 0:
-            x_lo, f_lo = x, f
-            f_hi = f_hi / 2 if side == 1 else f_hi
-            side = 1
+    if not math.isfinite(capacity_rps):
+        capacity_rps = 1e3
+    lo, hi = 0.6 * capacity_rps, 1.2 * capacity_rps
+    while attainment_at(hi) >= target:
+        if hi > 8 * capacity_rps:
+            return hi
+        lo, hi = hi, 2 * hi
+    if lo < hi / 2 or attainment_at(lo) < target:  # (lo < hi / 2 only after widening upwards)
+        if attainment_at(GOODPUT_FLOOR * capacity_rps) < target:
+            return 0.0
+        while True:
+            hi, lo = lo, lo / 4
+            if attainment_at(lo) >= target:
+                break
+    while math.log(hi / lo) > GOODPUT_TOLERANCE:
+        mid = math.sqrt(lo * hi)
+        if attainment_at(mid) >= target:
+            lo = mid
         else:
-            x_hi, f_hi = x, f
-            f_lo = f_lo / 2 if side == -1 else f_lo
-            side = -1
-    return math.exp(x_lo)
+            hi = mid
+    return lo
 
 
 def wire_routing(shares: RoutingShares) -> Routing:
