@@ -104,8 +104,16 @@ async def read_exactly(read_some: ReadSome, num_bytes: int) -> bytes:
 
 
 def libp2p_frames(stream, *, timeout_s: float = 10.0) -> FrameChannel:
-    """A frame channel over a libp2p stream (Noise + Yamux)."""
-    return FrameChannel(stream.read, stream.write, timeout_s=timeout_s)
+    """A frame channel over a libp2p stream (Noise + Yamux); libp2p's end-of-stream and reset errors
+    become StreamError."""
+
+    async def read_some(num_bytes: int) -> bytes:
+        try:
+            return await stream.read(num_bytes)
+        except Exception as e:  # libp2p raises StreamEOF, StreamReset, MuxedConnUnavailable, ...
+            raise StreamError(f"stream ended: {type(e).__name__} {e}".strip()) from None
+
+    return FrameChannel(read_some, stream.write, timeout_s=timeout_s)
 
 
 def socket_frames(sock: trio.abc.Stream, *, timeout_s: float = 10.0) -> FrameChannel:

@@ -5,7 +5,7 @@ Noise transport alone; an optional private-swarm key (`psk`) wraps the TCP conne
 Noise, so a peer without the key never completes a handshake. Such a dial would hang about 40 s inside
 libp2p, so every dial and stream open here has a deadline and says what probably went wrong. Health
 monitoring pings every connection each second and drops one that misses a ping, so a frozen peer is
-noticed in about 2 s (docs/networking.md lists the numbers).
+noticed in about 3 s, and heartbeat silence within 2.5 s (docs/networking.md lists the numbers).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class HostConfig:
     stream_timeout_s: float = 3.0
     is_health_monitored: bool = True
     health_check_interval_s: float = 1.0
-    ping_timeout_s: float = 1.0
+    ping_timeout_s: float = 2.0  # 1 s drops healthy peers of a loaded event loop; heartbeats catch < 3 s
 
     def __post_init__(self) -> None:
         for name in ("dial_timeout_s", "stream_timeout_s", "health_check_interval_s", "ping_timeout_s"):

@@ -27,6 +27,7 @@ from swarm.wire.messages import CoordinatorClaim, Heartbeat, SignedRecord
 
 logger = logging.getLogger(__name__)
 MAX_PENDING_EVENTS = 1024
+MIN_PROFILE_GAP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Liveness:
         self.election = Election(host.peer_id, now, listen_s=config.listen_s)
         self.sequence = 0
         self.next_profile_at_s = now
+        self.last_profile_at_s = -MIN_PROFILE_GAP_S
         self.send_events, self.events = trio.open_memory_channel[Any](MAX_PENDING_EVENTS)
         self.outbox: list[Any] = []  # (topic, message) to publish on the next round
 
@@ -63,8 +65,8 @@ class Liveness:
         if hb.peer_id != sender:
             logger.warning("heartbeat from peer %s claims to be from %s; ignored", sender, hb.peer_id)
             return
-        if self.membership.state_of(sender) is None:
-            self.next_profile_at_s = min(self.next_profile_at_s, now)  # a newcomer: tell it who we are
+        if self.membership.state_of(sender) is None:  # a newcomer: tell it who we are, at most once a second
+            self.next_profile_at_s = min(self.next_profile_at_s, max(now, self.last_profile_at_s + MIN_PROFILE_GAP_S))
         self._apply(self.membership.heartbeat(sender, now), now)
         self._apply(self.election.heartbeat_received(hb.term, hb.coordinator_id, now), now)
 
@@ -125,6 +127,7 @@ async def run_liveness(host: Host, gossip: Gossip, profile: HardwareProfile, con
         now = trio.current_time()
         if now >= live.next_profile_at_s:
             live.next_profile_at_s = now + live.config.profile_interval_s
+            live.last_profile_at_s = now
             live.outbox.append((TOPIC_PROFILE, sign_record(host.key_pair, profile, live.sequence)))
         if now >= next_beat_s:
             next_beat_s = now + live.config.heartbeat_interval_s

@@ -40,6 +40,7 @@ TOPIC_PROFILE = "/swarm/profile/1.0.0"
 TOPIC_ELECTION = "/swarm/election/1.0.0"
 TOPIC_PLAN = "/swarm/plan/1.0.0"
 MAX_GOSSIP_BYTES = 64 << 10
+MAX_DECODED_CACHE = 1024
 Handler = Callable[[str, Any], Awaitable[None] | None]
 
 
@@ -69,6 +70,7 @@ class Gossip:
         self.config = config
         self.nursery = nursery
         self.num_rejected = 0
+        self.decoded: dict[tuple, Any] = {}  # validated messages waiting for their consumer
 
     async def publish(self, topic: str, msg: Any, *, timeout_s: float = 2.0) -> None:
         data = encode(msg)
@@ -89,13 +91,16 @@ class Gossip:
     def _validator(self, topic: str, types: tuple[type, ...]):
         def validate(forwarder: ID, msg) -> bool:
             try:
-                self._decode(msg.data, types)
-                return True
+                decoded = self._decode(msg.data, types)
             except WireError as e:
                 self.num_rejected += 1
                 logger.warning("%s: rejected a message from peer %s (forwarded by %s): %s", topic,
                                _author(msg), forwarder, e)
                 return False
+            if len(self.decoded) >= MAX_DECODED_CACHE:  # consumers lag: forget the oldest
+                self.decoded.pop(next(iter(self.decoded)))
+            self.decoded[(msg.from_id, msg.seqno, topic)] = decoded  # the consumer takes it, no 2nd decode
+            return True
 
         return validate
 
@@ -110,8 +115,9 @@ class Gossip:
             sender = _author(raw)
             if sender == self.host.peer_id and not self.config.is_self_delivered:
                 continue
+            msg = self.decoded.pop((raw.from_id, raw.seqno, topic), None)
             try:
-                msg = decode(raw.data, max_bytes=self.config.max_message_bytes)
+                msg = msg if msg is not None else decode(raw.data, max_bytes=self.config.max_message_bytes)
             except WireError as e:  # the validator runs first; this guards our own messages
                 logger.warning("%s: dropped a message from peer %s: %s", topic, sender, e)
                 continue

@@ -10,7 +10,7 @@ and fenced with terms as in Raft, Ongaro & Ousterhout 2014, section 5.1):
   claims `term + 1` and broadcasts the claim; the others adopt it on arrival;
 - a fresh peer first listens for `listen_s` (two heartbeat rounds) to learn an existing coordinator
   before it may claim; a coordinator learned from others that does not become a member within
-  `listen_s` is treated as lost;
+  `missing_after_s` (3 s: its profile may still be on its way) is treated as lost;
 - a peer whose claim is answered by a higher term or a lower id of the same term steps down.
 `Fence.accept` rejects anything stamped with an older term (or, for plans, an older `(term, epoch)`), so
 a deposed coordinator's late plan is ignored everywhere.
@@ -67,11 +67,12 @@ class Fence:
 class Election:
     """One peer's view of who coordinates, and in which term."""
 
-    def __init__(self, self_id: str, now: float, *, listen_s: float = 1.0) -> None:
-        if listen_s < 0:
-            raise ProtoError(f"Election.listen_s must be >= 0, got {listen_s}")
+    def __init__(self, self_id: str, now: float, *, listen_s: float = 1.0, missing_after_s: float = 3.0) -> None:
+        if listen_s < 0 or missing_after_s < 0:
+            raise ProtoError(f"Election.listen_s and missing_after_s must be >= 0, got {listen_s}, {missing_after_s}")
         self.self_id = self_id
         self.listen_s = listen_s
+        self.missing_after_s = missing_after_s
         self.term = 0
         self.coordinator_id: str | None = None
         self.member_ids: frozenset[str] = frozenset([self_id])
@@ -126,7 +127,7 @@ class Election:
             return []
         if self.missing_since_s is None:
             self.missing_since_s = now
-        return self._lose() if now - self.missing_since_s >= self.listen_s else []
+        return self._lose() if now - self.missing_since_s >= self.missing_after_s else []
 
     def _lose(self) -> list:
         lost = CoordinatorLost(self.term, self.coordinator_id or "")

@@ -4,7 +4,8 @@ Layout (big-endian): magic `SWF1` (4), version (1), kind (1), flags (2), request
 sequence (4), payload length (4), payload crc32 (4), header crc32 (4) over the 36 bytes before it.
 A binary struct, not msgpack, because it is read once per 4 MiB at memory speed; every field is checked
 by `decode_frame_header` before a single payload byte is read. Kinds name what the payload holds; the
-`LAST` flag ends a blob that spans several frames.
+`LAST` flag ends a blob that spans several frames; `SEALED` frames (the fast path) carry an AEAD/MAC
+tag after the payload instead of a crc32.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ MAX_FRAME_PAYLOAD_BYTES = 4 << 20
 HEADER = struct.Struct(">4sBBHQQIIII")
 HEADER_BYTES = HEADER.size  # 40
 FLAG_LAST = 0x1
-KNOWN_FLAGS = FLAG_LAST
+FLAG_SEALED = 0x2  # integrity from an AEAD/MAC tag after the payload (fast path); checksum is then 0
+KNOWN_FLAGS = FLAG_LAST | FLAG_SEALED
 # kind -> what the payload holds; a kind is never reused for another meaning.
 FRAME_KINDS = {1: "kv", 2: "hidden", 3: "tokens", 4: "bench", 5: "error"}
 KIND_IDS = {name: kind for kind, name in FRAME_KINDS.items()}
@@ -51,18 +53,25 @@ class FrameHeader:
             raise WireError(f"frame kind {self.kind!r} is unknown (known: {sorted(FRAME_KINDS)})")
         if type(self.flags) is not int or self.flags & ~KNOWN_FLAGS:
             raise WireError(f"frame flags {self.flags!r} carry unknown bits")
+        if self.flags & FLAG_SEALED and self.checksum:
+            raise WireError("a sealed frame carries its integrity in the tag; its checksum field must be 0")
 
     @property
     def is_last(self) -> bool:
         return bool(self.flags & FLAG_LAST)
 
+    @property
+    def is_sealed(self) -> bool:
+        return bool(self.flags & FLAG_SEALED)
+
 
 def frame_header(request_id: int, epoch: int, kind: str | int, sequence: int, payload: bytes | memoryview,
-                 *, is_last: bool = False) -> FrameHeader:
-    """The header for `payload`, with its checksum computed."""
+                 *, is_last: bool = False, is_sealed: bool = False) -> FrameHeader:
+    """The header for `payload`, with its crc32 computed (unless the frame is sealed by a tag)."""
     kind_id = KIND_IDS[kind] if isinstance(kind, str) else kind
-    return FrameHeader(request_id, epoch, kind_id, sequence, len(payload), zlib.crc32(payload),
-                       FLAG_LAST if is_last else 0)
+    flags = (FLAG_LAST if is_last else 0) | (FLAG_SEALED if is_sealed else 0)
+    checksum = 0 if is_sealed else zlib.crc32(payload)
+    return FrameHeader(request_id, epoch, kind_id, sequence, len(payload), checksum, flags)
 
 
 def encode_frame_header(header: FrameHeader) -> bytes:
@@ -87,10 +96,11 @@ def decode_frame_header(data: bytes | memoryview) -> FrameHeader:
 
 
 def check_payload(header: FrameHeader, payload: bytes | memoryview) -> None:
-    """Raise WireError unless `payload` is the one `header` describes."""
+    """Raise WireError unless `payload` is the one `header` describes (a sealed frame's tag is checked
+    by whoever holds the key, `swarm.net.fastpath`)."""
     if len(payload) != header.payload_bytes:
         raise WireError(f"frame payload is {len(payload)} bytes, header says {header.payload_bytes}")
-    if zlib.crc32(payload) != header.checksum:
+    if not header.is_sealed and zlib.crc32(payload) != header.checksum:
         raise WireError(f"frame {header.sequence} of request {header.request_id}: payload checksum mismatch")
 
 

@@ -49,7 +49,7 @@ def corrupt(data: bytes, offset: int, value: bytes, *, fix_crc: bool = True) -> 
     (0, b"XXXX", "magic"),
     (4, b"\x09", "version"),
     (5, b"\x63", "kind"),
-    (6, b"\x00\x02", "flags"),
+    (6, b"\x00\x04", "flags"),
     (28, struct.pack(">I", MAX_FRAME_PAYLOAD_BYTES + 1), "payload_bytes"),
 ])
 def test_bad_fields_are_refused(offset, value, match):
@@ -83,3 +83,11 @@ def test_constructing_an_invalid_header_fails():
         FrameHeader(-1, 0, 1, 0, 0, 0)
     with pytest.raises(WireError):
         FrameHeader(0, 0, 1, 0, MAX_FRAME_PAYLOAD_BYTES + 1, 0)
+
+
+def test_sealed_frames_carry_no_checksum():
+    header = frame_header(1, 1, "kv", 0, b"abcd", is_sealed=True)
+    assert header.is_sealed and header.checksum == 0
+    check_payload(header, b"abce")  # integrity is the tag's job on the fast path
+    with pytest.raises(WireError, match="must be 0"):
+        FrameHeader(1, 1, 1, 0, 4, 123, flags=2)
