@@ -55,20 +55,31 @@ def build_problem(config, model_path, inputs: PlanInputs):
     return Problem(cluster, model, workload, slo, rate_rps=config.rate_rps, kv_bits=config.kv_bits), hosts
 
 
-def compute_plan(config, model_path, inputs: PlanInputs, current: Plan | None, current_hosts: dict[str, str],
-                 model_name: str) -> tuple[Plan, dict[str, str], str]:
-    """(plan, hosts, how) for `inputs`; runs in a worker thread. Epoch is set by the caller."""
+def lightweight_plan(config, model_path, inputs: PlanInputs, current: Plan | None,
+                     current_hosts: dict[str, str]):
+    """Step 1, in a worker thread: the surviving groups of `current` with new roles and routing, or None."""
+    if current is None:
+        return None
+    try:
+        problem, hosts = build_problem(config, model_path, inputs)
+    except SwarmError:
+        return None
+    light = _lightweight(problem, current, current_hosts, hosts)
+    return None if light is None else (light, hosts)
+
+
+def full_plan(config, model_path, inputs: PlanInputs, light, model_name: str) -> tuple[Plan, dict[str, str], str]:
+    """Step 2, in a worker thread: the tabu search's plan if it beats the lightweight one clearly."""
     try:
         problem, hosts = build_problem(config, model_path, inputs)
     except SwarmError as e:
         logger.error("cannot build the planning problem (%s); using the simple fallback plan", e)
         return fallback_plan(inputs, model_path, model_name), _fallback_hosts(inputs), "fallback"
-    light = _lightweight(problem, current, current_hosts, hosts)
-    full = _full(problem, config.plan_budget_s, light)
-    if full is not None and (light is None or full.score > light.score * FULL_PLAN_GAIN):
+    full = _full(problem, config.plan_budget_s, light[0] if light else None)
+    if full is not None and (light is None or full.score > light[0].score * FULL_PLAN_GAIN):
         return full.plan, hosts, "full"
     if light is not None:
-        return light.plan, hosts, "lightweight"
+        return light[0].plan, light[1], "lightweight"
     logger.error("the planner found no feasible plan for %d peers; using the simple fallback plan",
                  len(inputs.profiles))
     return fallback_plan(inputs, model_path, model_name), hosts, "fallback"
@@ -169,14 +180,24 @@ async def run_coordinator(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None
 
 
 async def publish_new_plan(node, inputs: PlanInputs) -> None:
-    holder = node.holder
+    """Lightweight re-plan first (published at once), then the full search (published if clearly better)."""
+    holder, config = node.holder, node.config
     start = time.perf_counter()
-    plan, hosts, how = await trio.to_thread.run_sync(
-        compute_plan, node.config, node.model_path, inputs, holder.plan, holder.hosts, node.model_name)
-    epoch = max(node.membership.term, holder.epoch) + 1
+    light = await trio.to_thread.run_sync(lightweight_plan, config, node.model_path, inputs, holder.plan,
+                                          holder.hosts)
+    if light is not None:
+        publish(node, light[0].plan, light[1], "lightweight", inputs, start)
+    plan, hosts, how = await trio.to_thread.run_sync(full_plan, config, node.model_path, inputs, light,
+                                                     node.model_name)
+    if how != "lightweight":
+        publish(node, plan, hosts, how, inputs, start)
+
+
+def publish(node, plan: Plan, hosts: dict[str, str], how: str, inputs: PlanInputs, start_s: float) -> None:
+    epoch = max(node.membership.term, node.holder.epoch) + 1
     plan = plan.with_epoch(epoch)
     logger.info("coordinator: %s plan for %d peers, epoch %d, in %.2f s: %s", how, len(inputs.profiles), epoch,
-                time.perf_counter() - start, describe(plan))
+                time.perf_counter() - start_s, describe(plan))
     node.offer_plan(plan, hosts, source="self")
 
 

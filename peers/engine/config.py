@@ -50,13 +50,13 @@ class ModelConfig:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise EngineConfigError(f"cannot read {path}: {e}") from e
-        weights = sorted((f.name, f.stat().st_size) for f in folder.glob("*.safetensors"))
+        weights = sorted((f.name, f.stat().st_size, _content_sample(f)) for f in folder.glob("*.safetensors"))
         if not weights:
             raise EngineConfigError(f"{folder} has no *.safetensors weights; pass a folder with config.json + *.safetensors")
         return cls.from_dict(raw, weight_files=weights, where=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict, *, weight_files: list[tuple[str, int]], where: str = "config.json") -> ModelConfig:
+    def from_dict(cls, raw: dict, *, weight_files: list[tuple], where: str = "config.json") -> ModelConfig:
         """Build from a parsed config.json dict (see `from_folder`)."""
         model_type = raw.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -130,7 +130,19 @@ def _llama3_inv_freq(freq: torch.Tensor, params: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
-def _fingerprint(raw: dict, weight_files: list[tuple[str, int]]) -> str:
+def _content_sample(path: Path, num_samples: int = 16, sample_bytes: int = 4096) -> str:
+    """A hash of a few evenly spaced slices of a weight file: tells apart weights of the same shape
+    (another seed, another fine-tune) without reading gigabytes."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for i in range(num_samples):
+            f.seek(max(0, size - sample_bytes) * i // max(1, num_samples - 1))
+            digest.update(f.read(sample_bytes))
+    return digest.hexdigest()[:32]
+
+
+def _fingerprint(raw: dict, weight_files: list[tuple]) -> str:
     fields = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_parameters",
               "rope_scaling", "tie_word_embeddings", "_name_or_path", "_model_name_or_path")

@@ -222,8 +222,7 @@ class Engine:
             if self.stage.is_first:
                 raise RequestError("run_hidden is for later pipeline stages; the first stage uses step_hidden")
             header, hidden = handoff.blob_to_hidden(blob, self.model_config, self.stage.first_layer)
-            for request_id in header.released_ids:
-                self.scheduler.blocks.free(self.remote_blocks.pop(request_id, []))
+            self._free_remote(header.released_ids)
             step = self._remote_step(header)
             out = self.stage.forward(step, self.cache, hidden=hidden)
             if not self.stage.is_last:
@@ -247,6 +246,17 @@ class Engine:
             live = [s for s in seqs if self.seqs.get(s.request_id) is s]
             return self._append(live, self.is_in_flight_prefill, [tokens[s.request_id] for s in live])
 
+    def take_released_ids(self) -> list[str]:
+        """First stage: requests released since the last blob, for an idle pipeline to pass downstream."""
+        with self.lock:
+            released, self.released_ids = self.released_ids + self.scheduler.take_preempted(), []
+            return released
+
+    def release_remote(self, request_ids: list[str]) -> None:
+        """Later stage: free the KV blocks of requests the first stage has released (unknown ids are fine)."""
+        with self.lock:
+            self._free_remote(request_ids)
+
     # ---- internals -------------------------------------------------------------------------------------
 
     def _forward(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
@@ -261,6 +271,10 @@ class Engine:
         for s in seqs:
             s.num_cached_tokens = s.num_tokens
         return out
+
+    def _free_remote(self, request_ids) -> None:
+        for request_id in request_ids:
+            self.scheduler.blocks.free(self.remote_blocks.pop(request_id, []))
 
     def _remote_step(self, header):
         tables = []

@@ -81,16 +81,19 @@ class LlamaStage:
     def load(cls, folder: Path, config: ModelConfig, first_layer: int, last_layer: int, dtype: torch.dtype) -> LlamaStage:
         """Read only the tensors this stage needs from the folder's safetensors files."""
         reader = _TensorReader(folder, dtype)
-        layers = [_load_layer(reader, config, i) for i in range(first_layer, last_layer)]
-        is_first, is_last = first_layer == 0, last_layer == config.num_layers
-        embed = reader.get("model.embed_tokens.weight") if is_first else None
-        norm = reader.get("model.norm.weight") if is_last else None
-        head = None
-        if is_last:
-            has_head = reader.has("lm_head.weight") and not config.is_embedding_tied
-            head = reader.get("lm_head.weight" if has_head else "model.embed_tokens.weight")
-            if embed is not None and not has_head:
-                head = embed
+        try:
+            layers = [_load_layer(reader, config, i) for i in range(first_layer, last_layer)]
+            is_first, is_last = first_layer == 0, last_layer == config.num_layers
+            embed = reader.get("model.embed_tokens.weight") if is_first else None
+            norm = reader.get("model.norm.weight") if is_last else None
+            head = None
+            if is_last:
+                has_head = reader.has("lm_head.weight") and not config.is_embedding_tied
+                head = reader.get("lm_head.weight" if has_head else "model.embed_tokens.weight")
+                if embed is not None and not has_head:
+                    head = embed
+        finally:
+            reader.close()
         return cls(config, first_layer, last_layer, dtype, embed, layers, norm, head)
 
     @torch.inference_mode()
@@ -175,14 +178,15 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
 
 
 class _TensorReader:
-    """Which safetensors file holds which tensor; reads single tensors in the engine's dtype."""
+    """Which safetensors file holds which tensor; reads single tensors in the engine's dtype.
+
+    Each file is opened once (memory-mapped) for the whole load; `close` releases them.
+    """
 
     def __init__(self, folder: Path, dtype: torch.dtype):
         self.dtype = dtype
-        self.file_of: dict[str, Path] = {}
-        for path in sorted(folder.glob("*.safetensors")):
-            with safe_open(path, framework="pt") as f:
-                self.file_of.update(dict.fromkeys(f.keys(), path))
+        self.files = [safe_open(path, framework="pt") for path in sorted(folder.glob("*.safetensors"))]
+        self.file_of = {name: f for f in self.files for name in f.keys()}
 
     def has(self, name: str) -> bool:
         return name in self.file_of
@@ -190,11 +194,14 @@ class _TensorReader:
     def get(self, name: str) -> torch.Tensor:
         if name not in self.file_of:
             raise EngineConfigError(f"tensor {name!r} is missing from the model's safetensors files")
-        with safe_open(self.file_of[name], framework="pt") as f:
-            return f.get_tensor(name).to(self.dtype).contiguous()
+        return self.file_of[name].get_tensor(name).to(self.dtype).contiguous()
 
     def get_optional(self, name: str) -> torch.Tensor | None:
         return self.get(name) if self.has(name) else None
+
+    def close(self) -> None:
+        self.files.clear()
+        self.file_of.clear()
 
 
 def _load_layer(reader: _TensorReader, config: ModelConfig, i: int) -> LayerWeights:

@@ -64,6 +64,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()
         self.preempted_ids: list[str] = []  # since the last call to take_preempted()
+        self.num_preemptions = 0  # in total, for metrics and tests
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -111,6 +112,7 @@ class Scheduler:
         seq.status = Status.WAITING
         seq.num_cached_tokens = 0
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         self.preempted_ids.append(seq.request_id)
         self.waiting.appendleft(seq)
 

@@ -77,6 +77,16 @@ def _bytes_to_unicode() -> list[str]:
     return chars
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """On a shared 2-core machine, torch's second thread mostly waits for a core (small ops got 10x
+    slower under load); one thread keeps these tests fast and their timing steady."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
@@ -95,6 +105,8 @@ def hf_tiny(tiny_model_dir):
 
 
 def make_engine(folder: Path, **settings) -> Engine:
+    """An engine on `folder` with a small KV cache (zeroing the default 1 GiB per engine is slow)."""
+    settings.setdefault("num_kv_blocks", 256)
     return Engine.load(folder, EngineConfig(**settings))
 
 
