@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 KV_PROTOCOL = "/swarm/kv/1.0.0"
 BANDWIDTH_PROTOCOL = "/swarm/bandwidth/1.0.0"
 FRAME_TIMEOUT_S = 10.0
+HEADER_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 30.0
 
 
@@ -50,8 +51,9 @@ async def send_kv(node, decode_peer_id: str, push: KvPush, blob: bytes, epoch: i
 
 async def serve_kv(node, stream) -> None:
     """Receive a KV push and hand it to the decode session waiting for it."""
-    with trio.fail_after(ANSWER_TIMEOUT_S):
+    with trio.fail_after(HEADER_TIMEOUT_S):
         push = await read_message(stream, expect=KvPush)
+    with trio.fail_after(ANSWER_TIMEOUT_S):
         header, blob = await libp2p_frames(stream, timeout_s=FRAME_TIMEOUT_S).receive_blob(max_bytes=push.blob_bytes)
     if len(blob) != push.blob_bytes:
         raise WireError(f"KV of {push.request_id}: {len(blob)} bytes arrived, {push.blob_bytes} were announced")

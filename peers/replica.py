@@ -30,7 +30,7 @@ from swarm.wire.requests import (
 
 logger = logging.getLogger(__name__)
 
-READ_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 5.0
 KV_WAIT_S = 60.0
 IMPORT_RETRIES = 40
 IMPORT_RETRY_PAUSE_S = 0.25
