@@ -92,15 +92,19 @@ class EngineWorker:
         """Step the engine while it has work; deliver each event to its request's channel."""
         task_status.started()
         while True:
-            if not await self.call(self.engine.has_work):
+            events = await self.call(self._step_if_busy)  # one thread hop per step
+            if events is None:
                 self.has_work = trio.Event()
                 if not await self.call(self.engine.has_work):
                     await self.has_work.wait()
                 continue
-            events = await self.call(self.engine.step)
             self.tokens_window.append((time.monotonic(), sum(len(e.token_ids) for e in events)))
             for event in events:
                 self._deliver(event)
+
+    def _step_if_busy(self) -> list[TokenEvent] | None:
+        """In the worker thread: one step if any request waits or runs, else None."""
+        return self.engine.step() if self.engine.has_work() else None
 
     def _deliver(self, event: TokenEvent) -> None:
         channel = self.channels.get(event.request_id)
