@@ -261,11 +261,26 @@ def kv_transfer_s(model: ModelSpec, num_tokens, gbps: float, kv_bits: int, laten
     return _out(kv_wire_bytes(model, num_tokens, kv_bits) * 8 / (gbps * 1e9) + latency_s)
 
 
-def kv_link(problem: Problem, prefill: Deployment, decode: Deployment) -> tuple[float, float]:
-    """(effective Gbit/s, latency s) for KV from `prefill` to `decode`: the slowest host pair decides.
+@dataclass(frozen=True)
+class KvRoute:
+    """The host pair that bounds a KV transfer between two groups, and the share of bytes it carries."""
 
-    Each layer's KV goes from the prefill stage holding it to the decode stage holding it; the bytes
-    on each host pair (a fraction of the total) share that pair's link, and all pairs run in parallel.
+    src_host: str
+    dst_host: str
+    share: float  # fraction of the KV bytes crossing this host pair
+    gbps: float  # the pair's link, after the sending GPU type's network efficiency
+    latency_s: float
+
+    def seconds_per_byte(self) -> float:
+        """Link time one byte of the whole transfer costs (only `share` of the bytes cross this link)."""
+        return self.share * 8 / (self.gbps * 1e9)
+
+
+def kv_route(problem: Problem, prefill: Deployment, decode: Deployment) -> KvRoute:
+    """The slowest host pair for KV from `prefill` to `decode` (ties: the largest pair of names).
+
+    Each layer's KV goes from the prefill stage holding it to the decode stage holding it; all host
+    pairs move their share in parallel, so the pair with the largest share / bandwidth decides.
     """
     cluster, num_layers = problem.cluster, problem.model.num_layers
     share: dict[tuple[str, str], float] = {}
@@ -275,7 +290,13 @@ def kv_link(problem: Problem, prefill: Deployment, decode: Deployment) -> tuple[
             if overlap > 0:
                 key = (cluster.host_of(ps.gpus[0]).name, cluster.host_of(ds.gpus[0]).name)
                 share[key] = share.get(key, 0.0) + overlap / num_layers
-    network = efficiency_of(problem.efficiency, cluster.gpu(prefill.stages[0].gpus[0]).name).network
-    seconds_per_gbit = max(frac / (cluster.host_gbps(a, b) * network) for (a, b), frac in share.items())
-    cross_host = any(a != b for a, b in share)
-    return 1.0 / seconds_per_gbit, cluster.latency_s if cross_host else INTRA_HOST_LATENCY_S
+    (src, dst), frac = max(share.items(), key=lambda kv: (kv[1] / cluster.host_gbps(*kv[0]), kv[0]))
+    network = efficiency_of(problem.efficiency, cluster.host(src).gpu.name).network
+    latency_s = INTRA_HOST_LATENCY_S if src == dst else cluster.latency_s
+    return KvRoute(src, dst, frac, cluster.host_gbps(src, dst) * network, latency_s)
+
+
+def kv_link(problem: Problem, prefill: Deployment, decode: Deployment) -> tuple[float, float]:
+    """(effective Gbit/s of the whole transfer, latency s) from `prefill` to `decode` (see `kv_route`)."""
+    route = kv_route(problem, prefill, decode)
+    return route.gbps / route.share, route.latency_s

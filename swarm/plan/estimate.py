@@ -30,7 +30,7 @@ from functools import cached_property
 
 import numpy as np
 
-from swarm.plan.cost import group_cost, kv_link, kv_wire_bytes
+from swarm.plan.cost import group_cost, kv_route, kv_wire_bytes
 from swarm.plan.parallel import Deployment
 from swarm.plan.problem import Problem
 
@@ -66,8 +66,9 @@ class GroupProfile:
 @dataclass(frozen=True, eq=False)
 class PairProfile:
     kv_s: np.ndarray  # (NUM_REQUESTS,) KV transfer time of each sampled request
-    link_rps: float  # requests/s the link carries at utilisation 1
+    link_rps: float  # requests/s its link carries at utilisation 1 (if nothing else uses the link)
     mean_kv_s: float
+    link: tuple[str, str] | None = None  # the (src, dst) host link it loads; None within one group
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,12 @@ def pair_profile(problem: Problem, prefill: Deployment, decode: Deployment) -> P
         if prefill.stages == decode.stages:
             cache[key] = PairProfile(kv_s=np.zeros_like(prompts), link_rps=math.inf, mean_kv_s=0.0)
         else:
-            gbps, latency_s = kv_link(problem, prefill, decode)
+            route = kv_route(problem, prefill, decode)
             mean_bytes = float(kv_wire_bytes(problem.model, problem.mean_prompt_tokens, problem.kv_bits))
-            kv_s = kv_wire_bytes(problem.model, prompts, problem.kv_bits) * 8 / (gbps * 1e9) + latency_s
-            cache[key] = PairProfile(kv_s=kv_s, link_rps=gbps * 1e9 / 8 / mean_bytes,
-                                     mean_kv_s=mean_bytes * 8 / (gbps * 1e9) + latency_s)
+            kv_s = kv_wire_bytes(problem.model, prompts, problem.kv_bits) * route.seconds_per_byte() + route.latency_s
+            cache[key] = PairProfile(kv_s=kv_s, link_rps=1.0 / (mean_bytes * route.seconds_per_byte()),
+                                     mean_kv_s=mean_bytes * route.seconds_per_byte() + route.latency_s,
+                                     link=(route.src_host, route.dst_host))
     return cache[key]
 
 
@@ -154,6 +156,7 @@ class Scenario:
     kv_s: np.ndarray  # (pairs, requests)
     link_rps: np.ndarray  # (pairs,)
     mean_kv_s: np.ndarray  # (pairs,)
+    pair_link: np.ndarray  # (pairs,) index of the host link a pair loads (pairs on one link share it)
 
     @classmethod
     def build(cls, problem: Problem, deployments: Mapping[int, Deployment], pairs: list[tuple[int, int]]) -> Scenario:
@@ -176,7 +179,8 @@ class Scenario:
             prefill_s=np.stack([pr.prefill_s for pr in profiles]),
             kv_s=np.stack([pp.kv_s for pp in pair_profiles]),
             link_rps=np.array([pp.link_rps for pp in pair_profiles]),
-            mean_kv_s=np.array([pp.mean_kv_s for pp in pair_profiles]))
+            mean_kv_s=np.array([pp.mean_kv_s for pp in pair_profiles]),
+            pair_link=_link_index([pp.link for pp in pair_profiles]))
 
     @cached_property
     def has_both(self) -> bool:
@@ -214,7 +218,9 @@ class Scenario:
         prefill_rate = rate_rps * np.bincount(pair_p, weights=shares, minlength=n)
         decode_rate = rate_rps * np.bincount(pair_d, weights=shares, minlength=n)
         rho = prefill_rate * self.mean_service_s
-        link_rho = rate_rps * shares / self.link_rps[active]
+        link_load = rate_rps * shares / self.link_rps[active]
+        link_rho = np.bincount(self.pair_link[active], weights=link_load, minlength=len(self.pairs))[
+            self.pair_link[active]]
         with np.errstate(divide="ignore", invalid="ignore"):
             wait_s = np.where(rho < 1, prefill_rate * self.moment2_s2 / (2 * (1 - rho)), np.inf)
             wait2_s2 = 2 * wait_s ** 2 + prefill_rate * self.moment3_s3 / (3 * (1 - rho))
@@ -289,6 +295,13 @@ def estimate(problem: Problem, deployments: Mapping[int, Deployment], kv_shares:
     pairs = sorted(kv_shares)
     scenario = Scenario.build(problem, deployments, pairs)
     return scenario.estimate(rate_rps, np.array([kv_shares[p] for p in pairs], dtype=np.float64))
+
+
+def _link_index(links: list[tuple[str, str] | None]) -> np.ndarray:
+    """Pairs on the same host link get the same index; each pair inside one group gets its own."""
+    index: dict[object, int] = {}
+    return np.array([index.setdefault(link if link is not None else ("pair", k), len(index))
+                     for k, link in enumerate(links)], dtype=np.int64)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ decode: decode tokens/s within the TPOT target / mean output; link: bytes/s / me
 request/s the utilisation of each tier is bounded by a variable v_P, v_D, v_N, v_B (B: colocated):
 
     sum_p x_p = 1,   x_p = sum_d y_pd                                       (flow conservation)
-    x_p <= v_P cap_p,   sum_p y_pd <= v_D cap_d,   y_pd <= v_N link_pd
+    x_p <= v_P cap_p,   sum_p y_pd <= v_D cap_d,   sum over pairs on a host link of y_pd / link_pd <= v_N
     x_g / cap_g^prefill + x_g / cap_g^decode <= v_B                          (a colocated group time-shares)
     v_P, v_D, v_N, v_B <= v
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import highspy
 import numpy as np
@@ -52,6 +52,12 @@ class FlowNetwork:
     link_rps: dict[tuple[int, int], float] = field(default_factory=dict)  # missing pair = unlimited
     link_cost_s: dict[tuple[int, int], float] = field(default_factory=dict)
     both: frozenset[int] = frozenset()
+    shared_links: tuple[tuple[tuple[int, int], ...], ...] = ()  # pairs that load one physical link
+
+    def link_groups(self) -> list[tuple[tuple[int, int], ...]]:
+        """Pairs grouped by the physical link they load (a pair alone when not in `shared_links`)."""
+        shared = {pair for group in self.shared_links for pair in group}
+        return list(self.shared_links) + [(pair,) for pair in self.link_rps if pair not in shared]
 
     def pairs(self) -> list[tuple[int, int]]:
         """Every (prefill, decode) pair KV may take: prefill-only to decode-only, colocated to itself."""
@@ -77,12 +83,14 @@ def flow_network(problem: Problem, deployments: Mapping[int, Deployment]) -> Flo
         prefill_rps={g: 1.0 / p.service(roles[g])[0] for g, p in profiles.items() if roles[g] in ("prefill", "both")},
         decode_rps={g: p.decode_rps for g, p in profiles.items() if roles[g] in ("decode", "both")},
         both=frozenset(g for g, r in roles.items() if r == "both"))
+    by_link: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for p, d in network.pairs():
         if p != d:
             pair = pair_profile(problem, deployments[p], deployments[d])
             network.link_rps[(p, d)] = pair.link_rps
             network.link_cost_s[(p, d)] = pair.mean_kv_s
-    return network
+            by_link.setdefault(pair.link, []).append((p, d))
+    return replace(network, shared_links=tuple(tuple(pairs) for pairs in by_link.values()))
 
 
 def orchestrate(problem: Problem, deployments: Mapping[int, Deployment]) -> RoutingShares:
@@ -125,7 +133,7 @@ def carried_rps(network: FlowNetwork, kv: Mapping[tuple[int, int], float]) -> fl
     loads += [s * _inverse(network.decode_rps[d]) for d, s in received.items() if d not in network.both]
     loads += [s * (_inverse(network.prefill_rps[g]) + _inverse(network.decode_rps[g]))
               for g, s in sent.items() if g in network.both]
-    loads += [s / network.link_rps[pair] for pair, s in kv.items() if pair in network.link_rps]
+    loads += [sum(kv.get(pair, 0.0) / network.link_rps[pair] for pair in group) for group in network.link_groups()]
     busiest = max(loads, default=0.0)
     return 1.0 / busiest if busiest > 0 else math.inf
 
@@ -208,9 +216,9 @@ class _Layout:
             into = [y[pair] for pair in self.pairs if pair[1] == d and d not in network.both]
             if into:
                 rows.append((into + [self.v(1)], [1.0] * len(into) + [-cap], -inf, 0.0))
-        for pair in self.pairs:
-            if pair in network.link_rps:
-                rows.append(([y[pair], self.v(2)], [1.0, -network.link_rps[pair]], -inf, 0.0))
+        for group in network.link_groups():  # link time per request, summed over the pairs sharing it
+            rows.append(([y[pair] for pair in group] + [self.v(2)],
+                         [1.0 / network.link_rps[pair] for pair in group] + [-1.0], -inf, 0.0))
         for g in sorted(network.both):
             busy = _inverse(network.prefill_rps[g]) + _inverse(network.decode_rps[g])
             rows.append(([x[g], self.v(3)], [busy, -1.0], -inf, 0.0))

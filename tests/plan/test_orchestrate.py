@@ -38,6 +38,17 @@ def test_link_limits_bind():
     assert shares.kv[(0, 1)] == pytest.approx(0.25) and shares.kv[(0, 2)] == pytest.approx(0.75)
 
 
+def test_pairs_on_one_host_link_share_it():
+    # two prefill and two decode groups, plenty of compute; every pair's KV crosses the same 2 req/s link
+    pairs = ((0, 2), (0, 3), (1, 2), (1, 3))
+    network = FlowNetwork(prefill_rps={0: 10.0, 1: 10.0}, decode_rps={2: 10.0, 3: 10.0},
+                          link_rps=dict.fromkeys(pairs, 2.0), shared_links=(pairs,))
+    assert solve_routing(network).capacity_rps == pytest.approx(2.0)
+    alone = FlowNetwork(prefill_rps={0: 10.0, 1: 10.0}, decode_rps={2: 10.0, 3: 10.0},
+                        link_rps=dict.fromkeys(pairs, 2.0))
+    assert solve_routing(alone).capacity_rps == pytest.approx(8.0)
+
+
 def test_bottleneck_tier_sets_capacity_and_the_other_tier_is_balanced():
     # decode is the bottleneck (2 req/s); the two equal prefill groups share the load evenly
     network = FlowNetwork(prefill_rps={0: 5.0, 1: 5.0}, decode_rps={2: 2.0})
