@@ -14,7 +14,7 @@ request/s the utilisation of each tier is bounded by a variable v_P, v_D, v_N, v
 LP 1, capacity: minimise M v + sum of tier v + eps sum y_pd kv_s_pd. The busiest resource reaches
 utilisation 1 at rate 1 / v*: the plan's capacity. The tier sums spread load inside the other tiers.
 LP 2, routing at a rate r: the same rows, each tier's utilisation capped at U / r with
-U = max(RHO_TARGET, r v*) (queueing room), maximising sum y_pd a_pd - beta sum v, where a_pd is the
+U = max(RHO_TARGET, 1.01 r v*) (queueing room, or what the rate needs), maximising sum y_pd a_pd - beta sum v, where a_pd is the
 share of requests pair (p, d) serves within both SLOs with no queueing (from the estimator): short
 prompts over slow links are fine, long ones are not. LP 2 is re-solved warm for each rate (bounds only).
 `problem.orchestrate = False` gives uniform routing instead (the ablation baseline).
@@ -38,6 +38,7 @@ BOTTLENECK_WEIGHT = 100.0  # M: the max utilisation first, then the tier sums
 LINK_COST_WEIGHT = 1e-4  # eps
 BALANCE_WEIGHT = 0.01  # beta, relative to the capacity LP's optimum
 RHO_TARGET = 0.8
+UTILISATION_SLACK = 0.01  # above the least feasible utilisation, to trade for attainment
 LP_TIME_LIMIT_S = 1.0
 _NO_PAIR = ("no (prefill, decode) pair to route through: a plan needs at least one prefill and one "
             "decode group, or one colocated ('both') group")
@@ -170,10 +171,12 @@ class Router:
         return self.capacity_shares.capacity_rps
 
     def shares_at(self, rate_rps: float) -> RoutingShares:
-        """LP 2 at `rate_rps`; past RHO_TARGET of capacity, the capacity routing itself."""
-        if not rate_rps > 0 or rate_rps * self.unit_utilisation >= RHO_TARGET:
+        """LP 2 at `rate_rps`: utilisation capped at RHO_TARGET, or just above the least possible
+        when the rate needs more; past capacity, the capacity routing itself."""
+        load = rate_rps * self.unit_utilisation
+        if not rate_rps > 0 or load >= 1:
             return self.capacity_shares
-        bound = RHO_TARGET / rate_rps
+        bound = max(RHO_TARGET, load * (1 + UTILISATION_SLACK)) / rate_rps
         tiers = np.arange(self.layout.v(0), self.layout.v(4), dtype=np.int32)
         self.highs.changeColsBounds(len(tiers), tiers, np.zeros(len(tiers)), np.full(len(tiers), bound))
         try:
