@@ -162,7 +162,10 @@ def connection_config(config: HostConfig) -> ConnectionConfig:
         max_connections_per_peer=1, dial_timeout=config.dial_timeout_s, min_connections=0, low_watermark=0,
         enable_health_monitoring=config.is_health_monitored, health_initial_delay=1.0,
         health_check_interval=config.health_check_interval_s, ping_timeout=config.ping_timeout_s,
-        abort_connection_on_ping_failure=True)
+        abort_connection_on_ping_failure=True,
+        # a loaded event loop answers pings late: replacing such connections (latency > 1 s or success
+        # < 70% by default) only churned healthy peers; a missed ping still aborts a frozen one
+        max_ping_latency=5000.0, min_ping_success_rate=0.3)
 
 
 def build_libp2p_host(config: HostConfig, key_pair: KeyPair):
