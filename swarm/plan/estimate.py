@@ -9,8 +9,9 @@ NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
   * Decode group d holds N sequences on average, by Little's law the fixed point
     N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context);
     the number decoding is about Poisson (sd sqrt N). A request's mean TPOT is step(N) plus its KV
-    transfer (and that link's M/D/1 wait) spread over its o - 1 later tokens; linearising step around N:
-        P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / (step'(N) sqrt N)) * Phi((N_mem - N) / sqrt N)
+    transfer (and that link's M/D/1 wait) spread over its o - 1 later tokens; linearising the step in
+    the batch and its KV tokens (sd_step^2 = N (d_N step^2 + d_C step^2 var(context))):
+        P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / sd_step) * Phi((N_mem - N) / sqrt N)
     No fixed point within KV memory = overloaded = 0.
   * A colocated ('both') group time-shares (vLLM-like, prefill first): a prefill occupies the whole
     pipeline for its latency, steps stretch by 1 / (1 - rho_prefill) in the fixed point,
@@ -52,6 +53,7 @@ class GroupProfile:
     latency_moment3_s3: float
     batch_grid: np.ndarray  # (GRID_POINTS,) mean number of decoding sequences
     step_grid_s: np.ndarray  # (GRID_POINTS,) decode step at that batch (time-weighted mean context)
+    context_slope_grid: np.ndarray  # (GRID_POINTS,) d step / d (KV tokens in the batch) there
     max_batch: float  # KV memory limit on the batch
     prefill_rps: float  # prefill capacity (of a prefill group)
     decode_rps: float  # decode capacity within the TPOT target
@@ -105,12 +107,15 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
     max_batch = cost.max_kv_tokens / context
     grid = np.concatenate(([0.0], np.geomspace(0.05, max(max_batch, 0.1) * 1.05, GRID_POINTS - 1)))
     mean_service = float(service.mean())
+    steps = np.asarray(cost.decode_step_s(grid, grid * context))
+    more = np.asarray(cost.decode_step_s(grid, grid * context * 1.25))
     return GroupProfile(
         prefill_s=np.asarray(cost.prefill_s(request_sample(problem)[0])), mean_service_s=mean_service,
         service_moment2_s2=float((service ** 2).mean()), service_moment3_s3=float((service ** 3).mean()),
         mean_latency_s=float(latency.mean()), latency_moment2_s2=float((latency ** 2).mean()),
         latency_moment3_s3=float((latency ** 3).mean()), batch_grid=grid,
-        step_grid_s=np.asarray(cost.decode_step_s(grid, grid * context)), max_batch=max_batch,
+        step_grid_s=steps, context_slope_grid=(more - steps) / np.maximum(grid * context * 0.25, 1.0),
+        max_batch=max_batch,
         prefill_rps=1.0 / mean_service,
         decode_rps=cost.decode_tokens_per_s(problem.slo.tpot_s, context) / float(outputs.mean()))
 
@@ -151,6 +156,7 @@ class Scenario:
     moment3_s3: np.ndarray
     batch_grid: np.ndarray  # (groups, GRID_POINTS)
     step_grid_s: np.ndarray  # (groups, GRID_POINTS)
+    context_slope_grid: np.ndarray  # (groups, GRID_POINTS)
     max_batch: np.ndarray  # (groups,)
     prefill_s: np.ndarray  # (groups, requests)
     kv_s: np.ndarray  # (pairs, requests)
@@ -175,6 +181,7 @@ class Scenario:
             mean_service_s=mean_service, moment2_s2=moment2, moment3_s3=moment3,
             batch_grid=np.stack([pr.batch_grid for pr in profiles]),
             step_grid_s=np.stack([pr.step_grid_s for pr in profiles]),
+            context_slope_grid=np.stack([pr.context_slope_grid for pr in profiles]),
             max_batch=np.array([pr.max_batch for pr in profiles]),
             prefill_s=np.stack([pr.prefill_s for pr in profiles]),
             kv_s=np.stack([pp.kv_s for pp in pair_profiles]),
@@ -233,7 +240,7 @@ class Scenario:
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
         ttft_ok = _wait_cdf(rho[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
-        spread = decode.slope * np.sqrt(decode.batch)
+        spread = decode.spread_s
         tpot_ok = _phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
         tpot_ok = tpot_ok * decode.ok[pair_d, None]
         if self.has_both:
@@ -262,9 +269,12 @@ class Scenario:
         lo_s, hi_s = self.step_grid_s[rows, k - 1], self.step_grid_s[rows, k]
         step_s = np.where(idle, self.step_grid_s[:, 0], lo_s + (hi_s - lo_s) * frac)
         slope = (hi_s - lo_s) / (grid[rows, k] - grid[rows, k - 1])
+        context_slope = self.context_slope_grid[rows, k]
+        # N ~ Poisson, contexts iid: var(step) = N (slope^2 + (d step / d context)^2 var(context))
+        spread = np.sqrt(batch * (slope ** 2 + context_slope ** 2 * self.problem.decode_context_variance))
         stable = (stable | idle) & (batch <= self.max_batch)
         memory_ok = _phi(_ratio(self.max_batch - batch, np.sqrt(batch)))
-        return _DecodeState(batch=batch, step_s=step_s, slope=slope, ok=np.where(stable, memory_ok, 0.0))
+        return _DecodeState(batch=batch, step_s=step_s, spread_s=spread, ok=np.where(stable, memory_ok, 0.0))
 
     def _stalls_ok(self, prefill_rate: np.ndarray, step_s: np.ndarray, stretch: np.ndarray) -> np.ndarray:
         """(groups, requests): P(a colocated request's own prefill stalls fit in o * (TPOT - step)).
@@ -285,7 +295,7 @@ class Scenario:
 class _DecodeState:
     batch: np.ndarray  # mean decoding sequences per group
     step_s: np.ndarray  # decode step at that batch (not stretched)
-    slope: np.ndarray  # d step / d batch there
+    spread_s: np.ndarray  # standard deviation of the step (batch size and contexts fluctuate)
     ok: np.ndarray  # P(the batch is stable and fits in KV memory)
 
 

@@ -112,6 +112,14 @@ class Problem:
         return float((outputs * (prompts + outputs / 2)).sum() / outputs.sum())
 
     @cached_property
+    def decode_context_variance(self) -> float:
+        """Time-weighted variance of one decoding sequence's KV tokens (its context grows p -> p + o)."""
+        prompts, outputs = self.lengths
+        mean = self.decode_context_tokens
+        second = (outputs * ((prompts + outputs / 2) ** 2 + outputs ** 2 / 12)).sum() / outputs.sum()
+        return float(max(second - mean * mean, 0.0))
+
+    @cached_property
     def gpu_order(self) -> dict[str, int]:
         """Each GPU id's position in the cluster (the canonical order of GPUs everywhere in the plan)."""
         return {gpu_id: i for i, gpu_id in enumerate(self.cluster.gpu_ids)}
