@@ -244,7 +244,7 @@ class Scenario:
         tpot_ok = _phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
         tpot_ok = tpot_ok * decode.ok[pair_d, None]
         if self.has_both:
-            stalls_ok = self._stalls_ok(prefill_rate, decode.step_s, stretch)
+            stalls_ok = self._stalls_ok(prefill_rate, rho, wait_s, decode.step_s, stretch)
             tpot_ok = tpot_ok * np.where(self.is_both[pair_d, None], stalls_ok[pair_d], 1.0)
         attained = min(float(np.dot(shares, (ttft_ok * tpot_ok).mean(axis=1))), 1.0)
         if not with_p90:
@@ -276,18 +276,22 @@ class Scenario:
         memory_ok = _phi(_ratio(self.max_batch - batch, np.sqrt(batch)))
         return _DecodeState(batch=batch, step_s=step_s, spread_s=spread, ok=np.where(stable, memory_ok, 0.0))
 
-    def _stalls_ok(self, prefill_rate: np.ndarray, step_s: np.ndarray, stretch: np.ndarray) -> np.ndarray:
-        """(groups, requests): P(a colocated request's own prefill stalls fit in o * (TPOT - step)).
+    def _stalls_ok(self, prefill_rate: np.ndarray, rho: np.ndarray, wait_s: np.ndarray, step_s: np.ndarray,
+                   stretch: np.ndarray) -> np.ndarray:
+        """(groups, requests): P(a colocated request's prefill stalls fit in (o - 1) * (TPOT - step)).
 
-        A request decodes for D = o * step * stretch seconds, during which its group's prefills (Poisson
-        at the group's prefill rate, service S) stall it: their total is about normal with mean
-        lam D E[S] and variance lam D E[S^2].
+        Prefills go first. When a request's own prefill ends, the prompts queued behind it (about
+        lam Wq of them) are prefilled before it decodes: a backlog that drains in about rho Wq / (1 - rho)
+        (taken as exponential). Then, over its D = (o - 1) * step * stretch seconds of decoding, new
+        prefills (Poisson, service S) stall it: about normal, mean lam D E[S], variance lam D E[S^2].
         """
-        outputs = self.outputs[None, :]
-        lifetime_s = outputs * (step_s * stretch)[:, None]
-        budget_s = outputs * (self.problem.slo.tpot_s - step_s[:, None])
-        mean_s = (prefill_rate * self.mean_service_s)[:, None] * lifetime_s
-        std_s = np.sqrt(prefill_rate[:, None] * self.moment2_s2[:, None] * lifetime_s)
+        later_tokens = 1.0 / self.per_token[None, :]
+        lifetime_s = later_tokens * (step_s * stretch)[:, None]
+        budget_s = later_tokens * (self.problem.slo.tpot_s - step_s[:, None])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            backlog_s = np.where(rho < 1, rho * wait_s / (1 - rho), np.inf)[:, None]
+        mean_s = (prefill_rate * self.mean_service_s)[:, None] * lifetime_s + backlog_s
+        std_s = np.sqrt(prefill_rate[:, None] * self.moment2_s2[:, None] * lifetime_s + backlog_s ** 2)
         return _phi(_ratio(budget_s - mean_s, std_s))
 
 
