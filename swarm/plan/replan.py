@@ -13,6 +13,8 @@ Each scoring is `evaluate_deployments` (routing LP and SLO estimate only).
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import replace
 
 from swarm.plan.errors import InfeasibleError, PlanError
@@ -22,7 +24,7 @@ from swarm.plan.parallel import Deployment, with_role
 from swarm.plan.problem import Problem
 from swarm.wire.plan import Plan
 
-MAX_REPLAN_EVALUATIONS = 12
+MAX_REPLAN_EVALUATIONS = 8  # about 100 ms on 32 GPUs: each scoring is one routing LP + SLO estimate
 
 
 def surviving_groups(problem: Problem, current: Plan) -> list[Deployment]:
@@ -31,10 +33,12 @@ def surviving_groups(problem: Problem, current: Plan) -> list[Deployment]:
     return [Deployment.from_group(g) for g in current.groups if all(x in known for x in g.gpu_ids)]
 
 
-def replan(problem: Problem, current: Plan, *, max_evaluations: int = MAX_REPLAN_EVALUATIONS) -> Evaluation:
+def replan(problem: Problem, current: Plan, *, max_evaluations: int = MAX_REPLAN_EVALUATIONS,
+           budget_s: float | None = None) -> Evaluation:
     """The best roles and routing for the surviving groups of `current` (no group changes, no weight moves).
 
-    Returns the evaluation of the new plan, whose epoch is `current.epoch + 1`.
+    Returns the evaluation of the new plan, whose epoch is `current.epoch + 1`. `budget_s` optionally
+    caps the wall time as well (the current roles are always scored).
 
     Raises:
         PlanError: `current` is a plan for another model.
@@ -46,7 +50,7 @@ def replan(problem: Problem, current: Plan, *, max_evaluations: int = MAX_REPLAN
     if not deployments:
         raise InfeasibleError(f"every group of the epoch-{current.epoch} plan lost a GPU: nothing is left to "
                               "re-route; run a full re-plan (swarm.plan.plan)")
-    search = _RoleSearch(problem, deployments, max_evaluations)
+    search = _RoleSearch(problem, deployments, max_evaluations, budget_s)
     best = search.run()
     if not best.is_feasible:
         raise InfeasibleError(f"the {len(deployments)} surviving group(s) of the epoch-{current.epoch} plan cannot "
@@ -57,8 +61,10 @@ def replan(problem: Problem, current: Plan, *, max_evaluations: int = MAX_REPLAN
 class _RoleSearch:
     """Role assignments of fixed deployments, scored with a budget of evaluations."""
 
-    def __init__(self, problem: Problem, deployments: list[Deployment], max_evaluations: int) -> None:
+    def __init__(self, problem: Problem, deployments: list[Deployment], max_evaluations: int,
+                 budget_s: float | None) -> None:
         self.problem, self.deployments, self.max_evaluations = problem, deployments, max_evaluations
+        self.deadline = math.inf if budget_s is None else time.perf_counter() + budget_s
         self.scored: dict[tuple[str, ...], Evaluation] = {}
         topo = topology(problem)
         self.ranked = sorted(range(len(deployments)),
@@ -66,7 +72,9 @@ class _RoleSearch:
 
     def score(self, roles: tuple[str, ...]) -> float:
         if roles not in self.scored:
-            if len(self.scored) >= self.max_evaluations:
+            if not _servable(roles):
+                return 0.0
+            if self.scored and (len(self.scored) >= self.max_evaluations or time.perf_counter() > self.deadline):
                 return -1.0
             found = [with_role(d, r) for d, r in zip(self.deployments, roles, strict=True)]
             self.scored[roles] = evaluate_deployments(self.problem, found)
@@ -101,7 +109,7 @@ class _RoleSearch:
     def _flips(self) -> None:
         """First-improvement single flips from the best assignment, boundary groups first."""
         improved = True
-        while improved and len(self.scored) < self.max_evaluations:
+        while improved and len(self.scored) < self.max_evaluations and time.perf_counter() <= self.deadline:
             improved = False
             roles = self.best()
             base = self.scored[roles].score
@@ -116,3 +124,7 @@ class _RoleSearch:
         position = {i: r for r, i in enumerate(self.ranked)}
         boundary = sum(1 for r in roles if r == "prefill")
         return sorted(range(len(roles)), key=lambda i: (abs(position[i] - boundary + 0.5), i))
+
+
+def _servable(roles: tuple[str, ...]) -> bool:
+    return "both" in roles or {"prefill", "decode"} <= set(roles)

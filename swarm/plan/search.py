@@ -8,8 +8,8 @@ start. Each iteration draws
 moves (flip, split, merge, move, swap; see grouping.py) in random order and scores the resulting
 groupings with `evaluate` (lower level + routing LP + SLO estimate): the first one better than the
 current grouping is taken at once (first improvement: evaluations are the scarce resource); if none
-is found among `max_neighbours` new groupings, the best of them is taken even if it is worse (that is
-what escapes local optima). A move is tabu for `tenure`
+is found among `max_neighbours` new groupings (INTENSIFY times more around the best grouping seen),
+the best of them is taken even if it is worse (that is what escapes local optima). A move is tabu for `tenure`
 iterations if it would recreate a group (GPU set and role) that an earlier move removed, unless it
 beats the best grouping seen (aspiration). The best grouping seen is returned.
 
@@ -42,6 +42,7 @@ from swarm.plan.validate import check_problem
 from swarm.wire.plan import ROLES, Plan
 
 DEFAULT_TENURE = 7
+INTENSIFY = 4  # x max_neighbours new groupings scanned around the best grouping before leaving it
 RESTART_AFTER = 2  # x tenure iterations without a new best: back to the best grouping
 START_LEVELS = 6  # dendrogram levels tried as starting groupings
 IMPROVEMENT = 1e-9
@@ -199,6 +200,8 @@ class _Search:
         best admissible one among the first `max_neighbours` not evaluated before; None if none."""
         chosen, fresh = None, 0
         current_score = self.cache[current].score
+        if current == self.best[0]:  # at the incumbent: look harder before stepping to a worse grouping
+            max_neighbours *= INTENSIFY
         for move in neighbours(self.topo, current, self.rng, allowed_roles):
             if self.exhausted() or fresh >= max_neighbours:
                 break
@@ -206,9 +209,10 @@ class _Search:
             if not _servable(grouping):
                 continue
             fresh += grouping not in self.cache
+            best_score = self.best[1].score  # before scoring: a new best is admissible even if tabu
             evaluation = self.score(grouping)
             is_tabu = any(tabu_until.get(g, -1) >= iteration for g in move.added)
-            if is_tabu and evaluation.score <= self.best[1].score:
+            if is_tabu and evaluation.score <= best_score:
                 continue
             if chosen is None or evaluation.score > chosen[2].score:
                 chosen = (move, grouping, evaluation)
