@@ -14,9 +14,9 @@ NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
         P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / sd_step) * Phi((N_mem - N) / sqrt N)
     No fixed point within KV memory = overloaded = 0.
   * A colocated ('both') group time-shares (vLLM-like, prefill first): a prefill occupies the whole
-    pipeline for its latency, steps stretch by 1 / (1 - rho_prefill) in the fixed point,
-    a prefill waits half a decode step, and each request's own prefill stalls (compound Poisson over
-    its decode lifetime) must fit in o * (TPOT - step).
+    pipeline for its latency, steps stretch by 1 / (1 - rho_prefill) in the fixed point, a prefill
+    waits half a decode step, and the stalls a request sees (the prefill backlog queued behind its own
+    prompt, then compound-Poisson prefills over its decode lifetime) must fit in (o - 1)(TPOT - step).
   * Attainment = sum over pairs of y_pd * mean over requests of P(TTFT met) * P(TPOT met).
 Everything for one rate is a few numpy operations over (active pairs, requests) and (groups, grid).
 """

@@ -2,8 +2,9 @@
 
 How it works (ThunderServe, MLSys 2025, section 4.3: a two-stage transportation problem, as an LP).
 x_p is the share of requests sent to prefill group p, y_pd the share whose KV goes from p to decode
-group d. Each group and link has a capacity in requests/s (prefill: 1 / mean prefill interval;
-decode: decode tokens/s within the TPOT target / mean output; link: bytes/s / mean KV bytes), so at one
+group d. Each group and link has a capacity in requests/s (prefill: 1 / mean prefill interval, or
+latency when colocated; decode: decode tokens/s within the TPOT target / mean output; link: bytes/s
+of the pair's bottleneck host link / its share of the mean KV bytes; pairs on one link share it), so at one
 request/s the utilisation of each tier is bounded by a variable v_P, v_D, v_N, v_B (B: colocated):
 
     sum_p x_p = 1,   x_p = sum_d y_pd                                       (flow conservation)
@@ -14,9 +15,10 @@ request/s the utilisation of each tier is bounded by a variable v_P, v_D, v_N, v
 LP 1, capacity: minimise M v + sum of tier v + eps sum y_pd kv_s_pd. The busiest resource reaches
 utilisation 1 at rate 1 / v*: the plan's capacity. The tier sums spread load inside the other tiers.
 LP 2, routing at a rate r: the same rows, each tier's utilisation capped at U / r with
-U = max(RHO_TARGET, 1.01 r v*) (queueing room, or what the rate needs), maximising sum y_pd a_pd - beta sum v, where a_pd is the
-share of requests pair (p, d) serves within both SLOs with no queueing (from the estimator): short
-prompts over slow links are fine, long ones are not. LP 2 is re-solved warm for each rate (bounds only).
+U = max(RHO_TARGET, 1.01 r v*) (queueing room, or what the rate needs), maximising
+sum y_pd a_pd - beta sum v, where a_pd is the share of requests pair (p, d) serves within both SLOs
+with no queueing (from the estimator): short prompts over slow links are fine, long ones are not.
+LP 2 is re-solved warm for each rate (bounds only). Past capacity, LP 1's routing is used.
 `problem.orchestrate = False` gives uniform routing instead (the ablation baseline).
 """
 
