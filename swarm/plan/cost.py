@@ -25,7 +25,8 @@ bytes (its layers plus the head on the last stage), link_Bps = gbps * 1e9 / 8 * 
     activation reserve, holds KV; the group's KV capacity is the minimum over stages (tokens).
   * KV on the wire: kv_bits 16 / 8 / 4 cost 16 / 8.5 / 4.5 bits per element (fp16 scale and minimum
     per group of 64), so 4-bit is 0.28x of fp16. Between two groups, each (prefill stage, decode stage)
-    pair moves the KV of the layers they share over its hosts' link; pairs on one host pair share it.
+    pair moves the KV of the layers they share over its hosts' link, all in parallel: the host pair
+    with the largest share / bandwidth bounds the transfer (`kv_route`, as the simulator routes it).
 
 All inputs may be numpy arrays (broadcast), so the estimator evaluates thousands of requests at once.
 `Efficiency` is the fraction of peak a GPU type achieves; the simulator fits it to measured profiles.
