@@ -8,7 +8,8 @@ worker thread, never on the event loop:
    them (no weights move) and re-decides roles and routing; that plan is published at once;
 2. then the full tabu search (`plan`) over the new membership; its plan replaces the lightweight one
    only if it scores clearly better (a change of groups moves weights).
-Each published plan carries an epoch above every epoch seen in the swarm (`Membership.term`).
+Each published plan carries an epoch above every epoch seen in the swarm (`SwarmView.max_epoch`) and the
+election term it was made in, which is what the other peers fence it by.
 """
 
 from __future__ import annotations
@@ -194,11 +195,11 @@ async def publish_new_plan(node, inputs: PlanInputs) -> None:
 
 
 def publish(node, plan: Plan, hosts: dict[str, str], how: str, inputs: PlanInputs, start_s: float) -> None:
-    epoch = max(node.membership.term, node.holder.epoch) + 1
+    epoch = max(node.membership.max_epoch, node.holder.epoch) + 1
     plan = plan.with_epoch(epoch)
     logger.info("coordinator: %s plan for %d peers, epoch %d, in %.2f s: %s", how, len(inputs.profiles), epoch,
                 time.perf_counter() - start_s, describe(plan))
-    node.offer_plan(plan, hosts, source="self")
+    node.offer_plan(plan, hosts, node.membership.election.term, node.peer_id, source="self")
 
 
 def describe(plan: Plan) -> str:

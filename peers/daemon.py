@@ -23,7 +23,7 @@ from peers.coordinator import run_coordinator
 from peers.dispatch import DECODE_PROTOCOL, GENERATE_PROTOCOL, PREFILL_PROTOCOL, Ledger, serve_generate
 from peers.kvlink import BANDWIDTH_PROTOCOL, KV_PROTOCOL, measure_gbps, serve_bandwidth, serve_kv
 from peers.loopback import loopback_pair
-from peers.membership import Membership, PlanHolder
+from peers.membership import PlanHolder, SwarmView, describe_action
 from peers.replica import serve_decode, serve_prefill
 from peers.status import STATUS_PROTOCOL, serve_status
 from peers.worker import EngineWorker, WorkerLoad
@@ -50,7 +50,8 @@ class Node:
         self.nursery = nursery
         self.peer_id = host.peer_id
         self.started_s = time.monotonic()
-        self.membership = Membership(self.peer_id, config.failure_timeout_s)
+        self.membership = SwarmView(self.peer_id, is_serving=config.is_serving, now_s=time.monotonic(),
+                                    failure_timeout_s=config.failure_timeout_s)
         self.holder = PlanHolder()
         self.ledger = Ledger()
         self.rng = random.Random(0)
@@ -79,13 +80,13 @@ class Node:
             await self.changed.wait()
 
     def coordinator_id(self) -> str:
-        return self.membership.coordinator_id(self.profile is not None)
+        return self.membership.coordinator_id
 
-    def offer_plan(self, plan, hosts: dict[str, str], *, source: str) -> None:
-        outcome = self.holder.offer(plan, hosts)
+    def offer_plan(self, plan, hosts: dict[str, str], term: int, coordinator_id: str, *, source: str) -> None:
+        outcome = self.holder.offer(self.membership, plan, hosts, term, coordinator_id)
         if outcome == "applied":
-            logger.info("following plan epoch %d (from %s)", plan.epoch, source)
-            self.membership.term = max(self.membership.term, plan.epoch)
+            logger.info("following plan epoch %d of coordinator %s, term %d (from %s)", plan.epoch, coordinator_id,
+                        term, source)
             self.notify()
             self.gossip_soon.set()
         elif outcome == "stale":
@@ -118,7 +119,9 @@ class Node:
         load = self.load()
         return MemberDigest(
             peer_id=self.peer_id, sequence=self.sequence, addrs=tuple(self.host.addrs[:8]), profile=self.profile,
-            term=max(self.membership.term, self.holder.epoch, 0), plan=self.holder.plan,
+            max_epoch=max(self.membership.max_epoch, self.holder.epoch, 0),
+            coordinator_term=self.membership.election.term, coordinator_id=self.coordinator_id(),
+            plan=self.holder.plan, plan_term=self.holder.term, plan_coordinator_id=self.holder.coordinator_id,
             plan_hosts=self.holder.hosts, ready_epoch=self.ready_epoch, num_queued=load.num_queued,
             num_running=load.num_running, kv_tokens_free=load.kv_tokens_free,
             tokens_per_s=load.tokens_per_s, known=self.membership.known(), links_gbps=dict(self.links_gbps))
@@ -203,12 +206,23 @@ async def serve_member(node: Node, stream) -> None:
 
 
 def take_digest(node: Node, digest: MemberDigest) -> None:
-    if node.membership.on_digest(digest, time.monotonic()):
-        what = f"{digest.profile.gpu} on {digest.profile.host}" if digest.profile else "bootstrap node"
-        logger.info("peer %s joined (%s)", digest.peer_id, what)
+    log_actions(node, node.membership.on_digest(digest, time.monotonic()))
     if digest.plan is not None:
-        node.offer_plan(digest.plan, digest.plan_hosts, source=f"peer {digest.peer_id}")
+        node.offer_plan(digest.plan, digest.plan_hosts, digest.plan_term, digest.plan_coordinator_id,
+                        source=f"peer {digest.peer_id}")
     node.notify()
+
+
+def log_actions(node: Node, actions: list) -> None:
+    """Log what membership and election decided; a claim or a change is gossiped at once."""
+    for action in actions:
+        line = describe_action(action)
+        if line:
+            is_bad_news = " left " in line or "suspected" in line or "is gone" in line
+            logger.log(logging.WARNING if is_bad_news else logging.INFO, "%s", line)
+    if actions:
+        node.gossip_soon.set()
+        node.notify()
 
 
 async def exchange(node: Node, peer_id: str, addrs) -> None:
@@ -228,9 +242,7 @@ async def exchange(node: Node, peer_id: str, addrs) -> None:
 
 
 def on_disconnect(node: Node, peer_id: str) -> None:
-    if node.membership.on_disconnect(peer_id, time.monotonic()):
-        logger.warning("peer %s disconnected; removed from the swarm", peer_id)
-        node.notify()
+    log_actions(node, node.membership.on_disconnect(peer_id, time.monotonic()))
 
 
 async def run_gossip(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -241,9 +253,7 @@ async def run_gossip(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -> Non
     task_status.started()
     while True:
         now = time.monotonic()
-        for peer_id in node.membership.expire(now):
-            logger.warning("peer %s silent for %.1f s; removed from the swarm", peer_id, node.config.failure_timeout_s)
-            node.notify()
+        log_actions(node, node.membership.tick(now))
         async with trio.open_nursery() as nursery:
             for peer_id, addrs in node.membership.dial_targets(now):
                 nursery.start_soon(exchange, node, peer_id, addrs)
@@ -260,7 +270,7 @@ async def run_link_probes(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -
     counts: dict[str, int] = {}
     while True:
         await trio.sleep(PROBE_PAUSE_S)
-        alive = set(node.membership.serving_ids(False))
+        alive = set(node.membership.serving_ids(with_self=False))
         todo = [p for p in sorted(alive) if counts.get(p, 0) < PROBES_PER_LINK][:MAX_PROBED_PEERS]
         for peer_id in todo:
             try:

@@ -1,28 +1,32 @@
-"""Membership, failure detection, coordinator election and plan fencing: a sans-IO state machine.
+"""This peer's view of the swarm: `swarm.proto` membership and election fed by digests, and the followed plan.
 
-How it works (time is a parameter; the daemon feeds events and executes nothing here):
-- Every peer pushes its `MemberDigest` to every peer it knows each `gossip_interval_s` and gets the
-  other's digest back (push-pull). A peer is alive while a digest from it arrived within
-  `failure_timeout_s`; a closed connection (noticed by libp2p in about 0.2 s, also after SIGKILL) kills
-  it at once. Digests also carry the addresses of the peers their sender knows, so one bootstrap address
-  is enough to find everyone; liveness is only ever learned first-hand.
-- Election: the coordinator is the alive *serving* peer with the smallest peer id (a bully election
-  without messages: every peer with the same view picks the same one). A new coordinator publishes its
-  plans with epochs above every epoch it has seen (`term`), so
-- fencing: a plan is applied only if its epoch is above the one held; every older one is ignored,
-  everywhere. Two plans of one epoch (two coordinators during a brief split view) are settled the same
-  way on every peer: the one whose canonical JSON sorts first wins, so the swarm converges on one plan.
+How it works (still sans-IO: time is a parameter, the daemon executes nothing here but logs the actions):
+- every peer pushes its `MemberDigest` to every peer it knows each gossip interval and gets the other's
+  digest back (push-pull over direct streams). A digest counts as that peer's profile and heartbeat for
+  `swarm.proto.membership` (suspect after 60% of the failure timeout, dead after all of it; a closed
+  libp2p connection, e.g. after SIGKILL, is immediate evidence). Digests also carry the addresses their
+  sender knows, so one bootstrap address finds everyone; liveness is only learned first-hand;
+- the serving members feed `swarm.proto.election` (lowest id, sticky, fenced by terms); a digest says
+  whom its sender follows in which term, which is how a claim spreads. Bootstrap nodes never claim;
+- a plan travels with the (term, coordinator) that published it and is followed only if the election
+  accepts it: from the current term's coordinator, and (term, epoch) not older than the last one
+  (`Fence`). Older plans are ignored everywhere.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from swarm.proto.election import CoordinatorLost, Election, Fence
+from swarm.proto.membership import Membership, MembershipChanged, MembershipConfig, PeerLeft
+from swarm.wire.messages import PlanAnnouncement
 from swarm.wire.plan import Plan
 from swarm.wire.requests import MemberDigest, PeerAddress
 
 REDIAL_DEAD_S = 2.0  # a dead peer's address is retried this often (it may come back)
 FORGET_DEAD_S = 60.0  # after this, a dead peer's address is dropped
+SUSPECT_FRACTION = 0.6
 
 
 @dataclass
@@ -31,46 +35,66 @@ class Member:
     last_heard_s: float
 
 
-@dataclass
-class Membership:
-    """This peer's view of the swarm; `self_id` is never in `members`."""
+class SwarmView:
+    """Membership, election and the address book of one peer; `self_id` is never in `members`."""
 
-    self_id: str
-    failure_timeout_s: float = 2.0
-    members: dict[str, Member] = field(default_factory=dict)
-    addrs: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    dead_since_s: dict[str, float] = field(default_factory=dict)
-    last_dialled_s: dict[str, float] = field(default_factory=dict)
-    term: int = 0  # highest plan epoch seen anywhere
+    def __init__(self, self_id: str, *, is_serving: bool, now_s: float, failure_timeout_s: float = 2.0) -> None:
+        self.self_id = self_id
+        self.is_serving = is_serving
+        config = MembershipConfig(suspect_after_s=failure_timeout_s * SUSPECT_FRACTION, dead_after_s=failure_timeout_s,
+                                  rejoin_after_s=0.0)
+        self.proto = Membership(self_id, config=config)
+        # a bootstrap node follows the election but never claims (it serves no model, so cannot plan)
+        self.election = Election(self_id, now_s, listen_s=failure_timeout_s if is_serving else math.inf)
+        self.fence = Fence()
+        self.digests: dict[str, Member] = {}
+        self.addrs: dict[str, tuple[str, ...]] = {}
+        self.dead_since_s: dict[str, float] = {}
+        self.last_dialled_s: dict[str, float] = {}
+        self.max_epoch = 0  # highest plan epoch seen anywhere: the next plan's epoch is above it
 
-    def on_digest(self, digest: MemberDigest, now_s: float) -> bool:
-        """A digest heard first-hand. Returns True if the sender is new or came back."""
-        if digest.peer_id == self.self_id:
-            return False
-        is_new = digest.peer_id not in self.members
-        self.members[digest.peer_id] = Member(digest, now_s)
-        self.addrs[digest.peer_id] = digest.addrs
-        self.dead_since_s.pop(digest.peer_id, None)
-        self.term = max(self.term, digest.term)
+    @property
+    def members(self) -> dict[str, Member]:
+        return {p: self.digests[p] for p in self.proto.member_ids if p != self.self_id and p in self.digests}
+
+    @property
+    def coordinator_id(self) -> str:
+        return self.election.coordinator_id or ""
+
+    def on_digest(self, digest: MemberDigest, now_s: float) -> list:
+        """A digest heard first-hand; returns the proto actions (PeerJoined, CoordinatorElected, ...)."""
+        peer_id = digest.peer_id
+        if peer_id == self.self_id:
+            return []
+        self.digests[peer_id] = Member(digest, now_s)
+        self.addrs[peer_id] = digest.addrs
+        self.dead_since_s.pop(peer_id, None)
+        self.max_epoch = max(self.max_epoch, digest.max_epoch)
         for known in digest.known:
-            if known.peer_id != self.self_id and known.peer_id not in self.members:
+            if known.peer_id != self.self_id and known.peer_id not in self.digests:
                 self.addrs.setdefault(known.peer_id, known.addrs)
-        return is_new
+        actions = self._membership(self.proto.profile_received(peer_id, digest.profile, now_s), now_s)
+        return actions + self.election.heartbeat_received(digest.coordinator_term, digest.coordinator_id, now_s)
 
-    def on_disconnect(self, peer_id: str, now_s: float) -> bool:
-        """The last connection to `peer_id` closed. Returns True if it was a member."""
-        return self._remove(peer_id, now_s)
+    def on_disconnect(self, peer_id: str, now_s: float) -> list:
+        """The last libp2p connection to `peer_id` closed: it leaves at once."""
+        return self._membership(self.proto.disconnected(peer_id, now_s), now_s)
 
-    def expire(self, now_s: float) -> list[str]:
-        """Members not heard from within the failure timeout; they are removed."""
-        late = [p for p, m in self.members.items() if now_s - m.last_heard_s > self.failure_timeout_s]
-        for peer_id in late:
-            self._remove(peer_id, now_s)
+    def tick(self, now_s: float) -> list:
+        """Advance time: silent peers are suspected, then removed; the election may claim or drop."""
+        actions = self._membership(self.proto.tick(now_s), now_s) + self.election.tick(now_s)
         for peer_id, since in list(self.dead_since_s.items()):
             if now_s - since > FORGET_DEAD_S:
                 del self.dead_since_s[peer_id]
                 self.addrs.pop(peer_id, None)
-        return late
+                self.digests.pop(peer_id, None)
+        return actions
+
+    def accepts_plan(self, plan: Plan, term: int, coordinator_id: str) -> bool:
+        """The election's fence: from the current term's coordinator, and not older than the last plan."""
+        if not coordinator_id:
+            return False
+        return self.election.accepts_plan(PlanAnnouncement(term, coordinator_id, plan), self.fence)
 
     def dial_targets(self, now_s: float) -> list[tuple[str, tuple[str, ...]]]:
         """(peer id, addrs) to push our digest to now: members, new addresses, dead ones now and then."""
@@ -82,54 +106,45 @@ class Membership:
             out.append((peer_id, addrs))
         return out
 
-    def alive_ids(self) -> list[str]:
-        return sorted([self.self_id, *self.members])
-
-    def serving_ids(self, is_self_serving: bool) -> list[str]:
-        """Alive peers that serve a model (bootstrap nodes do not)."""
+    def serving_ids(self, *, with_self: bool = True) -> list[str]:
+        """Members that serve a model (bootstrap nodes do not), sorted."""
         ids = [p for p, m in self.members.items() if m.digest.profile is not None]
-        return sorted(ids + [self.self_id] if is_self_serving else ids)
-
-    def coordinator_id(self, is_self_serving: bool) -> str:
-        """The alive serving peer with the smallest id; "" if none."""
-        ids = self.serving_ids(is_self_serving)
-        return ids[0] if ids else ""
+        return sorted(ids + [self.self_id] if with_self and self.is_serving else ids)
 
     def known(self) -> tuple[PeerAddress, ...]:
         return tuple(PeerAddress(p, m.digest.addrs) for p, m in sorted(self.members.items()) if m.digest.addrs)
 
-    def _remove(self, peer_id: str, now_s: float) -> bool:
-        if peer_id not in self.members:
-            return False
-        del self.members[peer_id]
-        self.dead_since_s[peer_id] = now_s
-        return True
+    def _membership(self, actions: list, now_s: float) -> list:
+        for action in actions:
+            if isinstance(action, PeerLeft):
+                self.dead_since_s[action.peer_id] = now_s
+        if any(isinstance(a, MembershipChanged) for a in actions):
+            actions = actions + self.election.members_changed(self.serving_ids(), now_s)
+        return actions
 
 
 @dataclass
 class PlanHolder:
-    """The plan this peer follows, with the fencing rule of the module docstring."""
+    """The plan this peer follows, the term and coordinator that published it, and its host -> peer map."""
 
     plan: Plan | None = None
     hosts: dict[str, str] = field(default_factory=dict)  # host name in the plan -> peer id
+    term: int = 0
+    coordinator_id: str = ""
 
     @property
     def epoch(self) -> int:
         return -1 if self.plan is None else self.plan.epoch
 
-    def offer(self, plan: Plan, hosts: dict[str, str]) -> str:
-        """Offer a plan heard from a peer: "applied", "same" or "stale" (ignored)."""
-        if self.plan is not None and plan.epoch < self.plan.epoch:
-            return "stale"
-        if self.plan is not None and plan.epoch == self.plan.epoch:
-            if plan == self.plan and hosts == self.hosts:
-                return "same"
-            if (plan.to_json(None), sorted(hosts.items())) >= (self.plan.to_json(None), sorted(self.hosts.items())):
-                return "stale"
+    def offer(self, view: SwarmView, plan: Plan, hosts: dict[str, str], term: int, coordinator_id: str) -> str:
+        """Offer a plan heard from a peer: "applied", "same", or "stale" (fenced off or unusable)."""
         missing = {g.split("/")[0] for g in plan.gpu_ids} - set(hosts)
-        if missing:
-            return "stale"  # a plan whose hosts we cannot map to peers cannot be followed
-        self.plan, self.hosts = plan, dict(hosts)
+        if missing or not view.accepts_plan(plan, term, coordinator_id):
+            return "stale"
+        if (plan, hosts, term, coordinator_id) == (self.plan, self.hosts, self.term, self.coordinator_id):
+            return "same"
+        self.plan, self.hosts, self.term, self.coordinator_id = plan, dict(hosts), term, coordinator_id
+        view.max_epoch = max(view.max_epoch, plan.epoch)
         return "applied"
 
     def peer_of_group(self, group_id: int) -> str:
@@ -143,3 +158,21 @@ class PlanHolder:
             return []
         names = {h for h, p in self.hosts.items() if p == peer_id}
         return [g.id for g in self.plan.groups if any(gpu.split("/")[0] in names for gpu in g.gpu_ids)]
+
+
+def describe_action(action) -> str | None:
+    """An operator's log line for a proto action, or None for the ones not worth a line."""
+    name = type(action).__name__
+    if name == "PeerJoined":
+        profile = action.profile
+        what = f"{profile.gpu}x{profile.num_gpus} on {profile.host}" if profile is not None else "bootstrap node"
+        return f"peer {action.peer_id} joined ({what})"
+    if name == "PeerLeft":
+        return f"peer {action.peer_id} left the swarm ({action.reason})"
+    if name == "PeerSuspected":
+        return f"peer {action.peer_id} is silent; suspected"
+    if name == "CoordinatorElected":
+        return f"coordinator for term {action.term}: {'this peer' if action.is_self else action.coordinator_id}"
+    if isinstance(action, CoordinatorLost):
+        return f"coordinator {action.coordinator_id} of term {action.term} is gone"
+    return None

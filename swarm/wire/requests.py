@@ -252,8 +252,12 @@ class MemberDigest:
     sequence: int
     addrs: tuple[str, ...]
     profile: HardwareProfile | None = None  # None: a bootstrap node, serves no model
-    term: int = 0  # the highest plan epoch this peer has seen
+    max_epoch: int = 0  # the highest plan epoch this peer has seen
+    coordinator_term: int = 0  # whom this peer follows as coordinator, in which election term
+    coordinator_id: str = ""
     plan: Plan | None = None
+    plan_term: int = 0  # the term and coordinator that published `plan` (its fence)
+    plan_coordinator_id: str = ""
     plan_hosts: dict[str, str] = field(default_factory=dict)  # host name in the plan -> peer id
     ready_epoch: int = -1  # the plan epoch this peer's replica is ready for (-1: not ready)
     num_queued: int = 0
@@ -267,7 +271,10 @@ class MemberDigest:
         _check_peer("MemberDigest.peer_id", self.peer_id)
         if len(self.known) > MAX_PEERS or len(self.plan_hosts) > MAX_PEERS or len(self.links_gbps) > MAX_PEERS:
             raise WireError(f"MemberDigest: at most {MAX_PEERS} known peers, plan hosts and links")
-        for name in ("sequence", "term", "num_queued", "num_running", "kv_tokens_free"):
+        _check_peer("MemberDigest.coordinator_id", self.coordinator_id, may_be_empty=True)
+        _check_peer("MemberDigest.plan_coordinator_id", self.plan_coordinator_id, may_be_empty=True)
+        for name in ("sequence", "max_epoch", "coordinator_term", "plan_term", "num_queued", "num_running",
+                     "kv_tokens_free"):
             if not 0 <= getattr(self, name) <= MAX_U63:
                 raise WireError(f"MemberDigest.{name} must be in [0, 2**63), got {getattr(self, name)}")
         if not -1 <= self.ready_epoch <= MAX_U63:
@@ -276,8 +283,8 @@ class MemberDigest:
         for peer, gbps in self.links_gbps.items():
             _check_peer("MemberDigest.links_gbps key", peer)
             _check_range("MemberDigest.links_gbps value", gbps, 0.0, 1e6)
-        if self.plan is not None and self.plan.epoch > self.term:
-            raise WireError(f"MemberDigest: plan epoch {self.plan.epoch} is above the term {self.term}")
+        if self.plan is not None and (self.plan.epoch > self.max_epoch or not self.plan_coordinator_id):
+            raise WireError(f"MemberDigest: a plan needs its coordinator and an epoch <= max_epoch {self.max_epoch}")
 
 
 @message(90)

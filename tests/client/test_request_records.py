@@ -59,13 +59,16 @@ def test_bytes_from_a_peer_are_checked_field_by_field():
         decode(msgpack.packb([WIRE_VERSION, 81, ["r1", 0, [1], "", "exploded"]]))
 
 
-def test_a_digest_cannot_claim_a_plan_above_its_term():
+def test_a_digest_plan_needs_its_coordinator_and_an_epoch_within_max_epoch():
     from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Routing, Stage
 
     plan = Plan(PLAN_FORMAT, 5, "m", (Group(0, "both", 1, 1, (Stage(("h/0",), (0, 2)),)),),
                 Routing({0: 1.0}, ((0, 0, 1.0),)))
-    with pytest.raises(WireError, match="term"):
-        MemberDigest("QmAbc", 1, ("/ip4/127.0.0.1/tcp/1",), plan=plan, term=4)
+    with pytest.raises(WireError, match="max_epoch"):
+        MemberDigest("QmAbc", 1, ("/ip4/127.0.0.1/tcp/1",), plan=plan, max_epoch=4, plan_coordinator_id="QmAbc")
+    with pytest.raises(WireError, match="coordinator"):
+        MemberDigest("QmAbc", 1, ("/ip4/127.0.0.1/tcp/1",), plan=plan, max_epoch=5)
+    assert MemberDigest("QmAbc", 1, ("/a",), plan=plan, max_epoch=5, plan_coordinator_id="QmAbc").plan == plan
 
 
 def test_client_builds_requests_and_names_bad_options():

@@ -9,7 +9,7 @@ import pytest
 
 from peers.daemon_errors import ReplicaFailedError
 from peers.dispatch import Ledger, choose_route
-from peers.membership import PlanHolder
+from peers.membership import PlanHolder, SwarmView
 from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Routing, Stage
 from swarm.wire.requests import TokenChunk
 
@@ -20,8 +20,10 @@ def holder() -> PlanHolder:
     groups = tuple(Group(i, "prefill" if h.startswith("p") else "decode", 1, 1, (Stage((f"{h}/0",), (0, 4)),))
                    for i, h in enumerate(HOSTS))
     routing = Routing({0: 0.5, 1: 0.5}, ((0, 2, 0.25), (0, 3, 0.25), (1, 2, 0.25), (1, 3, 0.25)))
+    view = SwarmView("QmP0", is_serving=True, now_s=0.0)
+    assert "CoordinatorElected" in [type(a).__name__ for a in view.tick(5.0)]
     h = PlanHolder()
-    assert h.offer(Plan(PLAN_FORMAT, 4, "m", groups, routing), HOSTS) == "applied"
+    assert h.offer(view, Plan(PLAN_FORMAT, 4, "m", groups, routing), HOSTS, view.election.term, "QmP0") == "applied"
     return h
 
 
