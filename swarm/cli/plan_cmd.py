@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from swarm.plan.errors import InfeasibleError
     from swarm.plan.search import plan
 
+    for flag, value in (("--rate", args.rate), ("--budget-s", args.budget_s)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{flag} must be a positive number, got {value!r}")
     problem = build_problem(args)
     roles = ("both",) if args.colocated else ("prefill", "decode")
     result = plan(problem, budget_s=args.budget_s, seed=args.seed, allowed_roles=roles)
@@ -45,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if best.goodput_rps <= 0:
         raise InfeasibleError(
             f"no plan meets the SLO (TTFT {problem.slo.ttft_s:.3g} s, TPOT {problem.slo.tpot_s:.3g} s for "
-            f"{problem.slo.attainment:.0%} of requests) even at a low rate; the best plan found predicts TTFT p90 "
-            f"{best.ttft_p90_s:.3g} s, TPOT p90 {best.tpot_p90_s:.3g} s. Relax it with --slo-scale (e.g. 2) "
-            "or larger --ttft/--tpot")
+            f"{problem.slo.attainment:.0%} of requests) even at a low rate; at {problem.rate_rps:.3g} req/s the best "
+            f"plan found predicts TTFT p90 {_seconds(best.ttft_p90_s)}, TPOT p90 {_seconds(best.tpot_p90_s)}. "
+            "Relax it with --slo-scale (e.g. 2) or larger --ttft/--tpot")
     out = sys.stderr if args.json == "-" else sys.stdout
     print(render(problem, result), file=out)
     if args.json == "-":
@@ -150,4 +153,4 @@ def _gpu_ranges(gpus, cluster) -> str:
 
 
 def _seconds(value: float) -> str:
-    return "unbounded" if value >= 1e5 else f"{value:.3g} s"
+    return "unbounded" if not value < 1e5 else f"{value:.3g} s"
