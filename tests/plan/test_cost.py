@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swarm.plan.cost import Efficiency, group_cost, kv_transfer_s, kv_wire_bytes
+from swarm.plan.cost import Efficiency, group_cost, kv_route, kv_transfer_s, kv_wire_bytes
 from swarm.plan.errors import PlanError
 from swarm.plan.parallel import configure
 
@@ -94,3 +94,16 @@ def test_larger_tpot_target_allows_larger_batches(cloud32, llama7b, conv, make_p
 def test_efficiency_rejects_impossible_fractions():
     with pytest.raises(PlanError, match="fraction of peak"):
         Efficiency(compute=1.5, memory=0.8, network=0.7)
+
+
+def test_kv_route_is_bounded_by_the_slowest_host_pair(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    hosts = hosts_of(cloud32)
+    prefill = configure(problem, hosts["a6000-0"] + hosts["a5000-0"], "prefill", tp=4, pp=2)
+    decode = configure(problem, hosts["a6000-1"], "decode")
+    route = kv_route(problem, prefill, decode)
+    # a6000-0 -> a6000-1 is 40 Gbps, a5000-0 -> a6000-1 the 5 Gbps default: the latter bounds it
+    assert (route.src_host, route.dst_host) == ("a5000-0", "a6000-1")
+    share = next(s.layers[1] - s.layers[0] for s in prefill.stages if s.gpus[0].startswith("a5000")) / 60
+    assert route.share == pytest.approx(share)
+    assert route.gbps == pytest.approx(5 * 0.7) and route.latency_s == pytest.approx(cloud32.latency_s)

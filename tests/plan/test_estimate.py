@@ -91,3 +91,15 @@ def test_one_estimate_takes_well_under_a_millisecond_on_average(cloud32, llama30
     for i in range(200):
         scenario.estimate(0.5 + i * 0.01, shares, with_p90=False)
     assert (time.perf_counter() - start) / 200 < 5e-3  # generous: the machine is shared
+
+
+def test_colocated_prefills_stall_decoding(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    both = {0: configure(problem, hosts_of(cloud32)["a40-0"], "both")}
+    split = {0: configure(problem, hosts_of(cloud32)["a40-0"], "prefill"),
+             1: configure(problem, hosts_of(cloud32)["a40-1"], "decode")}
+    rates = [0.1, 0.3, 0.6, 0.9, 1.2]
+    colocated = [estimate(problem, both, {(0, 0): 1.0}, r) for r in rates]
+    assert all(b.slo_attainment <= a.slo_attainment + 1e-9 for a, b in zip(colocated, colocated[1:], strict=False))
+    disaggregated = estimate(problem, split, {(0, 1): 1.0}, 0.9)
+    assert colocated[3].tpot_p90_s > disaggregated.tpot_p90_s  # its decode waits for prefills
