@@ -35,7 +35,7 @@ from swarm.plan.cost import group_cost, kv_route, kv_wire_bytes
 from swarm.plan.parallel import Deployment
 from swarm.plan.problem import Problem
 
-NUM_REQUESTS = 512  # requests of the length sample the estimator follows one by one
+NUM_REQUESTS = 256  # requests of the length sample the estimator follows one by one
 GRID_POINTS = 64
 _Z90 = 1.2816  # standard normal 90th percentile
 
