@@ -6,14 +6,14 @@ dequantize run the Triton kernels (kernels.quant_triton), imported only then.
 
 from kernels.errors import KvConfigError, KvFormatError
 from kernels.kv_blob import (
-    KvExpectation,
-    KvFormat,
     KvPayload,
+    KvSection,
     decode_kv_blob,
     decode_kv_blob_into_paged,
     encode_kv_blob,
     read_kv_blob,
 )
+from kernels.kv_format import KvExpectation, KvFormat
 from kernels.paged import dequantize_into_paged, gather_paged, write_paged
 from kernels.quant import dequantize, quantize
 from kernels.quant_ref import QuantizedTensor
@@ -24,6 +24,7 @@ __all__ = [
     "KvFormat",
     "KvFormatError",
     "KvPayload",
+    "KvSection",
     "QuantizedTensor",
     "decode_kv_blob",
     "decode_kv_blob_into_paged",

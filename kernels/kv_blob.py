@@ -1,13 +1,8 @@
-"""The wire form of one sequence's exported KV cache: KvFormat, encode_kv_blob and decode_kv_blob.
+"""The wire form of one sequence's exported KV cache: encode_kv_blob, decode_kv_blob and friends.
 
-Blob = header (swarm.wire.kv: magic, length, msgpack KvHeader) + payload. With L layers, H kv heads,
-T tokens and head_dim D, keys and values are stacked per layer into (L, H, T, D) and the payload is
-- bits 16: keys then values as fp16, C order;
-- bits 8/4: key scales, key minimums, value scales, value minimums (fp16), then key codes and value
-  codes (uint8, packed, padding not stored) — the fp16 sections first keeps them 2-byte aligned.
-  Each is a QuantizedTensor's tensor in C order; rows are layer-major, so a layer's rows are contiguous.
+Blob = header (swarm.wire.kv: magic, length, msgpack KvHeader) + payload (layout in kernels.kv_format).
 The receiver checks every header field against what it expects, the exact payload size before it
-allocates, the crc32, and that every reconstructed value is finite.
+allocates anything, the crc32 of the payload, and that every value it will reconstruct is finite.
 """
 
 import zlib
@@ -18,89 +13,31 @@ import torch
 from torch import Tensor
 
 from kernels.errors import KvConfigError, KvFormatError
-from kernels.paged import dequantize_into_paged, to_device
+from kernels.kv_format import KvExpectation, KvFormat, PayloadLayout
+from kernels.paged import dequantize_into_paged, to_device, write_paged
 from kernels.quant import dequantize, quantize
-from kernels.quant_ref import (
-    AXES,
-    QuantizedTensor,
-    check_quant_args,
-    num_groups_of,
-    packed_row_bytes,
-    row_layout,
-)
+from kernels.quant_ref import QuantizedTensor, num_groups_of, packed_row_bytes, row_layout
 from swarm.errors import WireError
 from swarm.wire.kv import MAX_PAYLOAD_BYTES, KvHeader, decode_kv_header, encode_kv_header
 
 FP16_MAX = 65504.0
-KV_BITS = (16, 8, 4)
 
 
 @dataclass(frozen=True)
-class KvFormat:
-    """How KV travels: bits (16 = plain fp16), key group size and axis, value group size (per token)."""
+class KvSection:
+    """K or V of a validated blob: fp16 sink tokens (L, H, S, D), then the rest (quantised, or fp16 at 16 bits)."""
 
-    bits: int = 4
-    group_size: int = 32
-    key_axis: str = "channel"
-    value_group_size: int | None = 128  # None: same as group_size
-
-    def __post_init__(self) -> None:
-        if self.bits not in KV_BITS:
-            raise KvConfigError(f"KvFormat.bits={self.bits!r}: must be one of {KV_BITS}")
-        if self.key_axis not in AXES:
-            raise KvConfigError(f"KvFormat.key_axis={self.key_axis!r}: must be one of {AXES}")
-        check_quant_args(8, self.group_size, self.key_axis)
-        check_quant_args(8, self.values_group_size, "token")
-
-    @property
-    def values_group_size(self) -> int:
-        return self.group_size if self.value_group_size is None else self.value_group_size
-
-    def bits_per_element(self) -> float:
-        """Average wire bits per K or V element, scales and minimums included (padding ignored)."""
-        if self.bits == 16:
-            return 16.0
-        return self.bits + (32 / self.group_size + 32 / self.values_group_size) / 2
-
-
-@dataclass(frozen=True)
-class KvExpectation:
-    """What the receiver's engine holds: the blob must be for exactly this model and layer range."""
-
-    model_fingerprint: str
-    first_layer: int
-    num_layers: int
-    kv_heads: int
-    head_dim: int
+    sinks: Tensor  # float16 (num_layers, kv_heads, num_sink_tokens, head_dim); S may be 0
+    body: QuantizedTensor | Tensor | None  # tokens S.. as (L, H, T - S, D); None if every token is a sink
 
 
 @dataclass(frozen=True)
 class KvPayload:
-    """A validated blob before dequantisation: keys and values (L, H, T, D), quantised or fp16."""
+    """A validated blob before dequantisation (CPU tensors viewing one copy of the payload)."""
 
     header: KvHeader
-    keys: QuantizedTensor | Tensor
-    values: QuantizedTensor | Tensor
-
-
-def section_nbytes(shape: tuple[int, ...], bits: int, group_size: int, axis: str) -> list[int]:
-    """Byte sizes of one stacked tensor's sections: [fp16 values] or [scales, minimums, codes]."""
-    if bits == 16:
-        numel = 1
-        for size in shape:
-            numel *= size
-        return [numel * 2]
-    num_rows, row_len = row_layout(shape, axis)
-    num_groups = num_rows * num_groups_of(row_len, group_size)
-    return [num_groups * 2, num_groups * 2, num_rows * packed_row_bytes(row_len, bits)]
-
-
-def payload_sections(header: KvHeader) -> list[int]:
-    """Byte sizes of the payload's sections, in payload order."""
-    shape = (header.num_layers, header.kv_heads, header.num_tokens, header.head_dim)
-    keys = section_nbytes(shape, header.bits, header.group_size, header.key_axis)
-    values = section_nbytes(shape, header.bits, header.value_group_size, "token")
-    return keys + values if header.bits == 16 else [*keys[:2], *values[:2], keys[2], values[2]]
+    keys: KvSection
+    values: KvSection
 
 
 def stack_layers(name: str, tensors: list[Tensor]) -> Tensor:
@@ -122,6 +59,18 @@ def stack_layers(name: str, tensors: list[Tensor]) -> Tensor:
     return stacked
 
 
+def payload_tensors(k: Tensor, v: Tensor, fmt: KvFormat, num_sinks: int) -> list[Tensor]:
+    """The payload's sections, in order, from stacked k and v (L, H, T, D)."""
+    if fmt.bits == 16:
+        return [k.to(torch.float16), v.to(torch.float16)]
+    sections = [k[:, :, :num_sinks].to(torch.float16), v[:, :, :num_sinks].to(torch.float16)]
+    if num_sinks == k.shape[2]:
+        return sections
+    qk = quantize(k[:, :, num_sinks:], fmt.bits, fmt.group_size, fmt.key_axis)  # tokens after the sinks
+    qv = quantize(v[:, :, num_sinks:], fmt.bits, fmt.values_group_size, "token")
+    return sections + [qk.scale, qk.minimum, qv.scale, qv.minimum, qk.data, qv.data]
+
+
 def encode_kv_blob(
     keys: list[Tensor], values: list[Tensor], fmt: KvFormat, *, model_fingerprint: str, first_layer: int
 ) -> bytes:
@@ -132,33 +81,20 @@ def encode_kv_blob(
         raise KvConfigError(
             f"encode_kv_blob: keys {tuple(k.shape)} and values {tuple(v.shape)} differ in shape"
         )
-    if fmt.bits == 16:
-        sections = [k.to(torch.float16), v.to(torch.float16)]
-    else:
-        qk = quantize(k, fmt.bits, fmt.group_size, fmt.key_axis)
-        qv = quantize(v, fmt.bits, fmt.values_group_size, "token")
-        sections = [qk.scale, qk.minimum, qv.scale, qv.minimum, qk.data, qv.data]
-    raw = [s.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy() for s in sections]
+    num_layers, kv_heads, num_tokens, head_dim = k.shape
+    num_sinks = 0 if fmt.bits == 16 else min(fmt.num_sink_tokens, num_tokens)
+    raw = [
+        s.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy()
+        for s in payload_tensors(k, v, fmt, num_sinks)
+    ]
     checksum = 0
     for part in raw:
         checksum = zlib.crc32(part, checksum)
-    num_layers, kv_heads, num_tokens, head_dim = k.shape
     try:
         header = KvHeader(
-            model_fingerprint,
-            first_layer,
-            num_layers,
-            kv_heads,
-            num_tokens,
-            head_dim,
-            "float16",
-            fmt.bits,
-            fmt.group_size,
-            fmt.values_group_size,
-            fmt.key_axis,
-            sum(p.nbytes for p in raw),
-            checksum,
-        )
+            model_fingerprint, first_layer, num_layers, kv_heads, num_tokens, head_dim, "float16", fmt.bits,
+            fmt.group_size, fmt.values_group_size, fmt.key_axis, num_sinks, sum(p.nbytes for p in raw), checksum,
+        )  # fmt: skip
     except WireError as exc:
         raise KvConfigError(f"encode_kv_blob: {exc}") from exc
     return b"".join([encode_kv_header(header), *raw])
@@ -181,6 +117,11 @@ def check_expected(header: KvHeader, expected: KvExpectation) -> None:
             f"KV blob has kv_heads={header.kv_heads}, head_dim={header.head_dim}; "
             f"expected kv_heads={expected.kv_heads}, head_dim={expected.head_dim}"
         )
+    if header.num_sink_tokens > header.num_tokens or (header.bits == 16 and header.num_sink_tokens):
+        raise KvFormatError(
+            f"KV header has num_sink_tokens={header.num_sink_tokens} with num_tokens={header.num_tokens} "
+            f"and bits={header.bits}; sinks must be at most the tokens, and none at 16 bits"
+        )
 
 
 def read_kv_blob(blob: bytes | bytearray | memoryview, expected: KvExpectation) -> KvPayload:
@@ -190,7 +131,8 @@ def read_kv_blob(blob: bytes | bytearray | memoryview, expected: KvExpectation) 
     except WireError as exc:
         raise KvFormatError(str(exc)) from exc
     check_expected(header, expected)
-    sizes = payload_sections(header)
+    layout = PayloadLayout.of(header)
+    sizes = layout.section_sizes()
     num_bytes = sum(sizes)
     if num_bytes != header.payload_bytes or num_bytes > MAX_PAYLOAD_BYTES:
         raise KvFormatError(
@@ -203,20 +145,33 @@ def read_kv_blob(blob: bytes | bytearray | memoryview, expected: KvExpectation) 
     payload = bytearray(memoryview(blob)[offset:])  # one copy, so the tensors below are writable
     if zlib.crc32(payload) != header.checksum:
         raise KvFormatError("KV blob checksum mismatch: the payload was corrupted in transit")
-    flat = torch.frombuffer(payload, dtype=torch.uint8)  # num_tokens >= 1, so never empty
-    parts = list(flat.split(sizes))
-    shape = (header.num_layers, header.kv_heads, header.num_tokens, header.head_dim)
-    if header.bits == 16:
-        return KvPayload(
-            header, parts[0].view(torch.float16).view(shape), parts[1].view(torch.float16).view(shape)
-        )
-    key_parts, value_parts = [parts[0], parts[1], parts[4]], [parts[2], parts[3], parts[5]]
-    keys = sections_to_quantized(key_parts, shape, header.bits, header.group_size, header.key_axis)
-    values = sections_to_quantized(value_parts, shape, header.bits, header.value_group_size, "token")
+    parts = list(torch.frombuffer(payload, dtype=torch.uint8).split(sizes))  # num_tokens >= 1: never empty
+    keys, values = split_sections(parts, layout)
     return KvPayload(header, keys, values)
 
 
-def sections_to_quantized(
+def split_sections(parts: list[Tensor], layout: PayloadLayout) -> tuple[KvSection, KvSection]:
+    """Wrap the payload's byte sections (PayloadLayout.section_sizes order) as K and V sections."""
+    if layout.bits == 16:
+        shape = layout.shape(layout.num_tokens)
+        no_sinks = torch.empty(layout.shape(0), dtype=torch.float16)
+        k, v = (p.view(torch.float16).view(shape) for p in parts)
+        return KvSection(no_sinks, k), KvSection(no_sinks, v)
+    sink_shape = layout.shape(layout.num_sink_tokens)
+    key_sinks, value_sinks = (p.view(torch.float16).view(sink_shape) for p in parts[:2])
+    if layout.body_tokens == 0:
+        return KvSection(key_sinks, None), KvSection(value_sinks, None)
+    shape = layout.shape(layout.body_tokens)
+    keys = to_quantized(
+        [parts[2], parts[3], parts[6]], shape, layout.bits, layout.group_size, layout.key_axis
+    )
+    values = to_quantized(
+        [parts[4], parts[5], parts[7]], shape, layout.bits, layout.value_group_size, "token"
+    )
+    return KvSection(key_sinks, keys), KvSection(value_sinks, values)
+
+
+def to_quantized(
     parts: list[Tensor], shape: tuple[int, ...], bits: int, group_size: int, axis: str
 ) -> QuantizedTensor:
     """Wrap [scales, minimums, codes] byte sections as a QuantizedTensor of `shape`."""
@@ -228,33 +183,37 @@ def sections_to_quantized(
     return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
 
 
-def check_finite(x: QuantizedTensor | Tensor, dtype: torch.dtype) -> None:
+def check_finite(section: KvSection, dtype: torch.dtype) -> None:
     """Reject a section that holds, or dequantises to, a value `dtype` cannot represent.
 
-    For a quantised section it is enough to bound each group's minimum and maximum (minimum + scale *
-    (2**bits - 1)): every dequantised value lies between them.
+    For quantised tokens it is enough to bound each group's minimum and maximum (minimum + scale *
+    (2**bits - 1)): every dequantised value lies between them. fp16 fits every float dtype.
     """
     limit = torch.finfo(dtype).max
-    if isinstance(x, QuantizedTensor):
-        lo = x.minimum.float()
-        hi = lo + x.scale.float() * (2**x.bits - 1)
-        is_ok = (
-            bool((x.scale >= 0).all()) and bool((lo.abs() <= limit).all()) and bool((hi.abs() <= limit).all())
-        )
-    else:
-        is_ok = bool(torch.isfinite(x).all())  # fp16 fits every float dtype decode may ask for
+    body = section.body
+    is_ok = bool(torch.isfinite(section.sinks).all())
+    if isinstance(body, QuantizedTensor):
+        lo = body.minimum.float()
+        hi = lo + body.scale.float() * (2**body.bits - 1)
+        is_ok = is_ok and bool((body.scale >= 0).all()) and bool((lo.abs() <= limit).all())
+        is_ok = is_ok and bool((hi.abs() <= limit).all())
+    elif body is not None:
+        is_ok = is_ok and bool(torch.isfinite(body).all())
     if not is_ok:
         raise KvFormatError(
             f"KV blob holds a non-finite value, a negative scale or a value beyond {dtype}'s range"
         )
 
 
-def materialize(x: QuantizedTensor | Tensor, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-    """Dequantise (or convert) one stacked (L, H, T, D) section on `device`, after check_finite."""
-    check_finite(x, dtype)
-    if isinstance(x, QuantizedTensor):
-        return dequantize(to_device(x, torch.device(device)), dtype)
-    return x.to(device=device, dtype=dtype)
+def materialize(section: KvSection, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """One of K or V as a dense (L, H, T, D) tensor in `dtype` on `device`, after check_finite."""
+    check_finite(section, dtype)
+    parts = [section.sinks.to(device=device, dtype=dtype)] if section.sinks.shape[2] else []
+    if isinstance(section.body, QuantizedTensor):
+        parts.append(dequantize(to_device(section.body, torch.device(device)), dtype))
+    elif section.body is not None:
+        parts.append(section.body.to(device=device, dtype=dtype))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (L, H, T, D)
 
 
 def decode_kv_blob(
@@ -287,5 +246,9 @@ def decode_kv_blob_into_paged(
     payload = read_kv_blob(blob, expected)
     for section, caches in ((payload.keys, key_caches), (payload.values, value_caches)):
         check_finite(section, caches[0].dtype if caches else torch.float16)
-        dequantize_into_paged(section, caches, block_ids)
+        num_sinks = section.sinks.shape[2]
+        if num_sinks:
+            write_paged(section.sinks, caches, block_ids)
+        if section.body is not None:
+            dequantize_into_paged(section.body, caches, block_ids, first_token=num_sinks)
     return payload.header.num_tokens

@@ -15,19 +15,25 @@ from kernels.quant import dequantize, has_triton
 from kernels.quant_ref import QuantizedTensor
 
 
-def token_slots(block_ids: Sequence[int] | Tensor, num_tokens: int, cache: Tensor) -> Tensor:
-    """Flat slot index (block * block_size + offset) of each of a sequence's tokens, (num_tokens,) int64."""
+def token_slots(
+    block_ids: Sequence[int] | Tensor, num_tokens: int, cache: Tensor, first_token: int = 0
+) -> Tensor:
+    """Flat slot (block * block_size + offset) of the sequence's tokens first_token.. first_token + num_tokens - 1.
+
+    Returns:
+        (num_tokens,) int64 on the cache's device.
+    """
     num_blocks, block_size = cache.shape[:2]
     ids = torch.as_tensor(block_ids, dtype=torch.int64, device=cache.device).reshape(-1)
-    num_needed = -(-num_tokens // block_size)
+    num_needed = -(-(first_token + num_tokens) // block_size)
     if ids.numel() < num_needed:
         raise KvConfigError(
-            f"{num_tokens} tokens need {num_needed} blocks of {block_size}, got {ids.numel()} block ids"
+            f"{first_token + num_tokens} tokens need {num_needed} blocks of {block_size}, got {ids.numel()} block ids"
         )
     ids = ids[:num_needed]
     if num_needed and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
         raise KvConfigError(f"block ids must be in [0, {num_blocks}), got {ids.tolist()}")
-    positions = torch.arange(num_tokens, device=cache.device)
+    positions = torch.arange(first_token, first_token + num_tokens, device=cache.device)
     return ids[positions // block_size] * block_size + positions % block_size  # (num_tokens,)
 
 
@@ -50,10 +56,13 @@ def write_layer(x: Tensor, cache: Tensor, slots: Tensor) -> None:
     flat.index_copy_(0, slots, rows)
 
 
-def write_paged(x: Tensor, caches: Sequence[Tensor], block_ids: Sequence[int] | Tensor) -> None:
-    """Scatter a sequence's dense x (num_layers, kv_heads, num_tokens, head_dim) into per-layer caches."""
+def write_paged(
+    x: Tensor, caches: Sequence[Tensor], block_ids: Sequence[int] | Tensor, first_token: int = 0
+) -> None:
+    """Scatter dense x (num_layers, kv_heads, num_tokens, head_dim), the sequence's tokens from
+    `first_token` on, into per-layer caches."""
     check_caches(caches, tuple(x.shape))
-    slots = token_slots(block_ids, x.shape[2], caches[0])
+    slots = token_slots(block_ids, x.shape[2], caches[0], first_token)
     for layer, cache in enumerate(caches):
         write_layer(x[layer], cache, slots)
 
@@ -78,33 +87,33 @@ def layer_rows(q: QuantizedTensor, layer: int) -> QuantizedTensor:
     )
 
 
-def dequantize_into_paged(
-    q: QuantizedTensor | Tensor, caches: Sequence[Tensor], block_ids: Sequence[int] | Tensor
-) -> None:
-    """Dequantise a sequence's (num_layers, kv_heads, num_tokens, head_dim) K or V into paged caches.
+def to_device(q: QuantizedTensor, device: torch.device) -> QuantizedTensor:
+    data, scale, minimum = (t.to(device) for t in (q.data, q.scale, q.minimum))
+    return QuantizedTensor(data, scale, minimum, q.shape, q.bits, q.group_size, q.axis)
 
-    Works one layer at a time, so the only temporary is one layer's dense K or V in the cache dtype.
-    A plain tensor (fp16 on the wire) is converted and scattered the same way.
+
+def dequantize_into_paged(
+    q: QuantizedTensor | Tensor,
+    caches: Sequence[Tensor],
+    block_ids: Sequence[int] | Tensor,
+    first_token: int = 0,
+) -> None:
+    """Dequantise (num_layers, kv_heads, num_tokens, head_dim) K or V — the sequence's tokens from
+    `first_token` on — into per-layer paged caches.
+
+    Works one layer at a time, so the only temporary is one layer's dense K or V in the cache dtype (none
+    with Triton, which writes the blocks directly). A plain tensor is converted and scattered the same way.
     """
+    if not isinstance(q, QuantizedTensor):
+        write_paged(q, caches, block_ids, first_token)
+        return
     check_caches(caches, q.shape)
-    num_tokens = q.shape[2]
-    slots = token_slots(block_ids, num_tokens, caches[0])
+    slots = token_slots(block_ids, q.shape[2], caches[0], first_token)
     for layer, cache in enumerate(caches):
-        if not isinstance(q, QuantizedTensor):
-            write_layer(q[layer], cache, slots)
-            continue
         part = to_device(layer_rows(q, layer), cache.device)
         if cache.is_cuda and cache.is_contiguous() and has_triton():
             from kernels import quant_triton
 
-            block_table = (
-                slots[:: cache.shape[1]] // cache.shape[1]
-            )  # the sequence's block ids, (num_needed,)
-            quant_triton.dequantize_paged(part, cache, block_table)
+            quant_triton.dequantize_paged(part, cache, slots)
         else:
             write_layer(dequantize(part, cache.dtype), cache, slots)  # (kv_heads, num_tokens, head_dim)
-
-
-def to_device(q: QuantizedTensor, device: torch.device) -> QuantizedTensor:
-    data, scale, minimum = (t.to(device) for t in (q.data, q.scale, q.minimum))
-    return QuantizedTensor(data, scale, minimum, q.shape, q.bits, q.group_size, q.axis)

@@ -79,8 +79,8 @@ def quantize_kernel(
 
 @triton.jit
 def dequantize_kernel(
-    data_ptr, scale_ptr, min_ptr, out_ptr, block_table_ptr, num_tokens, head_dim, kv_heads, row_len, row_bytes,
-    num_groups, block_size,
+    data_ptr, scale_ptr, min_ptr, out_ptr, slot_ptr, num_tokens, head_dim, kv_heads, row_len, row_bytes,
+    num_groups,
     BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, PAGED: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
@@ -97,7 +97,7 @@ def dequantize_kernel(
         code = tl.load(row_data + pos, mask=is_real, other=0)
     value = code.to(tl.float32) * scale + minimum
     if PAGED:
-        # (kv_heads, tokens, head_dim) element -> cache (num_blocks, block_size, kv_heads, head_dim) slot
+        # (kv_heads, tokens, head_dim) element -> flat cache (num_slots, kv_heads, head_dim)
         if CHANNEL:
             head = row // head_dim
             token = pos
@@ -106,8 +106,7 @@ def dequantize_kernel(
             head = row
             token = pos // head_dim
             channel = pos % head_dim
-        block = tl.load(block_table_ptr + token // block_size, mask=is_real, other=0).to(tl.int64)
-        slot = block * block_size + token % block_size
+        slot = tl.load(slot_ptr + token, mask=is_real, other=0).to(tl.int64)
         offset = (slot * kv_heads + head) * head_dim + channel
     else:
         offset = element_offset(row, pos, num_tokens, head_dim, CHANNEL)
@@ -133,28 +132,28 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
     return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
 
 
-def launch_dequantize(q: QuantizedTensor, out: Tensor, block_table: Tensor | None, block_size: int) -> None:
+def launch_dequantize(q: QuantizedTensor, out: Tensor, slots: Tensor | None) -> None:
     num_rows, num_groups = q.scale.shape
     _, row_len = row_layout(q.shape, q.axis)
     num_tokens, head_dim = q.shape[-2:]
     kv_heads = q.shape[-3] if len(q.shape) >= 3 else 1
-    table = block_table if block_table is not None else q.scale  # unused when not PAGED
+    slot_table = slots if slots is not None else q.scale  # not read unless PAGED
     dequantize_kernel[(num_rows, num_groups)](
-        q.data, q.scale, q.minimum, out, table, num_tokens, head_dim, kv_heads, row_len, q.data.shape[1],
-        num_groups, block_size,
-        BITS=q.bits, GROUP=q.group_size, CHANNEL=q.axis == "channel", PAGED=block_table is not None,
+        q.data, q.scale, q.minimum, out, slot_table, num_tokens, head_dim, kv_heads, row_len, q.data.shape[1],
+        num_groups,
+        BITS=q.bits, GROUP=q.group_size, CHANNEL=q.axis == "channel", PAGED=slots is not None,
     )  # fmt: skip
 
 
 def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
     """CUDA version of kernels.quant_ref.dequantize."""
     out = torch.empty(q.shape, dtype=dtype, device=q.data.device)
-    launch_dequantize(q, out, None, 1)
+    launch_dequantize(q, out, None)
     return out
 
 
-def dequantize_paged(q: QuantizedTensor, cache: Tensor, block_table: Tensor) -> None:
-    """Dequantise one layer q (kv_heads, num_tokens, head_dim) into cache (num_blocks, block_size, kv_heads,
-    head_dim) at the sequence's blocks `block_table` (int32/int64, enough blocks, checked by the caller)."""
-    assert cache.is_contiguous() and len(q.shape) == 3
-    launch_dequantize(q, cache, block_table.contiguous(), cache.shape[1])
+def dequantize_paged(q: QuantizedTensor, cache: Tensor, slots: Tensor) -> None:
+    """Dequantise one layer q (kv_heads, num_tokens, head_dim) into a contiguous cache (num_blocks,
+    block_size, kv_heads, head_dim); token t goes to flat slot slots[t] (kernels.paged.token_slots)."""
+    assert cache.is_contiguous() and len(q.shape) == 3 and slots.shape == (q.shape[1],)
+    launch_dequantize(q, cache, slots.contiguous())

@@ -23,6 +23,7 @@ MAX_KV_HEADS = 1024
 MAX_HEAD_DIM = 1024
 MAX_TOKENS = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 32
+MAX_SINK_TOKENS = 64
 KV_BITS = (16, 8, 4)
 KEY_AXES = ("token", "channel")
 PAYLOAD_DTYPES = ("float16",)
@@ -44,6 +45,7 @@ class KvHeader:
     group_size: int  # key group size
     value_group_size: int
     key_axis: str  # "token" or "channel"; values are always grouped per token
+    num_sink_tokens: int  # leading tokens sent in fp16 when quantised (0 at 16 bits)
     payload_bytes: int
     checksum: int  # crc32 of the payload
 
@@ -59,6 +61,7 @@ class KvHeader:
         check_choice("group_size", self.group_size, GROUP_SIZES)
         check_choice("value_group_size", self.value_group_size, GROUP_SIZES)
         check_choice("key_axis", self.key_axis, KEY_AXES)
+        check_int("num_sink_tokens", self.num_sink_tokens, 0, MAX_SINK_TOKENS)
         check_int("payload_bytes", self.payload_bytes, 0, MAX_PAYLOAD_BYTES)
         check_int("checksum", self.checksum, 0, 2**32 - 1)
 

@@ -15,7 +15,7 @@ from kernels import (
     decode_kv_blob,
     encode_kv_blob,
 )
-from kernels.kv_blob import payload_sections
+from kernels.kv_format import PayloadLayout
 from swarm.errors import SwarmError
 from swarm.wire.kv import KvHeader, decode_kv_header, encode_kv_header
 
@@ -24,11 +24,15 @@ FINGERPRINT = "smollm2-135m/abc123"
 EXPECTED = KvExpectation(FINGERPRINT, 4, NUM_LAYERS, KV_HEADS, HEAD_DIM)
 FORMATS = [
     KvFormat(bits=16),
-    KvFormat(bits=8, group_size=32, key_axis="token", value_group_size=None),
-    KvFormat(bits=4, group_size=64, key_axis="token", value_group_size=None),
-    KvFormat(bits=4, group_size=32, key_axis="channel", value_group_size=128),
+    KvFormat(bits=8, group_size=32, key_axis="token", num_sink_tokens=0),
+    KvFormat(bits=4, group_size=64, key_axis="token", num_sink_tokens=0),
+    KvFormat(bits=4, group_size=32, key_axis="channel", value_group_size=128, num_sink_tokens=4),
     KvFormat(),
 ]
+
+
+def section_sizes(header: KvHeader) -> list[int]:
+    return PayloadLayout.of(header).section_sizes()
 
 
 def make_kv(seed: int = 0, num_tokens: int = NUM_TOKENS, dtype=torch.float32):
@@ -86,14 +90,48 @@ def test_decode_gives_the_asked_dtype_whatever_the_input_dtype(dtype):
     assert new_keys[0].dtype == dtype
 
 
-def test_wire_size_matches_bits_per_element():
-    for fmt in FORMATS:
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+@pytest.mark.parametrize("num_tokens", [1, 3, 40, 256])
+def test_payload_size_is_what_the_format_predicts(fmt, num_tokens):
+    keys, values = make_kv(num_tokens=num_tokens)
+    header, payload = split(encode_kv_blob(keys, values, fmt, model_fingerprint=FINGERPRINT, first_layer=4))
+    assert (
+        fmt.payload_bytes(NUM_LAYERS, KV_HEADS, num_tokens, HEAD_DIM) == len(payload) == header.payload_bytes
+    )
+    assert sum(section_sizes(header)) == len(payload)
+
+
+def test_wire_size_matches_bits_per_element_without_sinks():
+    for fmt in FORMATS[:3]:
         keys, values = make_kv(num_tokens=256)
-        blob = encode_kv_blob(keys, values, fmt, model_fingerprint=FINGERPRINT, first_layer=4)
-        header, payload = split(blob)
+        _, payload = split(encode_kv_blob(keys, values, fmt, model_fingerprint=FINGERPRINT, first_layer=4))
         num_elements = 2 * NUM_LAYERS * KV_HEADS * 256 * HEAD_DIM
         assert len(payload) * 8 / num_elements == pytest.approx(fmt.bits_per_element())
-        assert sum(payload_sections(header)) == len(payload) == header.payload_bytes
+
+
+def test_sink_tokens_travel_exactly_in_fp16():
+    keys, values = make_kv(dtype=torch.float16)
+    keys[0][:, 0] = 300.0  # a huge first token would wreck its groups' range if it were quantised
+    blob = encode_kv_blob(
+        keys, values, KvFormat(bits=4, num_sink_tokens=2), model_fingerprint=FINGERPRINT, first_layer=4
+    )
+    assert split(blob)[0].num_sink_tokens == 2
+    new_keys, new_values = decode_kv_blob(blob, EXPECTED, dtype=torch.float16)
+    assert torch.equal(new_keys[0][:, :2], keys[0][:, :2]) and torch.equal(
+        new_values[2][:, :2], values[2][:, :2]
+    )
+    assert float((new_keys[0][:, 2:] - keys[0][:, 2:]).abs().max()) < 0.5
+
+
+def test_a_sequence_shorter_than_the_sinks_is_all_fp16():
+    keys, values = make_kv(num_tokens=1, dtype=torch.float16)
+    blob = encode_kv_blob(
+        keys, values, KvFormat(bits=4, num_sink_tokens=4), model_fingerprint=FINGERPRINT, first_layer=4
+    )
+    header, payload = split(blob)
+    assert header.num_sink_tokens == 1 and len(payload) == 2 * NUM_LAYERS * KV_HEADS * HEAD_DIM * 2
+    new_keys, _ = decode_kv_blob(blob, EXPECTED, dtype=torch.float16)
+    assert torch.equal(new_keys[1], keys[1])
 
 
 def test_default_format_is_under_three_tenths_of_fp16():
@@ -101,17 +139,12 @@ def test_default_format_is_under_three_tenths_of_fp16():
 
 
 def test_header_records_shape_format_and_checksum():
-    header, payload = split(
-        make_blob(KvFormat(bits=4, group_size=32, key_axis="channel", value_group_size=128))
-    )
+    fmt = KvFormat(bits=4, group_size=32, key_axis="channel", value_group_size=128, num_sink_tokens=3)
+    header, payload = split(make_blob(fmt))
     assert (header.model_fingerprint, header.first_layer, header.num_layers) == (FINGERPRINT, 4, NUM_LAYERS)
     assert (header.kv_heads, header.num_tokens, header.head_dim) == (KV_HEADS, NUM_TOKENS, HEAD_DIM)
-    assert (header.bits, header.group_size, header.value_group_size, header.key_axis) == (
-        4,
-        32,
-        128,
-        "channel",
-    )
+    assert (header.bits, header.group_size, header.value_group_size) == (4, 32, 128)
+    assert (header.key_axis, header.num_sink_tokens) == ("channel", 3)
     assert header.dtype == "float16" and header.checksum == zlib.crc32(payload)
 
 
@@ -172,7 +205,7 @@ def test_decode_refuses_a_header_of_the_wrong_envelope():
     body = msgpack.packb([2, "KvHeader", []])
     rejects(b"SWKV" + struct.pack(">I", len(body)) + body, r"KV header: expected \[1, 'KvHeader'")
     body = msgpack.packb([1, "KvHeader", [FINGERPRINT, 4]])
-    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "KV header has 2 fields, needs 13")
+    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "KV header has 2 fields, needs 14")
 
 
 @pytest.mark.parametrize(
@@ -199,6 +232,13 @@ def test_decode_refuses_a_header_field_out_of_range(field, value, match):
     rejects(b"SWKV" + struct.pack(">I", len(body)) + body + payload, match)
 
 
+def test_decode_refuses_inconsistent_sink_counts():
+    header, payload = split(make_blob(KvFormat(bits=16)))
+    rejects(rebuild(header, payload, num_sink_tokens=1), "num_sink_tokens=1 with num_tokens=37 and bits=16")
+    header, payload = split(make_blob(KvFormat(bits=4), num_tokens=2))
+    rejects(rebuild(header, payload, num_sink_tokens=3), "sinks must be at most the tokens")
+
+
 def test_decode_refuses_a_payload_size_that_disagrees_with_the_shape():
     header, payload = split(make_blob())
     rejects(rebuild(header, payload, payload_bytes=header.payload_bytes + 2), "payload_bytes=")
@@ -221,11 +261,18 @@ def test_decode_refuses_non_finite_fp16_values():
 
 @pytest.mark.parametrize(
     ("section", "value"),
-    [(0, float("nan")), (0, -1.0), (1, float("inf")), (2, float("nan")), (3, float("-inf"))],
+    [
+        (0, float("nan")),
+        (1, float("inf")),
+        (2, float("nan")),
+        (2, -1.0),
+        (3, float("inf")),
+        (5, float("-inf")),
+    ],
 )
-def test_decode_refuses_non_finite_or_negative_scales_and_minimums(section, value):
+def test_decode_refuses_non_finite_sinks_scales_minimums_or_negative_scales(section, value):
     header, payload = split(make_blob(KvFormat(bits=4)))
-    offset = sum(payload_sections(header)[:section])  # key scales, key minimums, value scales, value minimums
+    offset = sum(section_sizes(header)[:section])  # sinks of K, V; scales and minimums of K, then of V
     payload = bytearray(payload)
     payload[offset : offset + 2] = struct.pack("<e", value)
     rejects(rebuild(header, bytes(payload)), "non-finite value, a negative scale")
@@ -233,8 +280,9 @@ def test_decode_refuses_non_finite_or_negative_scales_and_minimums(section, valu
 
 def test_decode_refuses_values_that_overflow_the_target_dtype():
     header, payload = split(make_blob(KvFormat(bits=4)))
+    offset = sum(section_sizes(header)[:2])  # the first key scale
     payload = bytearray(payload)
-    payload[0:2] = struct.pack("<e", 60000.0)  # scale * 15 + minimum is far beyond fp16's range
+    payload[offset : offset + 2] = struct.pack("<e", 60000.0)  # scale * 15 + minimum is beyond fp16's range
     blob = rebuild(header, bytes(payload))
     with pytest.raises(KvFormatError, match="beyond torch.float16's range"):
         decode_kv_blob(blob, EXPECTED, dtype=torch.float16)
@@ -278,6 +326,7 @@ def test_encode_refuses_a_bad_fingerprint_or_layer():
         ({"key_axis": "layer"}, "KvFormat.key_axis='layer'"),
         ({"group_size": 24}, "group_size=24: must be a power of two"),
         ({"value_group_size": 4096}, "group_size=4096: must be a power of two"),
+        ({"num_sink_tokens": 65}, r"KvFormat.num_sink_tokens=65: must be an int in \[0, 64\]"),
     ],
 )
 def test_kv_format_validates_its_fields(kwargs, match):

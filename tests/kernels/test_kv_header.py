@@ -6,13 +6,14 @@ import pytest
 from swarm.errors import WireError
 from swarm.wire.kv import KvHeader, decode_kv_header, encode_kv_header
 
-HEADER = KvHeader("m", 0, 2, 3, 5, 64, "float16", 4, 32, 128, "channel", 1234, 0xDEADBEEF)
+GOLDEN_FIELDS = ("m", 0, 2, 3, 5, 64, "float16", 4, 32, 128, "channel", 1, 1234, 0xDEADBEEF)
+HEADER = KvHeader(*GOLDEN_FIELDS)
 GOLDEN = bytes.fromhex(
     "53574b56"  # magic "SWKV"
-    "0000002f"  # header length 47, big-endian
-    "9301a84b764865616465729d"  # [1, "KvHeader", [13 fields ...
+    "00000030"  # header length 48, big-endian
+    "9301a84b764865616465729e"  # [1, "KvHeader", [14 fields ...
     "a16d0002030540a7666c6f61743136"  # "m", 0, 2, 3, 5, 64, "float16"
-    "0420cc80a76368616e6e656c"  # 4, 32, 128, "channel"
+    "0420cc80a76368616e6e656c01"  # 4, 32, 128, "channel", 1
     "cd04d2cedeadbeef"  # 1234, 0xDEADBEEF
 )
 
@@ -31,14 +32,11 @@ def test_trailing_fields_from_a_newer_sender_are_ignored():
     assert header == HEADER and offset == 8 + len(body)
 
 
-GOLDEN_FIELDS = ("m", 0, 2, 3, 5, 64, "float16", 4, 32, 128, "channel", 1234, 0xDEADBEEF)
-
-
 def test_header_validates_on_construction():
     with pytest.raises(WireError, match="KvHeader.head_dim=0"):
-        KvHeader("m", 0, 2, 3, 5, 0, "float16", 4, 32, 128, "channel", 1234, 0)
+        KvHeader("m", 0, 2, 3, 5, 0, "float16", 4, 32, 128, "channel", 1, 1234, 0)
     with pytest.raises(WireError, match="KvHeader.first_layer='0'"):
-        KvHeader("m", "0", 2, 3, 5, 64, "float16", 4, 32, 128, "channel", 1234, 0)
+        KvHeader("m", "0", 2, 3, 5, 64, "float16", 4, 32, 128, "channel", 1, 1234, 0)
 
 
 def test_header_refuses_binary_fields_and_long_strings():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kernels import quant_ref
+from kernels.paged import token_slots
 from kernels.quant import has_triton
 
 if not has_triton():
@@ -59,10 +60,11 @@ def test_triton_dequantize_into_paged_matches_the_reference(axis, bits):
     x = sample(37)[0]  # (kv_heads, num_tokens, head_dim)
     q = quant_ref.quantize(x, bits, 32, axis)
     cache = torch.full((12, 16, 3, 64), -7.0, dtype=torch.float16, device="cuda")
-    block_table = torch.tensor([9, 2, 5], device="cuda")
-    quant_triton.dequantize_paged(q, cache, block_table)
+    block_ids = [9, 2, 5]
+    slots = token_slots(block_ids, 37, cache)
+    quant_triton.dequantize_paged(q, cache, slots)
     dense = quant_ref.dequantize(q, torch.float16)  # (kv_heads, num_tokens, head_dim)
     for token in range(37):
-        block, offset = int(block_table[token // 16]), token % 16
+        block, offset = block_ids[token // 16], token % 16
         torch.testing.assert_close(cache[block, offset], dense[:, token], rtol=1e-3, atol=1e-3)
     assert bool((cache[5, 5:] == -7.0).all()) and bool((cache[0] == -7.0).all())
