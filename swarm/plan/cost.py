@@ -144,6 +144,11 @@ class GroupCost:
         """Latency of one prefill batch of `num_tokens` tokens in `num_seqs` equal sequences."""
         return _out(self._prefill_stages(num_tokens, num_seqs).sum(axis=0))
 
+    def prefill_latency_and_interval_s(self, num_tokens, num_seqs=1) -> tuple:
+        """Both `prefill_s` and `prefill_interval_s` from one pass over the stages."""
+        stages = self._prefill_stages(num_tokens, num_seqs)
+        return _out(stages.sum(axis=0)), _out(stages.max(axis=0))
+
     def prefill_interval_s(self, num_tokens, num_seqs=1):
         """Time between successive prefills the pipeline can accept (its busiest stage)."""
         return _out(self._prefill_stages(num_tokens, num_seqs).max(axis=0))

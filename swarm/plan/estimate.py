@@ -102,15 +102,14 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
     cost = group_cost(problem, deployment)
     prompts, outputs = problem.lengths
     context = problem.decode_context_tokens
-    service = np.asarray(cost.prefill_interval_s(prompts))
-    latency = np.asarray(cost.prefill_s(prompts))
+    latency, service = (np.asarray(a) for a in cost.prefill_latency_and_interval_s(prompts))
     max_batch = cost.max_kv_tokens / context
     grid = np.concatenate(([0.0], np.geomspace(0.05, max(max_batch, 0.1) * 1.05, GRID_POINTS - 1)))
     mean_service = float(service.mean())
     steps = np.asarray(cost.decode_step_s(grid, grid * context))
     more = np.asarray(cost.decode_step_s(grid, grid * context * 1.25))
     return GroupProfile(
-        prefill_s=np.asarray(cost.prefill_s(request_sample(problem)[0])), mean_service_s=mean_service,
+        prefill_s=latency[:NUM_REQUESTS], mean_service_s=mean_service,
         service_moment2_s2=float((service ** 2).mean()), service_moment3_s3=float((service ** 3).mean()),
         mean_latency_s=float(latency.mean()), latency_moment2_s2=float((latency ** 2).mean()),
         latency_moment3_s3=float((latency ** 3).mean()), batch_grid=grid,
