@@ -295,3 +295,26 @@ def _pieces(topo: Topology, gpu_ids: tuple[str, ...]) -> list[tuple[str, ...]]:
         if len(part) > 1:
             pieces.append((part[-1],))
     return pieces
+
+
+def zones(topo: Topology, max_gpus: int) -> list[list[str]]:
+    """Hosts clustered by bandwidth (single linkage, fastest links first) into zones of at most
+    `max_gpus` GPUs, for planning a large cluster piece by piece. Returns GPU ids per zone."""
+    cluster = topo.problem.cluster
+    members = [list(h.gpu_ids) for h in cluster.hosts]
+    link = topo.gbps.copy()
+    np.fill_diagonal(link, -np.inf)
+    alive = np.ones(len(members), dtype=bool)
+    sizes = np.array([len(m) for m in members])
+    while True:
+        fits = (sizes[:, None] + sizes[None, :] <= max_gpus) & alive[:, None] & alive[None, :]
+        candidates = np.where(fits, link, -np.inf)
+        a, b = np.unravel_index(int(np.argmax(candidates)), candidates.shape)  # first of equals
+        if not np.isfinite(candidates[a, b]):
+            return [members[i] for i in range(len(members)) if alive[i]]
+        a, b = min(a, b), max(a, b)
+        members[a] += members[b]
+        sizes[a] += sizes[b]
+        alive[b] = False
+        link[a] = link[:, a] = np.maximum(link[a], link[b])
+        link[a, a] = -np.inf

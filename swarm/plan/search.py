@@ -13,6 +13,11 @@ the best of them is taken even if it is worse (that is what escapes local optima
 iterations if it would recreate a group (GPU set and role) that an earlier move removed, unless it
 beats the best grouping seen (aspiration). The best grouping seen is returned.
 
+Large clusters: an evaluation costs about n^1.8 (the LP and the estimate cover every group pair), so
+above DECOMPOSE_GPUS GPUs the cluster is first cut into bandwidth zones of at most ZONE_GPUS GPUs
+(grouping.zones), each zone is planned alone, and the union of their plans starts the search on the
+whole cluster (whose LP may then route across zones).
+
 Determinism: the random draws come from `random.Random(seed)` and the search stops after a fixed
 number of evaluations (`max_evaluations`, by default derived from `budget_s` and the cluster size),
 so the same seed gives the same plan; `budget_s` is only a wall-clock cap on slow or busy machines.
@@ -36,6 +41,7 @@ from swarm.plan.grouping import (
     neighbours,
     prefill_affinity,
     topology,
+    zones,
 )
 from swarm.plan.problem import Problem
 from swarm.plan.validate import check_problem
@@ -47,10 +53,14 @@ RESTART_AFTER = 2  # x tenure iterations without a new best: back to the best gr
 START_LEVELS = 6  # dendrogram levels tried as starting groupings
 IMPROVEMENT = 1e-9
 MAX_STALE_ITERATIONS = 25  # iterations that meet only groupings seen before: the search has converged
-# Calibration of the default evaluation count (2-core machine): seconds per evaluation grow about
-# linearly with the number of groups the cluster holds.
-EVALUATION_BASE_S = 0.004
-EVALUATION_PER_GPU_S = 0.0003
+DECOMPOSE_GPUS = 64  # larger clusters are planned zone by zone first (see _plan_zones)
+ZONE_GPUS = 32
+ZONE_SHARE = 0.7  # of the budget spent planning the zones; the rest refines their union
+# Calibration of the default evaluation count, measured on the 2-core reference machine: one
+# evaluation (LP + estimate over all group pairs) takes about 12 ms at 32 GPUs and grows as n^1.8.
+EVALUATION_BASE_S = 0.002
+EVALUATION_32_GPUS_S = 0.010
+EVALUATION_EXPONENT = 1.8
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,9 @@ class SearchResult:
 
 
 def default_evaluations(budget_s: float, num_gpus: int) -> int:
-    """The evaluation count that fits `budget_s` on the reference 2-core machine (at least 20)."""
-    per_evaluation_s = EVALUATION_BASE_S + EVALUATION_PER_GPU_S * num_gpus
-    return max(20, int(budget_s / per_evaluation_s))
+    """The evaluation count that fits `budget_s` on the reference 2-core machine (at least 10)."""
+    per_evaluation_s = EVALUATION_BASE_S + EVALUATION_32_GPUS_S * (num_gpus / 32) ** EVALUATION_EXPONENT
+    return max(10, int(budget_s / per_evaluation_s))
 
 
 def default_neighbours(num_gpus: int) -> int:
@@ -85,6 +95,9 @@ def plan(problem: Problem, *, budget_s: float = 2.0, seed: int = 0,
          tenure: int = DEFAULT_TENURE) -> SearchResult:
     """Tabu search for the best grouping and roles; `allowed_roles=("both",)` plans colocated replicas.
 
+    Clusters of more than DECOMPOSE_GPUS GPUs (without `initial`) are first planned zone by zone
+    (ZONE_SHARE of the budget); `max_evaluations` then counts the evaluations of the whole cluster.
+
     Raises:
         InfeasibleError: no grouping of the cluster can serve the model (it fits nowhere, or no
             prefill/decode pair can be formed).
@@ -94,14 +107,38 @@ def plan(problem: Problem, *, budget_s: float = 2.0, seed: int = 0,
     if not budget_s > 0:
         raise PlanError(f"the planning budget must be a positive number of seconds, got {budget_s!r}")
     num_gpus = problem.cluster.num_gpus
-    search = _Search(problem, budget_s,
-                     max_evaluations or default_evaluations(budget_s, num_gpus), random.Random(seed))
-    check_problem(problem)
+    if num_gpus <= problem.model.num_layers:  # it configures one replica over the whole cluster, which
+        check_problem(problem)                # cannot work with more pipeline stages than layers
+    started, left_s = time.perf_counter(), budget_s
+    if initial is None and num_gpus > DECOMPOSE_GPUS:
+        initial = _plan_zones(problem, ZONE_SHARE * budget_s, seed, allowed_roles)
+        left_s = (1 - ZONE_SHARE) * budget_s
+    search = _Search(problem, budget_s, max_evaluations or default_evaluations(left_s, num_gpus),
+                     random.Random(seed))
+    search.started = started
     search.colocated = allowed_roles == ("both",)
     start = search.start(allowed_roles, initial)
     search.tabu(start, allowed_roles, max_neighbours or default_neighbours(num_gpus), tenure)
     return replace(search.result(), start=search.cache.get(start, _NOTHING))
 
+
+def _plan_zones(problem: Problem, budget_s: float, seed: int, allowed_roles: tuple[str, ...]) -> Grouping:
+    """The union of the best groupings of each bandwidth zone, each planned on its own (the zones'
+    share of the budget is split by GPU count; their rates are the problem's, shared the same way)."""
+    cluster, num_gpus = problem.cluster, problem.cluster.num_gpus
+    groups: list = []
+    for i, zone in enumerate(zones(topology(problem), ZONE_GPUS)):
+        share = len(zone) / num_gpus
+        keep = set(zone)
+        sub = replace(problem, cluster=cluster.without([g for g in cluster.gpu_ids if g not in keep]),
+                      rate_rps=problem.rate_rps * share)
+        try:
+            best = plan(sub, budget_s=budget_s * share, seed=seed + i, allowed_roles=allowed_roles).best
+        except InfeasibleError:  # a zone that cannot serve alone still lends its GPUs to the whole search
+            groups += [(tuple(zone), allowed_roles[-1])]
+            continue
+        groups += [(tuple(g.gpu_ids), g.role) for g in best.plan.groups]
+    return groups
 
 class _Search:
     """The state of one search: the evaluation cache and counter, the clock and the best grouping."""
@@ -120,14 +157,14 @@ class _Search:
         return (self.num_evaluations >= self.max_evaluations
                 or time.perf_counter() - self.started >= self.budget_s)
 
-    def score(self, grouping: Grouping) -> Evaluation:
+    def score(self, grouping: Grouping, *, force: bool = False) -> Evaluation:
         """The evaluation of `grouping` (cached); one with no (prefill, decode) pair scores 0 for free."""
         if grouping not in self.cache:
             if not _servable(grouping):
                 self.cache[grouping] = _NOTHING
                 self.best = self.best or (grouping, _NOTHING)
                 return _NOTHING
-            if self.exhausted():  # the budget is hard, also for the start candidates
+            if self.exhausted() and not force:  # the budget is hard, also for the start candidates
                 return _NOTHING
             self.num_evaluations += 1
             evaluation = evaluate(self.problem, grouping)
@@ -137,7 +174,7 @@ class _Search:
                 self.history.append((self.num_evaluations, time.perf_counter() - self.started, evaluation.score))
         return self.cache[grouping]
 
-    def start(self, allowed_roles: tuple[str, ...], initial: Plan | None) -> Grouping:
+    def start(self, allowed_roles: tuple[str, ...], initial: Plan | list | None) -> Grouping:
         """The starting grouping: `initial`'s groups, or the best of a few dendrogram levels and role splits."""
         if initial is not None:
             return self._from_plan(initial, allowed_roles)
@@ -159,15 +196,18 @@ class _Search:
         k = ternary_max(lambda k: self.score(split(k)).score, 1, len(ranked) - 1)
         return split(k)
 
-    def _from_plan(self, initial: Plan, allowed_roles: tuple[str, ...]) -> Grouping:
+    def _from_plan(self, initial: Plan | list, allowed_roles: tuple[str, ...]) -> Grouping:
+        """`initial`'s groups (a Plan, or (GPU ids, role) pairs) on the GPUs still in the cluster;
+        GPUs it leaves out form one group per host."""
         known = set(self.topo.order)
-        groups = [(tuple(g for g in group.gpu_ids if g in known),
-                   group.role if group.role in allowed_roles else allowed_roles[0]) for group in initial.groups]
+        pairs = [(g.gpu_ids, g.role) for g in initial.groups] if isinstance(initial, Plan) else initial
+        groups = [(tuple(g for g in ids if g in known), role if role in allowed_roles else allowed_roles[0])
+                  for ids, role in pairs]
         used = {g for ids, _ in groups for g in ids}
         for ids in self.topo.host_parts([g for g in self.topo.order if g not in used]).values():
             groups.append((tuple(ids), allowed_roles[-1]))
         grouping = canonical(self.topo, groups)
-        self.score(grouping)
+        self.score(grouping, force=True)
         return grouping
 
     def tabu(self, current: Grouping, allowed_roles: tuple[str, ...], max_neighbours: int, tenure: int) -> None:
