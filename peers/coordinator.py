@@ -142,8 +142,9 @@ def _fallback_hosts(inputs: PlanInputs) -> dict[str, str]:
 
 def plan_inputs(node) -> PlanInputs:
     """The current serving peers' profiles and the links they measured."""
-    digests = {p: m.digest for p, m in node.membership.members.items() if m.digest.profile is not None}
-    profiles = [d.profile for d in digests.values()]
+    members = {p: m for p, m in node.membership.members.items() if m.profile is not None}
+    digests = {p: m.digest for p, m in members.items()}
+    profiles = [m.profile for m in members.values()]
     if node.profile is not None:
         profiles.append(node.profile)
         digests[node.peer_id] = node.digest()

@@ -27,9 +27,11 @@ from peers.membership import PlanHolder, SwarmView, describe_action
 from peers.replica import serve_decode, serve_prefill
 from peers.status import STATUS_PROTOCOL, serve_status
 from peers.worker import EngineWorker, WorkerLoad
-from swarm.errors import SwarmError
-from swarm.net.host import Host, HostConfig, open_host, reset_quietly
+from swarm.errors import SwarmError, WireError
+from swarm.net.host import Host, HostConfig, open_host, remote_peer_id, reset_quietly
 from swarm.net.rpc import read_message, write_message
+from swarm.net.signed import open_record, sign_record
+from swarm.wire.hardware import HardwareProfile
 from swarm.wire.requests import MemberDigest
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class Node:
         self.ledger = Ledger()
         self.rng = random.Random(0)
         self.profile = None  # HardwareProfile; None on a bootstrap node
+        self.signed_profile = None  # the same, signed with this peer's key, as gossiped
+        self.verified: dict[str, tuple[bytes, object]] = {}  # peer id -> (signature, profile) checked
         self.model_path: Path | None = None
         self.model_name = ""
         self.worker: EngineWorker | None = None
@@ -118,7 +122,8 @@ class Node:
         self.sequence += 1
         load = self.load()
         return MemberDigest(
-            peer_id=self.peer_id, sequence=self.sequence, addrs=tuple(self.host.addrs[:8]), profile=self.profile,
+            peer_id=self.peer_id, sequence=self.sequence, addrs=tuple(self.host.addrs[:8]),
+            signed_profile=self.signed_profile,
             max_epoch=max(self.membership.max_epoch, self.holder.epoch, 0),
             coordinator_term=self.membership.election.term, coordinator_id=self.coordinator_id(),
             plan=self.holder.plan, plan_term=self.holder.term, plan_coordinator_id=self.holder.coordinator_id,
@@ -200,13 +205,33 @@ class Node:
 async def serve_member(node: Node, stream) -> None:
     with trio.fail_after(EXCHANGE_TIMEOUT_S):
         digest = await read_message(stream, expect=MemberDigest)
+        profile = verified_profile(node, digest, remote_peer_id(stream))
         await write_message(stream, node.digest())
-    take_digest(node, digest)
+    take_digest(node, digest, profile)
     await node.close_stream(stream)
 
 
-def take_digest(node: Node, digest: MemberDigest) -> None:
-    log_actions(node, node.membership.on_digest(digest, time.monotonic()))
+def verified_profile(node: Node, digest: MemberDigest, sender_id: str):
+    """The digest's hardware profile once the sender and the signature check out; WireError otherwise.
+
+    The stream's peer id is authenticated by Noise, so a digest can only speak for its own sender."""
+    if digest.peer_id != sender_id:
+        raise WireError(f"digest for peer {digest.peer_id} arrived from peer {sender_id}")
+    record = digest.signed_profile
+    if record is None:
+        return None
+    seen = node.verified.get(sender_id)
+    if seen is not None and seen[0] == record.signature:
+        return seen[1]
+    profile = open_record(record, expect=HardwareProfile)
+    if not record.peer_id == profile.peer_id == sender_id:
+        raise WireError(f"peer {sender_id} sent a hardware profile signed for {record.peer_id}")
+    node.verified[sender_id] = (record.signature, profile)
+    return profile
+
+
+def take_digest(node: Node, digest: MemberDigest, profile) -> None:
+    log_actions(node, node.membership.on_digest(digest, profile, time.monotonic()))
     if digest.plan is not None:
         node.offer_plan(digest.plan, digest.plan_hosts, digest.plan_term, digest.plan_coordinator_id,
                         source=f"peer {digest.peer_id}")
@@ -232,9 +257,12 @@ async def exchange(node: Node, peer_id: str, addrs) -> None:
             stream = await node.open_stream(peer_id, MEMBER_PROTOCOL)
             try:
                 await write_message(stream, node.digest())
-                take_digest(node, await read_message(stream, expect=MemberDigest))
+                digest = await read_message(stream, expect=MemberDigest)
+                take_digest(node, digest, verified_profile(node, digest, peer_id))
             finally:
                 await node.close_stream(stream)
+    except WireError as e:
+        logger.warning("peer %s sent a bad digest: %s", peer_id, e)
     except (SwarmError, trio.TooSlowError) as e:
         logger.debug("no digest exchange with %s: %s", peer_id, e)
     except Exception as e:  # libp2p raises its own types for refused or reset connections
@@ -315,6 +343,8 @@ async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
     async with open_host(host_config) as host, trio.open_nursery() as nursery:
         node = Node(config, host, nursery)
         node.profile, node.model_path, node.model_name = describe_self(config, host.peer_id)
+        if node.profile is not None:
+            node.signed_profile = sign_record(host.key_pair, node.profile, 1)
         for protocol, handler in HANDLERS.items():
             host.set_handler(protocol, lambda stream, handler=handler: handler(node, stream))
         await nursery.start(run_gossip, node)

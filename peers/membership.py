@@ -2,7 +2,8 @@
 
 How it works (still sans-IO: time is a parameter, the daemon executes nothing here but logs the actions):
 - every peer pushes its `MemberDigest` to every peer it knows each gossip interval and gets the other's
-  digest back (push-pull over direct streams). A digest counts as that peer's profile and heartbeat for
+  digest back (push-pull over direct streams, so Noise authenticates the sender). A digest counts as that
+  peer's profile (a record signed with its libp2p key, verified by the daemon) and heartbeat for
   `swarm.proto.membership` (suspect after 60% of the failure timeout, dead after all of it; a closed
   libp2p connection, e.g. after SIGKILL, is immediate evidence). Digests also carry the addresses their
   sender knows, so one bootstrap address finds everyone; liveness is only learned first-hand;
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from swarm.proto.election import CoordinatorLost, Election, Fence
 from swarm.proto.membership import Membership, MembershipChanged, MembershipConfig, PeerLeft
+from swarm.wire.hardware import HardwareProfile
 from swarm.wire.messages import PlanAnnouncement
 from swarm.wire.plan import Plan
 from swarm.wire.requests import MemberDigest, PeerAddress
@@ -32,6 +34,7 @@ SUSPECT_FRACTION = 0.6
 @dataclass
 class Member:
     digest: MemberDigest
+    profile: HardwareProfile | None  # verified from the digest's signed record; None: a bootstrap node
     last_heard_s: float
 
 
@@ -61,19 +64,19 @@ class SwarmView:
     def coordinator_id(self) -> str:
         return self.election.coordinator_id or ""
 
-    def on_digest(self, digest: MemberDigest, now_s: float) -> list:
-        """A digest heard first-hand; returns the proto actions (PeerJoined, CoordinatorElected, ...)."""
+    def on_digest(self, digest: MemberDigest, profile: HardwareProfile | None, now_s: float) -> list:
+        """A digest heard first-hand (its signed profile already verified); returns the proto actions."""
         peer_id = digest.peer_id
         if peer_id == self.self_id:
             return []
-        self.digests[peer_id] = Member(digest, now_s)
+        self.digests[peer_id] = Member(digest, profile, now_s)
         self.addrs[peer_id] = digest.addrs
         self.dead_since_s.pop(peer_id, None)
         self.max_epoch = max(self.max_epoch, digest.max_epoch)
         for known in digest.known:
             if known.peer_id != self.self_id and known.peer_id not in self.digests:
                 self.addrs.setdefault(known.peer_id, known.addrs)
-        actions = self._membership(self.proto.profile_received(peer_id, digest.profile, now_s), now_s)
+        actions = self._membership(self.proto.profile_received(peer_id, profile, now_s), now_s)
         return actions + self.election.heartbeat_received(digest.coordinator_term, digest.coordinator_id, now_s)
 
     def on_disconnect(self, peer_id: str, now_s: float) -> list:
@@ -108,7 +111,7 @@ class SwarmView:
 
     def serving_ids(self, *, with_self: bool = True) -> list[str]:
         """Members that serve a model (bootstrap nodes do not), sorted."""
-        ids = [p for p, m in self.members.items() if m.digest.profile is not None]
+        ids = [p for p, m in self.members.items() if m.profile is not None]
         return sorted(ids + [self.self_id] if with_self and self.is_serving else ids)
 
     def known(self) -> tuple[PeerAddress, ...]:

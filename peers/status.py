@@ -18,9 +18,8 @@ STATUS_PROTOCOL = "/swarm/status/1.0.0"
 READ_TIMEOUT_S = 5.0
 
 
-def member_status(node, digest: MemberDigest, last_heard_s: float) -> MemberStatus:
-    """One row of the status table from a peer's latest digest."""
-    profile = digest.profile
+def member_status(node, digest: MemberDigest, profile, last_heard_s: float) -> MemberStatus:
+    """One row of the status table from a peer's latest digest and verified profile."""
     groups = node.holder.groups_of_peer(digest.peer_id)
     group = node.holder.plan.group(groups[0]) if groups else None
     return MemberStatus(
@@ -35,8 +34,8 @@ def member_status(node, digest: MemberDigest, last_heard_s: float) -> MemberStat
 
 def status_reply(node) -> StatusReply:
     now = time.monotonic()
-    rows = [member_status(node, node.digest(), 0.0)]
-    rows += [member_status(node, m.digest, now - m.last_heard_s) for m in node.membership.members.values()]
+    rows = [member_status(node, node.digest(), node.profile, 0.0)]
+    rows += [member_status(node, m.digest, m.profile, now - m.last_heard_s) for m in node.membership.members.values()]
     rows.sort(key=lambda r: (not r.is_serving, r.host, r.peer_id))
     plan = node.holder.plan
     return StatusReply(peer_id=node.peer_id, coordinator_id=node.coordinator_id(), epoch=node.holder.epoch,

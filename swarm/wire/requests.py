@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from swarm.errors import WireError
 from swarm.wire.codec import message
-from swarm.wire.hardware import HardwareProfile
+from swarm.wire.messages import SignedRecord
 from swarm.wire.plan import Plan
 
 MAX_REQUEST_ID_CHARS = 64
@@ -251,7 +251,7 @@ class MemberDigest:
     peer_id: str
     sequence: int
     addrs: tuple[str, ...]
-    profile: HardwareProfile | None = None  # None: a bootstrap node, serves no model
+    signed_profile: SignedRecord | None = None  # its HardwareProfile, signed; None: a bootstrap node
     max_epoch: int = 0  # the highest plan epoch this peer has seen
     coordinator_term: int = 0  # whom this peer follows as coordinator, in which election term
     coordinator_id: str = ""

@@ -8,8 +8,8 @@ import pytest
 from swarm.client.errors import ClientError
 from swarm.client.session import make_request
 from swarm.errors import WireError
-from swarm.hardware import declared_profile
 from swarm.wire.codec import WIRE_VERSION, decode, encode
+from swarm.wire.messages import SignedRecord
 from swarm.wire.requests import (
     ChatMessage,
     GenerateRequest,
@@ -28,8 +28,8 @@ from swarm.wire.requests import (
     RequestFailure("r1", "unavailable", "no replica"),
     PrefillJob(GenerateRequest("r3", token_ids=(1, 2, 3)), epoch=4, decode_peer_id="QmAbc", kv_bits=16),
     KvPush("r1", 2, (1, 2, 3), (4,), 1000),
-    MemberDigest("QmAbc", 1, ("/ip4/127.0.0.1/tcp/1",), declared_profile("A40", peer_id="QmAbc", host="h"),
-                 links_gbps={"QmDef": 1.5}),
+    MemberDigest("QmAbc", 1, ("/ip4/127.0.0.1/tcp/1",), SignedRecord("QmAbc", 1, b"p", b"k", b"s"),
+                 links_gbps={"QmDef": 1.5}, coordinator_id="QmDef", coordinator_term=3),
 ])
 def test_records_round_trip(record):
     assert decode(encode(record)) == record
