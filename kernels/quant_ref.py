@@ -14,6 +14,7 @@ is not a multiple of the group size is padded by repeating its last element (min
 the true shape is kept in the QuantizedTensor so dequantisation drops the padding.
 """
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ QUANT_BITS = (4, 8)
 AXES = ("token", "channel")
 MIN_GROUP_SIZE = 8
 MAX_GROUP_SIZE = 1024
+BLOCK_ELEMENTS = 1 << 16  # rows are processed in blocks of about this many elements (256 KB in fp32)
+IS_LITTLE_ENDIAN = sys.byteorder == "little"  # the 4-bit packing reads byte pairs as int16
 
 
 @dataclass(frozen=True)
@@ -107,13 +110,52 @@ def pad_rows(rows: Tensor, group_size: int) -> Tensor:
 
 def pack_4bit(codes: Tensor) -> Tensor:
     """(..., n) uint8 codes < 16, n even -> (..., n // 2) bytes: even element low nibble, odd high."""
+    if IS_LITTLE_ENDIAN and codes.is_contiguous():
+        pairs = codes.view(torch.int16)  # (..., n // 2): even code in the low byte, odd code in the high
+        return (pairs | (pairs >> 4)).to(torch.uint8)  # low byte = even | odd << 4
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
 
 
 def unpack_4bit(packed: Tensor) -> Tensor:
     """(..., n // 2) bytes -> (..., n) uint8 codes; inverse of pack_4bit."""
-    pairs = torch.stack([packed & 0x0F, packed >> 4], dim=-1)  # (..., n // 2, 2)
-    return pairs.flatten(-2)  # (..., n)
+    if IS_LITTLE_ENDIAN:
+        wide = packed.to(torch.int16)  # (..., n // 2)
+        pairs = (wide & 0x0F) | ((wide & 0xF0) << 4)  # low byte = even code, high byte = odd code
+        return pairs.view(torch.uint8)  # (..., n)
+    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).flatten(-2)  # (..., n // 2, 2) -> (..., n)
+
+
+def quantize_groups(groups: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The maths, on (rows, num_groups, group_size) floats: (uint8 codes, fp16 scale, fp16 minimum).
+
+    Codes are computed from the fp16-rounded scale and minimum, exactly what dequantisation uses.
+    """
+    q_max = 2**bits - 1
+    x = groups.float()
+    lo, hi = x.amin(dim=-1), x.amax(dim=-1)  # (rows, num_groups)
+    scale = ((hi - lo) / q_max).to(torch.float16)
+    minimum = lo.to(torch.float16)
+    scale_f = scale.float()
+    inv_scale = torch.where(scale_f > 0, 1.0 / scale_f, torch.zeros_like(scale_f))
+    if x.data_ptr() == groups.data_ptr():
+        x = x.clone()  # never write into the caller's tensor
+    codes = x.sub_(minimum.float()[..., None]).mul_(inv_scale[..., None])
+    codes = codes.clamp_(0, q_max).add_(0.5).to(torch.uint8)  # truncation == floor(v + 0.5) here
+    return codes, scale, minimum
+
+
+def dequantize_groups(codes: Tensor, scale: Tensor, minimum: Tensor) -> Tensor:
+    """The inverse maths: (rows, num_groups, group_size) codes -> float32 code * scale + minimum."""
+    return codes.float().mul_(scale.float()[..., None]).add_(minimum.float()[..., None])
+
+
+def row_blocks(num_rows: int, row_len: int, device: torch.device, multiple: int = 1) -> list[slice]:
+    """Row ranges of about BLOCK_ELEMENTS elements each (a multiple of `multiple` rows), so that on the
+    CPU every pass of the maths runs on cache-resident data; one block on other devices."""
+    if device.type != "cpu":
+        return [slice(0, num_rows)]
+    step = max(1, BLOCK_ELEMENTS // max(row_len, 1) // multiple) * multiple
+    return [slice(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
 
 def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTensor:
@@ -126,24 +168,19 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
         raise KvConfigError(
             f"quantize needs a non-empty float tensor (..., tokens, head_dim), got {x.dtype} {tuple(x.shape)}"
         )
-    q_max = 2**bits - 1
-    rows = pad_rows(to_rows(x, axis), group_size)
-    num_rows = rows.shape[0]
-    groups = rows.reshape(num_rows, -1, group_size).float()  # (num_rows, num_groups, group_size)
-    lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)  # (num_rows, num_groups)
-    scale = ((hi - lo) / q_max).to(torch.float16)
-    minimum = lo.to(torch.float16)
-    # Codes are computed from the fp16-rounded scale and minimum, exactly what dequantisation uses.
-    scale_f = scale.float()
-    inv_scale = torch.where(scale_f > 0, 1.0 / scale_f, torch.zeros_like(scale_f))
-    if groups.data_ptr() == x.data_ptr():
-        groups = groups.clone()  # never write into the caller's tensor
-    codes = groups.sub_(minimum.float()[..., None]).mul_(inv_scale[..., None])
-    codes = codes.clamp_(0, q_max).add_(0.5).to(torch.uint8)  # truncation == floor(v + 0.5) here
-    codes = codes.reshape(num_rows, -1)  # (num_rows, padded_len)
-    packed = pack_4bit(codes) if bits == 4 else codes  # (num_rows, padded_len * bits // 8)
+    rows = pad_rows(to_rows(x, axis), group_size)  # (num_rows, padded_len)
+    num_rows, padded_len = rows.shape
+    num_groups = padded_len // group_size
+    data = torch.empty(num_rows, padded_len * bits // 8, dtype=torch.uint8, device=x.device)
+    scale = torch.empty(num_rows, num_groups, dtype=torch.float16, device=x.device)
+    minimum = torch.empty_like(scale)
+    for block in row_blocks(num_rows, padded_len, x.device):
+        groups = rows[block].reshape(-1, num_groups, group_size)  # (block rows, num_groups, group_size)
+        codes, scale[block], minimum[block] = quantize_groups(groups, bits)
+        codes = codes.reshape(groups.shape[0], padded_len)  # (block rows, padded_len)
+        data[block] = pack_4bit(codes) if bits == 4 else codes
     _, row_len = row_layout(tuple(x.shape), axis)
-    data = packed[:, : packed_row_bytes(row_len, bits)]  # (num_rows, packed bytes of the true row)
+    data = data[:, : packed_row_bytes(row_len, bits)]  # (num_rows, packed bytes of the true row)
     return QuantizedTensor(data, scale, minimum, tuple(x.shape), bits, group_size, axis)
 
 
@@ -156,14 +193,22 @@ def unpack_codes(q: QuantizedTensor) -> Tensor:
     return codes.reshape(num_rows, num_groups, q.group_size)
 
 
-def dequantize_rows(q: QuantizedTensor) -> Tensor:
-    """q as float32 rows (num_rows, row_len), padding dropped."""
-    codes = unpack_codes(q)  # (num_rows, num_groups, group_size)
-    values = codes.float().mul_(q.scale.float()[..., None]).add_(q.minimum.float()[..., None])
-    _, row_len = row_layout(q.shape, q.axis)
-    return values.reshape(codes.shape[0], -1)[:, :row_len]  # (num_rows, row_len)
-
-
 def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
-    """Reconstruct the (..., num_tokens, head_dim) tensor from q, in `dtype`, on q's device."""
-    return from_rows(dequantize_rows(q), q.shape, q.axis).to(dtype)
+    """Reconstruct the (..., num_tokens, head_dim) tensor from q, contiguous, in `dtype`, on q's device."""
+    *lead, num_tokens, head_dim = q.shape
+    num_rows, num_groups = q.scale.shape
+    _, row_len = row_layout(q.shape, q.axis)
+    out = torch.empty(q.shape, dtype=dtype, device=q.data.device)
+    # A block of rows is whole (lead) slices of `out`: token rows are one each, channel rows head_dim each.
+    rows_per_lead = head_dim if q.axis == "channel" else 1
+    out_leads = out.view(-1, num_tokens, head_dim)  # (num_leads, num_tokens, head_dim)
+    for block in row_blocks(num_rows, num_groups * q.group_size, q.data.device, rows_per_lead):
+        part = QuantizedTensor(
+            q.data[block], q.scale[block], q.minimum[block], q.shape, q.bits, q.group_size, q.axis
+        )
+        codes = unpack_codes(part)  # (block rows, num_groups, group_size)
+        values = dequantize_groups(codes, part.scale, part.minimum).view(codes.shape[0], -1)[:, :row_len]
+        leads = slice(block.start // rows_per_lead, block.stop // rows_per_lead)
+        block_shape = (leads.stop - leads.start, num_tokens, head_dim)
+        out_leads[leads] = from_rows(values, block_shape, q.axis)  # (block leads, num_tokens, head_dim)
+    return out

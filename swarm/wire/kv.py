@@ -1,7 +1,7 @@
 """The header of an exported KV cache (`KvHeader`) and its msgpack form; validated on both ends.
 
 A KV blob on the wire is `MAGIC`, a 4-byte big-endian header length, the msgpack header, then the raw
-payload the header describes (layout in kernels/kv_blob.py). This module never imports torch.
+payload the header describes (layout in kernels/kv_format.py). This module never imports torch.
 """
 
 import struct

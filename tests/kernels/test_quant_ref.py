@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import KvConfigError, dequantize, quantize
+from kernels import KvConfigError, dequantize, quant_ref, quantize
 from kernels.quant_ref import (
     from_rows,
     pack_4bit,
@@ -161,3 +161,28 @@ def test_any_shape_round_trips_within_the_bound(
     assert q.data.numel() + 4 * q.scale.numel() == quantized_nbytes(shape, bits, group_size, axis)
     err = (dequantize(q, torch.float32) - x).abs()
     assert bool((err <= error_bound(q)).all())
+
+
+@pytest.mark.parametrize("axis", ["token", "channel"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_processing_rows_in_blocks_changes_nothing(monkeypatch, axis, bits):
+    x = torch.randn(3, 2, 45, 16, generator=torch.Generator().manual_seed(6))
+    whole = quantize(x, bits, 32, axis)
+    monkeypatch.setattr(quant_ref, "BLOCK_ELEMENTS", 40)  # a few rows per block
+    blocked = quantize(x, bits, 32, axis)
+    assert torch.equal(whole.data, blocked.data) and torch.equal(whole.scale, blocked.scale)
+    assert torch.equal(whole.minimum, blocked.minimum)
+    assert torch.equal(dequantize(blocked, torch.float32), dequantize_whole(whole, monkeypatch))
+
+
+def dequantize_whole(q, monkeypatch):
+    monkeypatch.setattr(quant_ref, "BLOCK_ELEMENTS", 1 << 30)
+    return dequantize(q, torch.float32)
+
+
+def test_portable_packing_matches_the_little_endian_fast_path(monkeypatch):
+    codes = torch.randint(0, 16, (7, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    fast_packed = pack_4bit(codes)
+    monkeypatch.setattr(quant_ref, "IS_LITTLE_ENDIAN", False)
+    assert torch.equal(pack_4bit(codes), fast_packed)
+    assert torch.equal(unpack_4bit(fast_packed), codes)
