@@ -149,6 +149,7 @@ async def run_bench_peer(identity_path: str, index: int, dial_addr: str | None) 
     async with open_host(HostConfig(identity_path=identity_path)) as host, open_gossip(host) as gossip:
         if dial_addr:
             await host.dial(dial_addr)
+            host.nursery.start_soon(host.keep_connected, dial_addr)
         profile = HardwareProfile(peer_id=host.peer_id, host=f"bench-{index}", gpu="A40", num_gpus=1, tflops=150.0,
                                   memory_gb=48.0, memory_bandwidth_gbs=696.0, is_emulated=True)
         live = await host.nursery.start(run_liveness, host, gossip, profile)
@@ -158,7 +159,7 @@ async def run_bench_peer(identity_path: str, index: int, dial_addr: str | None) 
         while line := await trio.to_thread.run_sync(sys.stdin.readline):
             command, arg = line.split()
             if command == "dial":
-                await host.dial(arg)
+                host.nursery.start_soon(host.keep_connected, arg)
             elif command == "publish":
                 await gossip.publish(TOPIC_LOAD, LoadReport(host.peer_id, int(arg)))
 
@@ -166,9 +167,10 @@ async def run_bench_peer(identity_path: str, index: int, dial_addr: str | None) 
 async def _report_views(index: int, live) -> None:
     last = None
     while True:
-        view = (len(live.membership.member_ids), live.election.term, live.election.coordinator_id)
+        view = (len(live.membership.member_ids), live.election.term, live.election.coordinator_id,
+                len(live.host.connected_peer_ids()))
         if view != last:
-            emit(index, members=view[0], term=view[1], coordinator=view[2])
+            emit(index, members=view[0], term=view[1], coordinator=view[2], connections=view[3])
             last = view
         await trio.sleep(0.01)
 
@@ -182,6 +184,7 @@ class SwarmProcesses:
         self.views: dict[int, tuple] = {}
         self.info: dict[int, dict] = {}
         self.loads: dict[int, dict[int, float]] = {}
+        self.connections: dict[int, int] = {}
         for i in range(num_peers):
             if i == 1:
                 self.wait(lambda: 0 in self.info)
@@ -206,6 +209,7 @@ class SwarmProcesses:
                 self.info[i] = event
             elif "members" in event:
                 self.views[i] = (event["members"], event["term"], event["coordinator"])
+                self.connections[i] = event["connections"]
             elif "load" in event:
                 self.loads.setdefault(event["load"], {})[i] = t
         return t
@@ -221,6 +225,18 @@ class SwarmProcesses:
         members, term, coordinator = next(iter(views))
         return members == len(alive) and coordinator is not None and term > old_term
 
+    def cpu_fraction(self, since_s: float) -> float:
+        """Mean CPU share (user + system, of one core) of the peer processes since `since_s` (wall clock)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for proc in self.procs:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            except (OSError, IndexError):
+                continue
+        return total / len(self.procs) / (time.time() - since_s)
+
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
@@ -233,6 +249,7 @@ def measure_swarm(num_peers: int, num_messages: int) -> dict:
     try:
         _measure_swarm(num_peers, num_messages, result)
     except queue.Empty:
+        result["connections_at_timeout"] = result.pop("_connections", None)
         result["unfinished"] = f"a phase timed out (no event for 30-60 s); finished: {sorted(result)}"
     return result
 
@@ -244,7 +261,9 @@ def _measure_swarm(num_peers: int, num_messages: int, result: dict) -> None:
     one (a ring). The clocks are the machine's wall clock, shared by all processes.
     """
     with tempfile.TemporaryDirectory() as tmp:
+        started_s = time.time()
         swarm = SwarmProcesses(tmp, num_peers)
+        result["_connections"] = swarm.connections
         try:
             everyone = list(range(num_peers))
             swarm.wait(lambda: len(swarm.info) == num_peers)
@@ -268,7 +287,10 @@ def _measure_swarm(num_peers: int, num_messages: int, result: dict) -> None:
             rest = [i for i in everyone if i != first]
             failover_s = swarm.wait(lambda: swarm.agreed(rest, old_term)) - killed
             result["coordinator_sigkill_to_new_coordinator_s"] = round(failover_s, 3)
+            result.pop("_connections")
         finally:
+            result["peer_cpu_share_of_a_core"] = round(swarm.cpu_fraction(started_s), 3)
+            result["machine_load_average_1min"] = os.getloadavg()[0]
             swarm.close()
 
 

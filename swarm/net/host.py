@@ -97,6 +97,33 @@ class Host:
                                  "different swarm key, or not a swarm peer?")
         return peer
 
+    async def keep_connected(self, addr: str, *, max_backoff_s: float = 5.0) -> None:
+        """Dial `addr` and dial it again whenever the connection drops, until cancelled.
+
+        The health monitor aborts connections whose pings time out (a loaded box answers late too), and
+        nothing else re-dials: peers keep their bootstrap and neighbour links with this. Failed dials back
+        off from 0.5 s, doubling up to `max_backoff_s`.
+        """
+        peer = self._peer_of(addr)
+        backoff_s = 0.5
+        while True:
+            if not self.libp2p.get_network().get_connections(peer):
+                try:
+                    await self.dial(addr)
+                    backoff_s = 0.5
+                except DialError as e:
+                    logger.info("keep-connected %s: %s; retrying in %g s", addr, e, backoff_s)
+                    await trio.sleep(backoff_s)
+                    backoff_s = min(2 * backoff_s, max_backoff_s)
+                    continue
+            await trio.sleep(0.25)
+
+    def _peer_of(self, addr: str) -> ID:
+        try:
+            return info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id
+        except Exception as e:
+            raise DialError(f"{addr!r} is not a full multiaddr with /p2p/<peer id>: {e}") from None
+
     async def open_stream(self, peer_id: str, protocol: str, *, timeout_s: float | None = None) -> INetStream:
         """A new stream to a connected (or known) peer, negotiated within the deadline."""
         timeout_s = timeout_s or self.config.stream_timeout_s

@@ -4,8 +4,9 @@ membership and election machines (`swarm.proto`), whose actions come out on a ch
 How it works: every `heartbeat_interval_s` (0.5 s) a peer publishes a `Heartbeat` carrying the term and
 coordinator it follows, and re-publishes its signed `HardwareProfile` every `profile_interval_s` and
 whenever it hears a peer it has no profile of (so newcomers learn everyone within one round). A libp2p
-disconnect (clean close or SIGKILL, about 0.2 s) or a health-monitor abort (frozen peer, about 2 s) is
-immediate evidence; otherwise silence longer than `dead_after_s` (2.5 s) is. Clock: `trio.current_time()`.
+disconnect (clean close or SIGKILL, about 0.2 s) or a health-monitor abort (frozen peer, about 3 s) makes
+the peer leave 0.75 s later unless it is still heard through the mesh; otherwise silence longer than
+`dead_after_s` (2.5 s) does. Clock: `trio.current_time()`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ How it works (a heartbeat failure detector with a suspect stage, as in SWIM with
 - silent for more than `suspect_after_s` it is *suspected* (still a member: the plan is not changed for a
   hiccup); silent for more than `dead_after_s` it is declared *dead* and leaves; with 0.5 s heartbeats the
   defaults (1.5 s, 2.5 s) notice a killed or frozen peer in under 3 s;
-- a libp2p disconnect or a goodbye is immediate evidence: the peer leaves at once;
+- a goodbye is immediate; a libp2p disconnect is strong evidence: the peer leaves after
+  `disconnect_grace_s` (0.75 s, about one heartbeat) unless a heartbeat arrives meanwhile — peers are not
+  all directly connected, and a dropped connection to a peer whose heartbeats still arrive through the
+  gossip mesh must not cost a membership change (and a re-plan);
 - flapping is damped: a peer that left must be heard again without a gap for `rejoin_after_s` before it
   rejoins, so a peer that drops every other second does not trigger a re-plan each time.
 Each change of the member set bumps `version` and emits `MembershipChanged`. Time never comes from a
@@ -50,13 +53,15 @@ class MembershipConfig:
     suspect_after_s: float = 1.5
     dead_after_s: float = 2.5
     rejoin_after_s: float = 1.0
+    disconnect_grace_s: float = 0.75
 
     def __post_init__(self) -> None:
         if not 0 < self.suspect_after_s < self.dead_after_s:
             raise ProtoError("MembershipConfig needs 0 < suspect_after_s < dead_after_s, got "
                              f"{self.suspect_after_s} and {self.dead_after_s}")
-        if self.rejoin_after_s < 0:
-            raise ProtoError(f"MembershipConfig.rejoin_after_s must be >= 0, got {self.rejoin_after_s}")
+        if self.rejoin_after_s < 0 or self.disconnect_grace_s < 0:
+            raise ProtoError("MembershipConfig.rejoin_after_s and disconnect_grace_s must be >= 0, got "
+                             f"{self.rejoin_after_s} and {self.disconnect_grace_s}")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class PeerState:
     profile: Any
     last_seen_s: float
     heard_since_s: float  # start of the current gap-free run of messages (for rejoining)
+    leaves_at_s: float | None = None  # disconnected: leaves then unless heard before
 
 
 class Membership:
@@ -105,20 +111,26 @@ class Membership:
         return self._heard(peer_id, peer, now)
 
     def disconnected(self, peer_id: str, now: float, *, reason: str = "disconnected") -> list:
-        """libp2p closed the last connection (or the peer said goodbye): it leaves now."""
+        """libp2p closed the last connection: the peer leaves after the grace period unless heard.
+        With reason "goodbye" (it said so itself) it leaves now."""
         peer = self.peers.get(peer_id)
         if peer is None or peer.state in (DEAD, REJOINING):
             if peer is not None:
                 peer.state = DEAD
             return []
-        return self._leave(peer_id, peer, reason)
+        if reason == "goodbye" or self.config.disconnect_grace_s == 0:
+            return self._leave(peer_id, peer, reason)
+        peer.leaves_at_s = now + self.config.disconnect_grace_s
+        return []
 
     def tick(self, now: float) -> list:
         """Advance time: suspect and declare dead the peers that went silent."""
         actions: list = []
         for peer_id, peer in sorted(self.peers.items()):
             silent_s = now - peer.last_seen_s
-            if peer.state in (ALIVE, SUSPECT) and silent_s > self.config.dead_after_s:
+            if peer.leaves_at_s is not None and now >= peer.leaves_at_s:
+                actions += self._leave(peer_id, peer, "disconnected")
+            elif peer.state in (ALIVE, SUSPECT) and silent_s > self.config.dead_after_s:
                 actions += self._leave(peer_id, peer, "silent")
             elif peer.state == ALIVE and silent_s > self.config.suspect_after_s:
                 peer.state = SUSPECT
@@ -128,6 +140,7 @@ class Membership:
         return actions
 
     def _heard(self, peer_id: str, peer: PeerState, now: float) -> list:
+        peer.leaves_at_s = None  # heard after a disconnect: still alive, through someone else
         if now - peer.last_seen_s > self.config.suspect_after_s:
             peer.heard_since_s = now  # a gap restarts the rejoin clock
         peer.last_seen_s = max(peer.last_seen_s, now)
@@ -141,7 +154,7 @@ class Membership:
         return []
 
     def _leave(self, peer_id: str, peer: PeerState, reason: str) -> list:
-        peer.state = DEAD
+        peer.state, peer.leaves_at_s = DEAD, None
         return [PeerLeft(peer_id, reason), self._changed()]
 
     def _changed(self) -> MembershipChanged:

@@ -100,3 +100,21 @@ def test_swarm_key_is_not_overwritten_without_force(tmp_path):
         write_swarm_key(path)
     write_swarm_key(path, force=True)
     assert path.read_text() != first and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_keep_connected_dials_again_after_a_drop(host_config):
+    async def main():
+        with trio.fail_after(20):
+            async with open_host(host_config()) as a, open_host(host_config()) as b:
+                b.nursery.start_soon(b.keep_connected, a.addrs[0])
+                while a.peer_id not in b.connected_peer_ids():
+                    await trio.sleep(0.05)
+                await a.libp2p.disconnect(b.libp2p.get_id())
+                while b.peer_id in a.connected_peer_ids():
+                    await trio.sleep(0.05)
+                start = time.monotonic()
+                while b.peer_id not in a.connected_peer_ids():
+                    await trio.sleep(0.05)
+                assert time.monotonic() - start < 3
+
+    trio.run(main)

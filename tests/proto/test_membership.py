@@ -54,17 +54,33 @@ def test_suspected_peer_recovers_without_membership_change():
     assert m.state_of("B") == "alive" and m.version == 1
 
 
-def test_disconnect_is_immediate_evidence():
+def test_disconnect_leaves_after_the_grace_period():
     m = Membership("A")
     m.profile_received("B", None, 0.0)
+    assert m.disconnected("B", 0.1) == []
+    assert m.tick(0.8) == []
+    assert m.tick(0.85) == [PeerLeft("B", "disconnected"), MembershipChanged(2, ("A",))]
+    assert m.disconnected("B", 0.9) == []  # already gone: no second change
+
+
+def test_disconnected_peer_still_heard_through_the_mesh_stays():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    m.disconnected("B", 0.1)
+    assert m.heartbeat("B", 0.5) == []
+    assert m.tick(1.0) == [] and m.member_ids == ("A", "B")
+
+
+def test_disconnect_without_grace_is_immediate():
+    m = Membership("A", config=MembershipConfig(disconnect_grace_s=0.0))
+    m.profile_received("B", None, 0.0)
     assert m.disconnected("B", 0.1) == [PeerLeft("B", "disconnected"), MembershipChanged(2, ("A",))]
-    assert m.disconnected("B", 0.2) == []  # already gone: no second change
 
 
 def test_flapping_peer_rejoins_only_after_a_gap_free_second():
     m = Membership("A")
     m.profile_received("B", None, 0.0)
-    m.disconnected("B", 0.1)
+    m.disconnected("B", 0.1, reason="goodbye")
     # heard again at 0.5 (rejoin clock starts), then silent past the suspect window: no rejoin
     assert m.heartbeat("B", 0.5) == []
     assert m.tick(2.1) == [] and m.state_of("B") == "dead"
