@@ -49,6 +49,7 @@ class PeerConfig:
     ready_wait_s: float = 60.0  # how long an entry peer waits for a ready replica
     bandwidth_probe_bytes: int = 4 << 20
     addrs_file: str | None = None  # write this peer's multiaddrs here once listening (for scripts)
+    is_exiting_with_parent: bool = False  # stop when the launching process dies (swarm demo's children)
 
     def __post_init__(self) -> None:
         if self.kv_bits not in KV_BITS:

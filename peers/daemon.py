@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ EXCHANGE_TIMEOUT_S = 1.5
 MAX_PROBED_PEERS = 4
 PROBES_PER_LINK = 3
 PROBE_PAUSE_S = 0.5
+PARENT_CHECK_S = 1.0
 
 
 class Node:
@@ -312,6 +314,15 @@ async def run_link_probes(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -
                 logger.info("link to %s: %.2f Gbit/s", peer_id, node.links_gbps[peer_id])
 
 
+async def run_parent_watch(scope: trio.CancelScope) -> None:
+    """Stop this peer when the process that launched it is gone (its children must never outlive it)."""
+    parent_pid = os.getppid()
+    while os.getppid() == parent_pid:
+        await trio.sleep(PARENT_CHECK_S)
+    logger.warning("the launching process %d is gone; stopping", parent_pid)
+    scope.cancel()
+
+
 HANDLERS = {
     MEMBER_PROTOCOL: serve_member, STATUS_PROTOCOL: serve_status, GENERATE_PROTOCOL: serve_generate,
     PREFILL_PROTOCOL: serve_prefill, DECODE_PROTOCOL: serve_decode, KV_PROTOCOL: serve_kv,
@@ -352,6 +363,8 @@ async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
             await nursery.start(run_applier, node)
             await nursery.start(run_coordinator, node)
             await nursery.start(run_link_probes, node)
+        if config.is_exiting_with_parent:
+            nursery.start_soon(run_parent_watch, nursery.cancel_scope)
         if config.addrs_file:
             Path(config.addrs_file).write_text("\n".join(host.addrs) + "\n")
         what = (f"{node.profile.gpu}x{node.profile.num_gpus}{' (emulated)' if node.profile.is_emulated else ''}, "

@@ -9,6 +9,7 @@ Then it keeps serving until Ctrl-C (`--once` exits after the prompts). Every chi
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 DEFAULT_PROMPTS = (
@@ -35,12 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from swarm.modelstore import resolve_model
 
     resolve_model(args.model)  # fail now, with the fix in the message, if the model is not prepared
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a timeout stops the children like Ctrl-C does
     started = time.perf_counter()
     print("starting a bootstrap node and 3 peers on 127.0.0.1 (emulated A40, RTX 3090 Ti x2) ...", flush=True)
     swarm = LocalSwarm([PeerSpec(name, profile) for name, profile in PEERS], model=args.model, kv_bits=args.kv_bits)
     try:
         with swarm:
-            print(f"bootstrap node: {swarm.bootstrap_addr}", flush=True)
+            print(f"bootstrap node: {swarm.bootstrap_addr}\nlogs and identities: {swarm.workdir}", flush=True)
             status = swarm.wait_for_plan(args.timeout)
             print(f"plan ready after {time.perf_counter() - started:.1f} s:\n")
             _print_status(status)
@@ -52,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nstopped; every peer process has been shut down")
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_status(status) -> None:

@@ -87,7 +87,7 @@ class LocalSwarm:
             args += ["--profile", spec.profile] + (["--model", str(self.model)] if self.model else [])
         # several torch processes on a few cores: one thread each beats oversubscription by far
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-               "OMP_NUM_THREADS": "1", "SWARM_TORCH_THREADS": "1", **self.env}
+               "OMP_NUM_THREADS": "1", "SWARM_TORCH_THREADS": "1", "SWARM_IS_EXITING_WITH_PARENT": "1", **self.env}
         log = (self.workdir / f"{spec.name}.log").open("wb")
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
                                    start_new_session=True)
