@@ -95,6 +95,6 @@ def _plot(ctx, workload_name: str, rates, result: dict, slo) -> None:
                 xlabel="request rate (req/s)", ylabel="SLO attainment", hline=0.9, ylim=(0, 1.02), logx=True)
     plots.lines(ctx.path(f"attainment_vs_slo_{workload_name}.png"),
                 {label[s]: (list(SCALES), r["by_scale"]) for s, r in result.items()},
-                title=f"{workload_name} at its trace rate: attainment vs SLO scale "
-                      f"(1.0 = TTFT {slo.ttft_s:.2f} s, TPOT {slo.tpot_s * 1e3:.0f} ms)",
+                title=f"LLaMA-30B, {workload_name} at its trace rate: attainment vs SLO scale\n"
+                      f"(scale 1.0 = TTFT {slo.ttft_s:.2f} s, TPOT {slo.tpot_s * 1e3:.0f} ms)",
                 xlabel="SLO scale (x base SLO)", ylabel="SLO attainment", hline=0.9, ylim=(0, 1.02))
