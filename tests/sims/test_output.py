@@ -14,7 +14,7 @@ from swarm.cli import build_parser
 
 
 def test_cli_knows_every_experiment():
-    parser = build_parser()
+    parser = build_parser("sim")
     for name in NAMES:
         args = parser.parse_args(["sim", name, "--quick", "--json", "--seed", "3"])
         assert (args.name, args.quick, args.json, args.seed) == (name, True, True, 3)
