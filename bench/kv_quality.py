@@ -239,16 +239,18 @@ def table(totals: dict[str, dict], formats: list[tuple[str, KvFormat | None]]) -
     return rows
 
 
-def print_table(title: str, rows: list[dict]) -> None:
-    print(f"\n### {title}\n")
+def print_table(title: str, rows: list[dict], out) -> None:
+    print(f"\n### {title}\n", file=out)
     print(
-        "| KV format | bits/element incl. scales | wire size vs fp16 | perplexity | ppl increase | top-1 agreement |"
+        "| KV format | bits/element incl. scales | wire size vs fp16 | perplexity | ppl increase | top-1 agreement |",
+        file=out,
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|", file=out)
     for r in rows:
         print(
             f"| {r['format']} | {r['bits_per_element']:.3g} | {r['size_vs_fp16']:.3f}x | {r['ppl']:.4f} "
-            f"| {r['ppl_increase_pct']:+.2f}% | {r['top1_agreement_pct']:.1f}% |"
+            f"| {r['ppl_increase_pct']:+.2f}% | {r['top1_agreement_pct']:.1f}% |",
+            file=out,
         )
 
 
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     for title, rows in results.items():
-        print_table(title, rows)
+        print_table(title, rows, sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON line
     print(f"\n{time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.json:
         print(json.dumps(results))

@@ -26,7 +26,7 @@ QUANT_BITS = (4, 8)
 AXES = ("token", "channel")
 MIN_GROUP_SIZE = 8
 MAX_GROUP_SIZE = 1024
-BLOCK_ELEMENTS = 1 << 16  # rows are processed in blocks of about this many elements (256 KB in fp32)
+BLOCK_ELEMENTS = 1 << 18  # rows are processed in blocks of about this many elements (1 MiB in fp32)
 IS_LITTLE_ENDIAN = sys.byteorder == "little"  # the 4-bit packing reads byte pairs as int16
 
 
@@ -140,7 +140,7 @@ def quantize_groups(groups: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
     if x.data_ptr() == groups.data_ptr():
         x = x.clone()  # never write into the caller's tensor
     codes = x.sub_(minimum.float()[..., None]).mul_(inv_scale[..., None])
-    codes = codes.clamp_(0, q_max).add_(0.5).to(torch.uint8)  # truncation == floor(v + 0.5) here
+    codes = codes.clamp_(0, q_max).add_(0.5).to(torch.int16).to(torch.uint8)  # truncation == floor(v + 0.5)
     return codes, scale, minimum
 
 
@@ -207,7 +207,8 @@ def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor
             q.data[block], q.scale[block], q.minimum[block], q.shape, q.bits, q.group_size, q.axis
         )
         codes = unpack_codes(part)  # (block rows, num_groups, group_size)
-        values = dequantize_groups(codes, part.scale, part.minimum).view(codes.shape[0], -1)[:, :row_len]
+        values = dequantize_groups(codes, part.scale, part.minimum).to(dtype)  # transpose below in `dtype`
+        values = values.view(codes.shape[0], -1)[:, :row_len]  # (block rows, row_len)
         leads = slice(block.start // rows_per_lead, block.stop // rows_per_lead)
         block_shape = (leads.stop - leads.start, num_tokens, head_dim)
         out_leads[leads] = from_rows(values, block_shape, q.axis)  # (block leads, num_tokens, head_dim)
