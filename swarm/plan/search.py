@@ -122,7 +122,8 @@ def plan(problem: Problem, *, budget_s: float = 2.0, seed: int = 0,
     return replace(search.result(), start=search.cache.get(start, _NOTHING))
 
 
-def _plan_zones(problem: Problem, budget_s: float, seed: int, allowed_roles: tuple[str, ...]) -> Grouping:
+def _plan_zones(problem: Problem, budget_s: float, seed: int,
+                allowed_roles: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
     """The union of the best groupings of each bandwidth zone, each planned on its own (the zones'
     share of the budget is split by GPU count; their rates are the problem's, shared the same way)."""
     cluster, num_gpus = problem.cluster, problem.cluster.num_gpus

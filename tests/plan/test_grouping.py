@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from swarm.plan.grouping import apply_move, canonical, initial_clusters, neighbours, topology
+from swarm.plan.grouping import apply_move, canonical, initial_clusters, neighbours, topology, zones
 
 ROLES = ("prefill", "decode")
 
@@ -93,3 +93,13 @@ def test_colocated_roles_have_no_flips(start):
     moves = neighbours(topo, both, random.Random(0), ("both",))
     assert moves and all(m.kind != "flip" for m in moves)
     assert all(role == "both" for m in moves for _, role in m.added)
+
+
+def test_zones_respect_the_cap_and_cut_the_slowest_links(make_problem, cloud32, llama30b, conv):
+    """cloud-32 in zones of 16: the us-east A6000/A40 hosts (40 Gbps) and the rest (20-40 Gbps)."""
+    topo = topology(make_problem(cloud32, llama30b, conv))
+    found = zones(topo, 16)
+    assert sorted(g for z in found for g in z) == sorted(cloud32.gpu_ids)
+    assert all(len(z) <= 16 for z in found)
+    east = {g for h in ("a6000-0", "a6000-1", "a40-0", "a40-1") for g in cloud32.host(h).gpu_ids}
+    assert set(map(frozenset, found)) == {frozenset(east), frozenset(set(cloud32.gpu_ids) - east)}

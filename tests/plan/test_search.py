@@ -84,6 +84,20 @@ def test_wall_clock_cap_stops_the_search(make_problem, cloud32, llama30b, conv):
     assert result.elapsed_s < 3.0 and result.num_evaluations < 100_000
 
 
+def test_large_clusters_are_planned_zone_by_zone(monkeypatch, make_problem, cloud32, llama30b, conv):
+    import swarm.plan.search as search
+
+    monkeypatch.setattr(search, "DECOMPOSE_GPUS", 16)
+    monkeypatch.setattr(search, "ZONE_GPUS", 16)
+    result = plan(make_problem(cloud32, llama30b, conv, rate_rps=conv.rate_rps), budget_s=3.0,
+                  max_evaluations=10)
+    east = {g for h in ("a6000-0", "a6000-1", "a40-0", "a40-1") for g in cloud32.host(h).gpu_ids}
+    for group in result.start.plan.groups:  # the start is the union of the two zones' plans
+        assert set(group.gpu_ids) <= east or not set(group.gpu_ids) & east
+    assert result.best.score >= result.start.score
+    validate_plan(result.best.plan, cloud32, llama30b)
+
+
 def test_default_evaluation_count_grows_with_the_budget():
     assert default_evaluations(20.0, 32) >= 9 * default_evaluations(2.0, 32)
     assert default_evaluations(2.0, 512) < default_evaluations(2.0, 32)
