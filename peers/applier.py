@@ -1,9 +1,10 @@
 """Applying a plan: find this peer's group, load its stage's layers (or keep them), take its role, report ready.
 
 How it works: each time the followed plan changes (a newer epoch, see `membership.PlanHolder`), the
-applier looks up the group holding this peer's GPU. If the engine already holds that layer range only
-the role changes (ThunderServe's lightweight phase flip: no weights move); otherwise the stage is loaded
-in a worker thread and swapped in. When done, `ready_epoch` is set to the plan's epoch and gossiped; entry
+applier looks up the group and stage holding this peer's GPU. If the engine already holds that layer range
+only the role changes (ThunderServe's lightweight phase flip: no weights move); otherwise the stage is
+loaded in a worker thread and swapped in (the first stage of a multi-peer pipeline gets a
+`PipelineWorker`, which drives the later stages' peers). When done, `ready_epoch` is set to the plan's epoch and gossiped; entry
 peers route only to replicas ready for the epoch they follow. A peer in no group serves nothing.
 """
 
@@ -16,6 +17,8 @@ import trio
 
 from peers.daemon_errors import PlanApplyError
 from peers.engine import Engine, EngineConfig
+from peers.pipeline import PipelineWorker
+from peers.worker import EngineWorker
 from swarm.errors import SwarmError
 from swarm.wire.plan import Group, Plan
 
@@ -30,14 +33,27 @@ def my_group(node, plan: Plan) -> Group | None:
     return plan.group(groups[0]) if groups else None
 
 
-def engine_config(node, group: Group) -> EngineConfig:
-    """The engine settings for a single-stage group."""
-    if len(group.stages) != 1:
-        raise PlanApplyError(f"group {group.id} is a {len(group.stages)}-stage pipeline across peers; this daemon "
-                             "serves single-stage replicas only (the planner should keep pp=1 for this model)")
-    first, last = group.stages[0].layers
+def my_stage(node, group: Group) -> int:
+    """The index of the stage holding this peer's GPU (the first one, if several)."""
+    names = {h for h, p in node.holder.hosts.items() if p == node.peer_id}
+    return next(i for i, s in enumerate(group.stages) if any(g.split("/")[0] in names for g in s.gpus))
+
+
+def engine_config(node, group: Group, stage_index: int) -> EngineConfig:
+    """The engine settings for this peer's stage of `group`."""
+    if len(group.stages) > 1 and group.role != "both":
+        raise PlanApplyError(f"group {group.id} is a {len(group.stages)}-stage {group.role} pipeline across peers; "
+                             "this daemon serves multi-peer pipelines as colocated (both) replicas only, "
+                             "because the KV hand-off between two pipelines needs equal layer splits")
+    first, last = group.stages[stage_index].layers
     return EngineConfig(role=group.role, first_layer=first, last_layer=last, dtype=node.config.dtype,
                         kv_cache_bytes=node.config.kv_cache_bytes, max_num_seqs=node.config.max_num_seqs)
+
+
+def next_stage_peer(node, group: Group, stage_index: int) -> str | None:
+    if stage_index + 1 >= len(group.stages):
+        return None
+    return node.holder.hosts[group.stages[stage_index + 1].gpus[0].split("/")[0]]
 
 
 def holds_layers(engine: Engine, config: EngineConfig) -> bool:
@@ -55,7 +71,9 @@ async def apply_plan(node, plan: Plan) -> None:
         node.set_ready(-1, None)
         logger.info("plan epoch %d: this peer is in no group; idle", plan.epoch)
         return
-    config = engine_config(node, group)
+    stage_index = my_stage(node, group)
+    config = engine_config(node, group, stage_index)
+    node.pipeline_stage, node.pipeline_next = stage_index, next_stage_peer(node, group, stage_index)
     worker = node.worker
     if worker is not None and holds_layers(worker.engine, config):
         if worker.engine.config.role != group.role:
@@ -67,10 +85,12 @@ async def apply_plan(node, plan: Plan) -> None:
         logger.info("plan epoch %d: loading layers [%d, %d) as %s", plan.epoch, config.first_layer,
                     config.last_layer, group.role)
         engine = await trio.to_thread.run_sync(Engine.load, node.model_path, config)
-        await node.start_worker(engine)
+        is_head = len(group.stages) > 1 and stage_index == 0
+        await node.start_worker(PipelineWorker(engine, node) if is_head else EngineWorker(engine))
     node.set_ready(plan.epoch, group.id)
-    logger.info("plan epoch %d: ready as group %d (%s, layers %s)", plan.epoch, group.id, group.role,
-                group.stages[0].layers)
+    where = f"stage {stage_index + 1} of {len(group.stages)}, " if len(group.stages) > 1 else ""
+    logger.info("plan epoch %d: ready as group %d (%s, %slayers %s)", plan.epoch, group.id, group.role, where,
+                group.stages[stage_index].layers)
 
 
 async def run_applier(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -48,6 +48,7 @@ class PeerConfig:
     request_timeout_s: float = 120.0
     ready_wait_s: float = 60.0  # how long an entry peer waits for a ready replica
     bandwidth_probe_bytes: int = 4 << 20
+    plan_file: str | None = None  # as coordinator, publish this plan (JSON) instead of planning
     addrs_file: str | None = None  # write this peer's multiaddrs here once listening (for scripts)
     is_exiting_with_parent: bool = False  # stop when the launching process dies (swarm demo's children)
 

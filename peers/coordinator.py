@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -181,10 +182,31 @@ async def run_coordinator(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None
         planned_ids = ids
 
 
+def pinned_plan(config, inputs: PlanInputs) -> tuple[Plan, dict[str, str]] | None:
+    """The operator's plan file (`--plan`, e.g. from `swarm plan --json`) once every host it names has joined;
+    its host names are the peers' names."""
+    try:
+        plan = Plan.from_json(Path(config.plan_file).read_text(), source=config.plan_file)
+    except (OSError, SwarmError) as e:
+        logger.error("cannot use the plan file: %s", e)
+        return None
+    hosts = _fallback_hosts(inputs)
+    missing = sorted({g.split("/")[0] for g in plan.gpu_ids} - set(hosts))
+    if missing:
+        logger.info("plan file %s: waiting for peers named %s", config.plan_file, ", ".join(missing))
+        return None
+    return plan, hosts
+
+
 async def publish_new_plan(node, inputs: PlanInputs) -> None:
     """Lightweight re-plan first (published at once), then the full search (published if clearly better)."""
     holder, config = node.holder, node.config
     start = time.perf_counter()
+    if config.plan_file:
+        pinned = pinned_plan(config, inputs)
+        if pinned is not None:
+            publish(node, pinned[0], pinned[1], "pinned", inputs, start)
+        return
     light = await trio.to_thread.run_sync(lightweight_plan, config, node.model_path, inputs, holder.plan,
                                           holder.hosts)
     if light is not None:

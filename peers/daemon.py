@@ -25,6 +25,7 @@ from peers.dispatch import DECODE_PROTOCOL, GENERATE_PROTOCOL, PREFILL_PROTOCOL,
 from peers.kvlink import BANDWIDTH_PROTOCOL, KV_PROTOCOL, measure_gbps, serve_bandwidth, serve_kv
 from peers.loopback import loopback_pair
 from peers.membership import PlanHolder, SwarmView, describe_action
+from peers.pipeline import HIDDEN_PROTOCOL, serve_hidden
 from peers.replica import serve_decode, serve_prefill
 from peers.status import STATUS_PROTOCOL, serve_status
 from peers.worker import EngineWorker, WorkerLoad
@@ -68,6 +69,8 @@ class Node:
         self.worker_scope: trio.CancelScope | None = None
         self.ready_epoch = -1
         self.decode_sessions: dict = {}
+        self.pipeline_stage = 0  # index of this peer's stage in a multi-peer pipeline replica
+        self.pipeline_next: str | None = None  # the next stage's peer, None on the last (or only) stage
         self.links_gbps: dict[str, float] = {}
         self.sequence = 0
         self.changed = trio.Event()
@@ -147,14 +150,13 @@ class Node:
                               max_num_seqs=self.config.max_num_seqs)
         start = time.perf_counter()
         engine = await trio.to_thread.run_sync(Engine.load, self.model_path, config)
-        await self.start_worker(engine)
+        await self.start_worker(EngineWorker(engine))
         self.preloaded.set()
         logger.info("model %s loaded in %.1f s (%d layers)", self.model_name, time.perf_counter() - start,
                     engine.model_config.num_layers)
 
-    async def start_worker(self, engine) -> None:
-        """Run a worker for `engine`, replacing (and stopping) the previous one."""
-        worker = EngineWorker(engine)
+    async def start_worker(self, worker: EngineWorker) -> None:
+        """Run `worker` (an engine's driver), replacing (and stopping) the previous one."""
 
         async def run(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
             with trio.CancelScope() as scope:
@@ -326,7 +328,7 @@ async def run_parent_watch(scope: trio.CancelScope) -> None:
 HANDLERS = {
     MEMBER_PROTOCOL: serve_member, STATUS_PROTOCOL: serve_status, GENERATE_PROTOCOL: serve_generate,
     PREFILL_PROTOCOL: serve_prefill, DECODE_PROTOCOL: serve_decode, KV_PROTOCOL: serve_kv,
-    BANDWIDTH_PROTOCOL: serve_bandwidth,
+    BANDWIDTH_PROTOCOL: serve_bandwidth, HIDDEN_PROTOCOL: serve_hidden,
 }
 
 

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None, dest="rate_rps",
                         help="request rate the coordinator plans for (req/s, default 1)")
     parser.add_argument("--workload", default=None, help="workload the coordinator plans for (default azure-conv)")
+    parser.add_argument("--plan", default=None, metavar="FILE", dest="plan_file",
+                        help="as coordinator, publish this plan (JSON, e.g. `swarm plan --json`) instead of planning; "
+                             "its host names are the peers' --name")
     parser.add_argument("--addrs-file", default=None, metavar="FILE",
                         help="write this peer's multiaddrs to FILE once it listens")
     parser.add_argument("--config", default=None, metavar="FILE", help="peer config file (TOML)")
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "listen": tuple(args.listen) if args.listen else None, "identity_path": args.identity,
         "name": args.name, "is_serving": False if args.no_model else None, "kv_bits": args.kv_bits,
         "rate_rps": args.rate_rps, "workload": args.workload, "addrs_file": args.addrs_file,
+        "plan_file": args.plan_file,
     }
     config = load_peer_config(args.config, flags=flags)
     if logging.getLogger().level > logging.INFO:  # an operator wants to see joins, plans and failures

@@ -287,6 +287,23 @@ class MemberDigest:
             raise WireError(f"MemberDigest: a plan needs its coordinator and an epoch <= max_epoch {self.max_epoch}")
 
 
+@message(91)
+@dataclass(frozen=True)
+class StageTokens:
+    """A pipeline's last stage -> back up the chain to the first: the sampled token of each request."""
+
+    request_ids: tuple[str, ...]
+    token_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.request_ids) != len(self.token_ids):
+            raise WireError("StageTokens needs one token per request id")
+        for request_id in self.request_ids:
+            _check_id("StageTokens.request_ids", request_id)
+        if any(not 0 <= t < 2**31 for t in self.token_ids):
+            raise WireError("StageTokens.token_ids must be in [0, 2**31)")
+
+
 @message(90)
 @dataclass(frozen=True)
 class BandwidthProbe:
