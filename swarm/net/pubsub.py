@@ -3,8 +3,10 @@
 The limits are set on purpose (py-libp2p 0.8.1 drops silently past them):
 - spam protection stays on, at 200 messages/s per forwarding peer and topic: a peer relays everyone's
   heartbeats (0.5 s each), so 32 peers make 64/s on that topic — the default of 10/s would drop most;
-- each subscription has a 32-message queue inside libp2p, so its consumer only decodes and hands the
-  message on (handlers must be quick or pass work to a channel);
+- libp2p gives each subscription a 32-message queue and silently drops what does not fit; a loaded
+  event loop (or a burst: 8 peers' heartbeats plus a plan) overflows that, so the queue is raised to
+  `queue_size` (1,024; libp2p reads the module constant `SUBSCRIPTION_CHANNEL_SIZE` when subscribing, so
+  this is process-wide); the consumer only hands the decoded message on (handlers must be quick);
 - messages are capped at 64 KiB here (libp2p's cap is 1 MiB): gossip is for small control records only;
 - the GossipSub heartbeat (mesh upkeep) runs every second, not every 120 s, so a new peer joins the mesh
   in about a second; degree 6 (4..12) as in the libp2p spec.
@@ -22,6 +24,7 @@ from typing import Any
 
 import trio
 from libp2p.peer.id import ID
+from libp2p.pubsub import pubsub as libp2p_pubsub
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -53,6 +56,7 @@ class GossipConfig:
     max_messages_per_topic_per_s: float = 200.0
     max_message_bytes: int = MAX_GOSSIP_BYTES
     is_self_delivered: bool = False  # hand a peer its own messages too
+    queue_size: int = 1024  # messages waiting for a topic's consumer before libp2p drops
 
     def __post_init__(self) -> None:
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
@@ -85,6 +89,7 @@ class Gossip:
     async def subscribe(self, topic: str, handler: Handler, *, types: tuple[type, ...] = ()) -> None:
         """Deliver every valid message on `topic` as `handler(sender_peer_id, msg)`, in order."""
         self.pubsub.set_topic_validator(topic, self._validator(topic, types), False)
+        libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = max(libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE, self.config.queue_size)
         subscription = await self.pubsub.subscribe(topic)
         self.nursery.start_soon(self._consume, topic, subscription, handler)
 
