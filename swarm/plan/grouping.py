@@ -10,10 +10,11 @@ then, while some cluster is "open" (too small for the model), the pair with the 
 involves an open cluster is merged (two open ones first among equal links), so slow links are never
 used to complete a replica while a fast one could.
 
-Moves (the neighbourhood): flip a group's role; split a group (one host peeled off, a single host
-halved, or the host chain cut at its weakest link); merge two groups; move one host's part of a group,
-or one GPU, to another group; swap equal-sized host parts of two groups. Merges and moves only target
-the MAX_PARTNERS best-linked groups, which keeps the neighbourhood linear in the cluster size.
+Moves (the neighbourhood): flip a group's role; split a group (one host peeled off, or a single host
+halved); merge two groups; move a piece of a group (one host's part, the second half of a part of
+four or more GPUs, or one GPU) to another group; swap equal-sized pieces of two groups. Merges, moves
+and swaps only pair a group with its MAX_PARTNERS best-linked groups plus RANDOM_PARTNERS random
+others (a prefill pipeline may span a slow link): the neighbourhood grows linearly with the cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from swarm.plan.cost import MEMORY_UTILISATION, MIN_KV_TOKENS
 from swarm.plan.problem import Problem
 
 MAX_PARTNERS = 4
+RANDOM_PARTNERS = 2
 # A group "holds the model" (for clustering and move filters) if its usable memory covers the weights
 # and one MIN_KV_TOKENS sequence, times this margin for activations; `configure` has the last word.
 FIT_MARGIN = 1.05
@@ -188,7 +190,7 @@ def prefill_affinity(topo: Topology, gpu_ids) -> float:
 def neighbours(topo: Topology, grouping: Grouping, rng, allowed_roles: tuple[str, ...]) -> list[Move]:
     """Every move from `grouping`, each kind shuffled by `rng`, interleaved round-robin over the kinds
     (so any prefix of the list is a mixed sample of the neighbourhood)."""
-    partners = _partners(topo, grouping)
+    partners = _partners(topo, grouping, rng)
     kinds = [_flips(grouping, allowed_roles), _splits(topo, grouping, allowed_roles),
              _merges(grouping, partners, allowed_roles), _transfers(topo, grouping, partners),
              _swaps(topo, grouping, partners)]
@@ -200,15 +202,18 @@ def neighbours(topo: Topology, grouping: Grouping, rng, allowed_roles: tuple[str
     return interleaved
 
 
-def _partners(topo: Topology, grouping: Grouping) -> list[list[int]]:
-    """For each group, the MAX_PARTNERS other groups with the fastest links to it (ties: earlier first)."""
+def _partners(topo: Topology, grouping: Grouping, rng) -> list[list[int]]:
+    """For each group, the MAX_PARTNERS other groups with the fastest links to it (ties: earlier first),
+    plus RANDOM_PARTNERS others drawn by `rng` (a prefill pipeline may well span a slow link)."""
     hosts = [sorted({topo.host_of[g] for g in ids}) for ids, _ in grouping]
     reach = np.stack([topo.gbps[h].max(axis=0) for h in hosts])  # (groups, hosts): best link to each host
     link = np.stack([reach[:, h].max(axis=1) for h in hosts], axis=1)  # (groups, groups)
     partners = []
     for i in range(len(grouping)):
         others = [j for j in np.argsort(-link[i], kind="stable") if j != i]
-        partners.append([int(j) for j in others[:MAX_PARTNERS]])
+        rest = others[MAX_PARTNERS:]
+        extra = rng.sample(rest, min(RANDOM_PARTNERS, len(rest)))
+        partners.append([int(j) for j in others[:MAX_PARTNERS] + extra])
     return partners
 
 
@@ -288,10 +293,13 @@ def _swaps(topo: Topology, grouping: Grouping, partners: list[list[int]]) -> lis
 
 
 def _pieces(topo: Topology, gpu_ids: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Each host's part of a group, and the last GPU of each part of two or more."""
+    """Each host's part of a group, the second half of a part of four or more GPUs (a TP-sized stage),
+    and the last GPU of a part of two or more."""
     pieces = []
     for part in topo.host_parts(gpu_ids).values():
         pieces.append(tuple(part))
+        if len(part) >= 4:
+            pieces.append(tuple(part[len(part) // 2:]))
         if len(part) > 1:
             pieces.append((part[-1],))
     return pieces

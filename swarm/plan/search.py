@@ -50,7 +50,7 @@ from swarm.wire.plan import ROLES, Plan
 DEFAULT_TENURE = 7
 INTENSIFY = 4  # x max_neighbours new groupings scanned around the best grouping before leaving it
 RESTART_AFTER = 2  # x tenure iterations without a new best: back to the best grouping
-START_LEVELS = 6  # dendrogram levels tried as starting groupings
+START_LEVELS = 8  # dendrogram levels tried as starting groupings
 IMPROVEMENT = 1e-9
 MAX_STALE_ITERATIONS = 25  # iterations that meet only groupings seen before: the search has converged
 DECOMPOSE_GPUS = 64  # larger clusters are planned zone by zone first (see _plan_zones)
