@@ -368,7 +368,9 @@ async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
         if config.is_exiting_with_parent:
             nursery.start_soon(run_parent_watch, nursery.cancel_scope)
         if config.addrs_file:
-            Path(config.addrs_file).write_text("\n".join(host.addrs) + "\n")
+            path = Path(config.addrs_file).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(host.addrs) + "\n")
         what = (f"{node.profile.gpu}x{node.profile.num_gpus}{' (emulated)' if node.profile.is_emulated else ''}, "
                 f"model {node.model_name}") if node.profile else "bootstrap node"
         logger.warning("peer %s up (%s) at %s", host.peer_id, what, " ".join(host.addrs))

@@ -29,7 +29,8 @@ def member_status(node, digest: MemberDigest, profile, last_heard_s: float) -> M
         group_id=group.id if group else -1, role=group.role if group else "-",
         is_ready=digest.ready_epoch >= 0 and digest.ready_epoch == node.holder.epoch,
         num_queued=digest.num_queued, num_running=digest.num_running, kv_tokens_free=digest.kv_tokens_free,
-        tokens_per_s=digest.tokens_per_s, last_heard_s=round(last_heard_s, 3), addrs=digest.addrs[:4])
+        tokens_per_s=digest.tokens_per_s, last_heard_s=round(last_heard_s, 3), addrs=digest.addrs[:4],
+        profile=profile, links_gbps=dict(digest.links_gbps))
 
 
 def status_reply(node) -> StatusReply:

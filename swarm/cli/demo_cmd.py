@@ -76,8 +76,13 @@ def _send_prompts(swarm, prompts, max_tokens: int) -> None:
 
 
 def _serve(swarm) -> None:
+    from swarm.client.status import DEFAULT_ADDRS_FILE
+
     addr = swarm.bootstrap_addr
-    print(f"\nserving until Ctrl-C. Try:\n  swarm status --peer {addr}\n"
+    path = DEFAULT_ADDRS_FILE.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(addr + "\n")  # so a plain `swarm status` finds this swarm
+    print(f"\nserving until Ctrl-C. Try:\n  swarm status\n  swarm generate --peer {addr} \"Hi\"\n"
           f"  python -c \"from swarm.client import SwarmClient; "
           f"print(SwarmClient('{addr}').generate('Hi').text)\"", flush=True)
     while True:

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="as coordinator, publish this plan (JSON, e.g. `swarm plan --json`) instead of planning; "
                              "its host names are the peers' --name")
     parser.add_argument("--addrs-file", default=None, metavar="FILE",
-                        help="write this peer's multiaddrs to FILE once it listens")
+                        help="write this peer's multiaddrs to FILE once it listens (default ~/.swarm/peer.addrs, "
+                             "where `swarm status` looks)")
     parser.add_argument("--config", default=None, metavar="FILE", help="peer config file (TOML)")
 
 
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         "rate_rps": args.rate_rps, "workload": args.workload, "addrs_file": args.addrs_file,
         "plan_file": args.plan_file,
     }
+    if flags["addrs_file"] is None:
+        from swarm.client.status import DEFAULT_ADDRS_FILE
+
+        flags["addrs_file"] = str(DEFAULT_ADDRS_FILE.expanduser())
     config = load_peer_config(args.config, flags=flags)
     if logging.getLogger().level > logging.INFO:  # an operator wants to see joins, plans and failures
         logging.getLogger("peers").setLevel(logging.INFO)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -22,9 +21,10 @@ def add_swarm_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli_generate(args: argparse.Namespace) -> int:
     """Stream one generation through the swarm to stdout; timings to stderr."""
+    from swarm.client.status import default_peer_addrs
     from swarm.client.sync import SwarmClient
 
-    addrs = args.peer or [a for a in os.environ.get("SWARM_PEER", "").split(",") if a]
+    addrs = args.peer or default_peer_addrs()
     sampling = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed")
                 if getattr(args, k, None) is not None}
     client = SwarmClient(addrs, swarm_key=getattr(args, "swarm_key", None))

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from swarm.client.errors import ClientError
 from swarm.client.sync import SwarmClient
-from swarm.wire.codec import to_primitive
 from swarm.wire.requests import MemberStatus, StatusReply
 
+DEFAULT_ADDRS_FILE = Path("~/.swarm/peer.addrs")  # `swarm join` and `swarm demo` write their address here
 COLUMNS = ("host", "gpu", "role", "group", "ready", "queued", "running", "kv free", "tok/s", "heard", "peer")
+
+
+def default_peer_addrs() -> list[str]:
+    """Where to ask when no peer is given: $SWARM_PEER (comma-separated), else the addresses the last
+    `swarm join` or `swarm demo` on this machine wrote to ~/.swarm/peer.addrs."""
+    import os
+
+    addrs = [a for a in os.environ.get("SWARM_PEER", "").split(",") if a]
+    path = DEFAULT_ADDRS_FILE.expanduser()
+    if not addrs and path.is_file():
+        addrs = path.read_text().split()
+    if not addrs:
+        raise ClientError("give a peer to ask: --peer /ip4/HOST/tcp/PORT/p2p/<peer id> (or set SWARM_PEER, "
+                          "or run `swarm join`/`swarm demo` on this machine first)")
+    return addrs
 
 
 def fetch_status(addrs: Sequence[str], *, swarm_key: str | None = None, timeout_s: float = 5.0) -> StatusReply:
@@ -30,10 +47,9 @@ def fetch_status(addrs: Sequence[str], *, swarm_key: str | None = None, timeout_
 
 def status_dict(reply: StatusReply) -> dict:
     """A JSON-ready dict: the answering peer, coordinator, epoch, plan (as its JSON object) and members."""
-    names = [f for f in MemberStatus.__dataclass_fields__]
     return {"peer_id": reply.peer_id, "coordinator_id": reply.coordinator_id, "epoch": reply.epoch,
             "uptime_s": reply.uptime_s, "plan": json.loads(reply.plan_json) if reply.plan_json else None,
-            "members": [dict(zip(names, to_primitive(m), strict=True)) for m in reply.members]}
+            "members": [dataclasses.asdict(m) for m in reply.members]}
 
 
 def format_status(reply: StatusReply) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from swarm.errors import WireError
 from swarm.wire.codec import message
+from swarm.wire.hardware import HardwareProfile
 from swarm.wire.messages import SignedRecord
 from swarm.wire.plan import Plan
 
@@ -162,6 +163,8 @@ class MemberStatus:
     tokens_per_s: float
     last_heard_s: float
     addrs: tuple[str, ...] = ()
+    profile: HardwareProfile | None = None
+    links_gbps: dict[str, float] = field(default_factory=dict)
 
 
 @message(84)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from swarm.errors import ModelError
-from swarm.modelstore import resolve_model
+from swarm.modelstore import models_dir, resolve_model
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,14 +32,15 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def test_demo_answers_then_ctrl_c_stops_every_child():
+def test_demo_answers_status_finds_it_and_ctrl_c_stops_every_child(tmp_path):
     try:
         resolve_model(None)
     except ModelError as e:
         pytest.skip(f"the default model is not prepared ({e})")
     command = [sys.executable, "-m", "swarm", "demo", "--prompt", "What is the capital of France?",
                "--max-tokens", "12"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # a private HOME: the demo leaves its address in ~/.swarm/peer.addrs for a plain `swarm status`
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOME": str(tmp_path), "SWARM_MODEL_DIR": str(models_dir())}
     demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=REPO_ROOT)
     lines: list[str] = []
@@ -57,6 +59,12 @@ def test_demo_answers_then_ctrl_c_stops_every_child():
         assert "Paris" in output and "TTFT" in output
         workdir = re.search(r"logs and identities: (\S+)", output).group(1)
         assert len(processes_mentioning(workdir)) == 4  # bootstrap node and three peers
+        status = subprocess.run([sys.executable, "-m", "swarm", "status", "--json"], capture_output=True, text=True,
+                                env=env, cwd=REPO_ROOT, timeout=60)
+        doc = json.loads(status.stdout)
+        serving = [m for m in doc["members"] if m["is_serving"]]
+        assert len(serving) == 3 and doc["epoch"] >= 1 and doc["plan"]["epoch"] == doc["epoch"]
+        assert sorted(m["profile"]["gpu"] for m in serving) == ["A40", "RTX3090Ti", "RTX3090Ti"]
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=20) == 0
         assert processes_mentioning(workdir) == [] and not Path(workdir).exists()
@@ -67,18 +75,18 @@ def test_demo_answers_then_ctrl_c_stops_every_child():
 
 
 LAUNCH_AND_DIE = """
-import os, sys
-from swarm.client.localswarm import LocalSwarm, PeerSpec
-swarm = LocalSwarm([PeerSpec("p-a40", "A40")], model=sys.argv[1])
+import os
+from swarm.client.localswarm import LocalSwarm
+swarm = LocalSwarm([])  # the bootstrap node alone: no model to load, same launcher
 swarm.__enter__()
 print(swarm.workdir, flush=True)
 os._exit(0)  # no clean-up at all, as after a SIGKILL
 """
 
 
-def test_children_stop_when_their_launcher_dies_without_cleaning_up(tiny_model_dir):
+def test_children_stop_when_their_launcher_dies_without_cleaning_up():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([sys.executable, "-c", LAUNCH_AND_DIE, str(tiny_model_dir)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", LAUNCH_AND_DIE], capture_output=True,
                           text=True, env=env, cwd=REPO_ROOT, timeout=120)
     workdir = done.stdout.strip()
     assert workdir, done.stderr[-2000:]
