@@ -1,10 +1,10 @@
 """The peer daemon: `run_peer(config)` runs one peer under a single trio root nursery.
 
-Subsystems (each started with `await nursery.start(run_x, node)`): membership gossip (push-pull digests,
-failure detection, see `membership.py`), the applier (loads this peer's stage, takes its role), the
-coordinator runtime (plans while elected), the engine worker, and link measurement. Protocol handlers
-(`/swarm/<name>/1.0.0`: member, status, generate, prefill, decode, kv, bandwidth) run per stream; a
-failure there resets that stream and is logged, never more. `Node` holds the state they share.
+Subsystems (each started with `await nursery.start(run_x, node)`): membership gossip and link probes
+(`gossip.py`), the applier (loads this peer's stage, takes its role), the coordinator runtime (plans while
+elected), the engine worker. Protocol handlers (`/swarm/<name>/1.0.0`: member, status, generate, prefill,
+decode, kv, hidden, bandwidth) run per stream; a failure there resets that stream and is logged, never
+more. `Node` holds the state they share.
 """
 
 from __future__ import annotations
@@ -22,27 +22,21 @@ from peers.applier import run_applier
 from peers.config import PeerConfig
 from peers.coordinator import run_coordinator
 from peers.dispatch import DECODE_PROTOCOL, GENERATE_PROTOCOL, PREFILL_PROTOCOL, Ledger, serve_generate
-from peers.kvlink import BANDWIDTH_PROTOCOL, KV_PROTOCOL, measure_gbps, serve_bandwidth, serve_kv
+from peers.gossip import MEMBER_PROTOCOL, run_gossip, run_link_probes, serve_member
+from peers.kvlink import BANDWIDTH_PROTOCOL, KV_PROTOCOL, serve_bandwidth, serve_kv
 from peers.loopback import loopback_pair
-from peers.membership import PlanHolder, SwarmView, describe_action
+from peers.membership import PlanHolder, SwarmView
 from peers.pipeline import HIDDEN_PROTOCOL, serve_hidden
 from peers.replica import serve_decode, serve_prefill
 from peers.status import STATUS_PROTOCOL, serve_status
 from peers.worker import EngineWorker, WorkerLoad
-from swarm.errors import SwarmError, WireError
-from swarm.net.host import Host, HostConfig, open_host, remote_peer_id, reset_quietly
-from swarm.net.rpc import read_message, write_message
-from swarm.net.signed import open_record, sign_record
-from swarm.wire.hardware import HardwareProfile
+from swarm.errors import SwarmError
+from swarm.net.host import Host, HostConfig, open_host, reset_quietly
+from swarm.net.signed import sign_record
 from swarm.wire.requests import MemberDigest
 
 logger = logging.getLogger(__name__)
 
-MEMBER_PROTOCOL = "/swarm/member/1.0.0"
-EXCHANGE_TIMEOUT_S = 1.5
-MAX_PROBED_PEERS = 4
-PROBES_PER_LINK = 3
-PROBE_PAUSE_S = 0.5
 PARENT_CHECK_S = 1.0
 
 
@@ -202,118 +196,6 @@ class Node:
         except Exception as e:  # as in Host.set_handler: a stream's failure stays in that stream
             logger.warning("%s (local): %s; stream reset", protocol, e)
             await reset_quietly(stream)
-
-
-# ---- membership gossip ------------------------------------------------------------------------------------
-
-async def serve_member(node: Node, stream) -> None:
-    with trio.fail_after(EXCHANGE_TIMEOUT_S):
-        digest = await read_message(stream, expect=MemberDigest)
-        profile = verified_profile(node, digest, remote_peer_id(stream))
-        await write_message(stream, node.digest())
-    take_digest(node, digest, profile)
-    await node.close_stream(stream)
-
-
-def verified_profile(node: Node, digest: MemberDigest, sender_id: str):
-    """The digest's hardware profile once the sender and the signature check out; WireError otherwise.
-
-    The stream's peer id is authenticated by Noise, so a digest can only speak for its own sender."""
-    if digest.peer_id != sender_id:
-        raise WireError(f"digest for peer {digest.peer_id} arrived from peer {sender_id}")
-    record = digest.signed_profile
-    if record is None:
-        return None
-    seen = node.verified.get(sender_id)
-    if seen is not None and seen[0] == record.signature:
-        return seen[1]
-    profile = open_record(record, expect=HardwareProfile)
-    if not record.peer_id == profile.peer_id == sender_id:
-        raise WireError(f"peer {sender_id} sent a hardware profile signed for {record.peer_id}")
-    node.verified[sender_id] = (record.signature, profile)
-    return profile
-
-
-def take_digest(node: Node, digest: MemberDigest, profile) -> None:
-    log_actions(node, node.membership.on_digest(digest, profile, time.monotonic()))
-    if digest.plan is not None:
-        node.offer_plan(digest.plan, digest.plan_hosts, digest.plan_term, digest.plan_coordinator_id,
-                        source=f"peer {digest.peer_id}")
-    node.notify()
-
-
-def log_actions(node: Node, actions: list) -> None:
-    """Log what membership and election decided; a claim or a change is gossiped at once."""
-    for action in actions:
-        line = describe_action(action)
-        if line:
-            is_bad_news = " left " in line or "suspected" in line or "is gone" in line
-            logger.log(logging.WARNING if is_bad_news else logging.INFO, "%s", line)
-    if actions:
-        node.gossip_soon.set()
-        node.notify()
-
-
-async def exchange(node: Node, peer_id: str, addrs) -> None:
-    """Push our digest to one peer and take its digest back; a failure only means no news from it."""
-    try:
-        with trio.fail_after(EXCHANGE_TIMEOUT_S):
-            stream = await node.open_stream(peer_id, MEMBER_PROTOCOL)
-            try:
-                await write_message(stream, node.digest())
-                digest = await read_message(stream, expect=MemberDigest)
-                take_digest(node, digest, verified_profile(node, digest, peer_id))
-            finally:
-                await node.close_stream(stream)
-    except WireError as e:
-        logger.warning("peer %s sent a bad digest: %s", peer_id, e)
-    except (SwarmError, trio.TooSlowError) as e:
-        logger.debug("no digest exchange with %s: %s", peer_id, e)
-    except Exception as e:  # libp2p raises its own types for refused or reset connections
-        logger.debug("no digest exchange with %s: %s: %s", peer_id, type(e).__name__, e)
-
-
-def on_disconnect(node: Node, peer_id: str) -> None:
-    log_actions(node, node.membership.on_disconnect(peer_id, time.monotonic()))
-
-
-async def run_gossip(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Exchange digests with every known peer each `gossip_interval_s` (sooner after a change)."""
-    for addr in node.config.bootstrap:
-        node.membership.addrs.setdefault(addr.rsplit("/p2p/", 1)[1], (addr,))
-    node.host.on_disconnect(lambda peer_id: on_disconnect(node, peer_id))
-    task_status.started()
-    while True:
-        now = time.monotonic()
-        log_actions(node, node.membership.tick(now))
-        async with trio.open_nursery() as nursery:
-            for peer_id, addrs in node.membership.dial_targets(now):
-                nursery.start_soon(exchange, node, peer_id, addrs)
-        node.gossip_soon = trio.Event()
-        with trio.move_on_after(node.config.gossip_interval_s):
-            await node.gossip_soon.wait()
-
-
-async def run_link_probes(node: Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Measure bandwidth to up to MAX_PROBED_PEERS serving peers (short timed transfers, best of
-    PROBES_PER_LINK, after the model is loaded so loading does not slow the measurement)."""
-    task_status.started()
-    await node.preloaded.wait()
-    counts: dict[str, int] = {}
-    while True:
-        await trio.sleep(PROBE_PAUSE_S)
-        alive = set(node.membership.serving_ids(with_self=False))
-        todo = [p for p in sorted(alive) if counts.get(p, 0) < PROBES_PER_LINK][:MAX_PROBED_PEERS]
-        for peer_id in todo:
-            try:
-                gbps = await measure_gbps(node, peer_id, node.config.bandwidth_probe_bytes)
-            except Exception as e:  # a failed probe is retried next round
-                logger.debug("bandwidth probe to %s failed: %s", peer_id, e)
-                continue
-            counts[peer_id] = counts.get(peer_id, 0) + 1
-            node.links_gbps[peer_id] = round(max(gbps, node.links_gbps.get(peer_id, 0.0)), 3)
-            if counts[peer_id] == PROBES_PER_LINK:
-                logger.info("link to %s: %.2f Gbit/s", peer_id, node.links_gbps[peer_id])
 
 
 async def run_parent_watch(scope: trio.CancelScope) -> None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from peers.daemon import verified_profile
+from peers.gossip import verified_profile
 from swarm.errors import WireError
 from swarm.hardware import declared_profile
 from swarm.net.identity import peer_id_of
