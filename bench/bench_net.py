@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_net", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller transfers, fewer repeats")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--swarm-peers", type=int, default=8, help="peer processes for the swarm figures")
+    parser.add_argument("--skip-paths", action="store_true", help="only the swarm figures")
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--peer", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -309,10 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     blob_mib, count, repeats = (16, 2, 3) if args.quick else (64, 2, 5)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    paths = trio.run(measure_paths, blob_mib << 20, count, repeats)
-    swarm = measure_swarm(8, 4 if args.quick else 8)
+    paths = {} if args.skip_paths else trio.run(measure_paths, blob_mib << 20, count, repeats)
+    swarm = measure_swarm(args.swarm_peers, 4 if args.quick else 8)
     result = {"date": started, "blob_mib": blob_mib, "blobs_per_run": count, "repeats": repeats,
-              "paths": paths, "swarm8": swarm}
+              "paths": paths, "swarm": swarm}
     if not args.json:
         for name, figure in paths.items():
             print(f"{name:14s} {figure['mb_per_s']:8.1f} MB/s  x{figure['ratio_to_raw']:.3f} of raw")
