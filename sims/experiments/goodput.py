@@ -30,8 +30,8 @@ SCALES = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
 
 def run(ctx) -> dict:
     systems = QUICK_SYSTEMS if ctx.quick else tuple(SYSTEMS)
-    budget_s, duration_s = (1.0, 60.0) if ctx.quick else (6.0, 300.0)
-    rates = np.geomspace(0.5, 12.0, 7 if ctx.quick else 14)
+    budget_s, duration_s = (1.0, 60.0) if ctx.quick else (4.0, 180.0)
+    rates = np.geomspace(0.5, 16.0, 7 if ctx.quick else 11)
     figures, curves, tables, deployments = {}, [], [], []
     for workload_name in WORKLOADS:
         workload, model = load_workload(workload_name), model_spec(MODEL)
