@@ -1,18 +1,17 @@
 """The header of an exported KV cache (`KvHeader`) and its msgpack form; validated on both ends.
 
-A KV blob on the wire is `MAGIC`, a 4-byte big-endian header length, the msgpack header, then the raw
-payload the header describes (layout in kernels/kv_format.py). This module never imports torch.
+A KV blob on the wire is `MAGIC`, a 4-byte big-endian header length, the header in the codec's msgpack
+envelope (swarm.wire.codec, type id 20), then the raw payload the header describes (layout in
+kernels/kv_format.py). This module never imports torch.
 """
 
 import struct
-from dataclasses import astuple, dataclass, fields
-
-import msgpack
+from dataclasses import dataclass
 
 from swarm.errors import WireError
+from swarm.wire.codec import decode, encode, message
 
-KV_WIRE_VERSION = 1
-KV_MSG_TYPE = "KvHeader"
+KV_HEADER_TYPE_ID = 20  # the codec's range for bulk-data headers
 MAGIC = b"SWKV"
 LENGTH_PREFIX = struct.Struct(">I")
 MAX_HEADER_BYTES = 1024
@@ -30,6 +29,7 @@ PAYLOAD_DTYPES = ("float16",)
 GROUP_SIZES = tuple(2**i for i in range(3, 11))  # 8 .. 1024
 
 
+@message(KV_HEADER_TYPE_ID)
 @dataclass(frozen=True)
 class KvHeader:
     """What a KV payload holds: which model and layers, its shape, its quantisation, its checksum."""
@@ -82,8 +82,8 @@ def check_choice(name: str, value: object, allowed: tuple) -> None:
 
 
 def encode_kv_header(header: KvHeader) -> bytes:
-    """MAGIC + length + msgpack `[wire_version, "KvHeader", [fields in declaration order]]`."""
-    body = msgpack.packb([KV_WIRE_VERSION, KV_MSG_TYPE, list(astuple(header))], use_bin_type=True)
+    """MAGIC + length + the codec's envelope `[wire_version, 20, [fields in declaration order]]`."""
+    body = encode(header)
     return MAGIC + LENGTH_PREFIX.pack(len(body)) + body
 
 
@@ -106,35 +106,5 @@ def decode_kv_header(blob: bytes | memoryview) -> tuple[KvHeader, int]:
         raise WireError(
             f"truncated KV blob: header needs {header_len} bytes, {len(view) - prefix_len} present"
         )
-    body = unpack_capped(bytes(view[prefix_len : prefix_len + header_len]))
-    return header_from_body(body), prefix_len + header_len
-
-
-def unpack_capped(raw: bytes) -> object:
-    try:
-        return msgpack.unpackb(
-            raw,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=MAX_FINGERPRINT_CHARS * 4,
-            max_bin_len=0,
-            max_array_len=64,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise WireError(f"KV header is not valid msgpack within its caps: {exc}") from exc
-
-
-def header_from_body(body: object) -> KvHeader:
-    is_envelope = isinstance(body, list) and len(body) == 3 and isinstance(body[2], list)
-    if not is_envelope or body[0] != KV_WIRE_VERSION or body[1] != KV_MSG_TYPE:
-        raise WireError(
-            f"KV header: expected [{KV_WIRE_VERSION}, {KV_MSG_TYPE!r}, [fields]], got {body!r:.200}"
-        )
-    values = body[2]
-    num_fields = len(fields(KvHeader))
-    if len(values) < num_fields:
-        raise WireError(f"KV header has {len(values)} fields, needs {num_fields}")
-    # Trailing fields from a newer sender are ignored (new fields are appended, never inserted).
-    return KvHeader(*values[:num_fields])
+    raw = bytes(view[prefix_len : prefix_len + header_len])
+    return decode(raw, expect=KvHeader, max_bytes=MAX_HEADER_BYTES), prefix_len + header_len

@@ -196,23 +196,25 @@ def test_decode_refuses_an_oversized_header_before_reading_it():
 
 def test_decode_refuses_a_header_that_is_not_msgpack():
     body = b"\xc1\xc1\xc1"
-    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "not valid msgpack")
+    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "not a valid msgpack message")
 
 
 def test_decode_refuses_a_header_of_the_wrong_envelope():
     import msgpack
 
-    body = msgpack.packb([2, "KvHeader", []])
-    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, r"KV header: expected \[1, 'KvHeader'")
-    body = msgpack.packb([1, "KvHeader", [FINGERPRINT, 4]])
-    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "KV header has 2 fields, needs 14")
+    body = msgpack.packb([2, 20, []])
+    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "wire version 2 is not supported")
+    body = msgpack.packb([1, 39, []])
+    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "unknown message type 39")
+    body = msgpack.packb([1, 20, [FINGERPRINT, 4]])
+    rejects(b"SWKV" + struct.pack(">I", len(body)) + body, "missing required field 'num_layers'")
 
 
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
         ("bits", 5, r"KvHeader.bits=5: expected one of \(16, 8, 4\)"),
-        ("bits", True, "KvHeader.bits=True"),
+        ("bits", True, "KvHeader.bits: expected int, got bool"),
         ("group_size", 48, "KvHeader.group_size=48"),
         ("key_axis", "head", "KvHeader.key_axis='head'"),
         ("num_tokens", 0, r"KvHeader.num_tokens=0: expected an int in \[1, 1048576\]"),
@@ -228,7 +230,7 @@ def test_decode_refuses_a_header_field_out_of_range(field, value, match):
     header, payload = split(make_blob())
     fields = list(dataclasses.astuple(header))
     fields[[f.name for f in dataclasses.fields(KvHeader)].index(field)] = value
-    body = msgpack.packb([1, "KvHeader", fields])
+    body = msgpack.packb([1, 20, fields])
     rejects(b"SWKV" + struct.pack(">I", len(body)) + body + payload, match)
 
 

@@ -10,8 +10,9 @@ GOLDEN_FIELDS = ("m", 0, 2, 3, 5, 64, "float16", 4, 32, 128, "channel", 1, 1234,
 HEADER = KvHeader(*GOLDEN_FIELDS)
 GOLDEN = bytes.fromhex(
     "53574b56"  # magic "SWKV"
-    "00000030"  # header length 48, big-endian
-    "9301a84b764865616465729e"  # [1, "KvHeader", [14 fields ...
+    "00000028"  # header length 40, big-endian
+    "930114"  # the codec's envelope [1, 20 (KvHeader), ...
+    "9e"  # [14 fields ...
     "a16d0002030540a7666c6f61743136"  # "m", 0, 2, 3, 5, 64, "float16"
     "0420cc80a76368616e6e656c01"  # 4, 32, 128, "channel", 1
     "cd04d2cedeadbeef"  # 1234, 0xDEADBEEF
@@ -27,7 +28,7 @@ def test_golden_bytes_decode_to_the_header():
 
 
 def test_trailing_fields_from_a_newer_sender_are_ignored():
-    body = msgpack.packb([1, "KvHeader", [*list(GOLDEN_FIELDS), "future", 7]])
+    body = msgpack.packb([1, 20, [*list(GOLDEN_FIELDS), "future", 7]])
     header, offset = decode_kv_header(b"SWKV" + len(body).to_bytes(4, "big") + body)
     assert header == HEADER and offset == 8 + len(body)
 
@@ -40,9 +41,24 @@ def test_header_validates_on_construction():
 
 
 def test_header_refuses_binary_fields_and_long_strings():
-    body = msgpack.packb([1, "KvHeader", [b"m", *GOLDEN_FIELDS[1:]]], use_bin_type=True)
-    with pytest.raises(WireError, match="not valid msgpack"):
+    body = msgpack.packb([1, 20, [b"m", *GOLDEN_FIELDS[1:]]], use_bin_type=True)
+    with pytest.raises(WireError, match="KvHeader.model_fingerprint: expected str, got bytes"):
         decode_kv_header(b"SWKV" + len(body).to_bytes(4, "big") + body)
-    body = msgpack.packb([1, "KvHeader", ["x" * 129, *GOLDEN_FIELDS[1:]]])
+    body = msgpack.packb([1, 20, ["x" * 129, *GOLDEN_FIELDS[1:]]])
     with pytest.raises(WireError, match="KvHeader.model_fingerprint='xxxx"):
         decode_kv_header(b"SWKV" + len(body).to_bytes(4, "big") + body)
+
+
+def test_header_is_the_codecs_message_20():
+    from swarm.wire import codec
+
+    assert codec.decode(codec.encode(HEADER), expect=KvHeader) == HEADER
+    assert GOLDEN[8:] == codec.encode(HEADER)
+
+
+def test_the_wire_module_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, swarm.wire.kv; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
