@@ -21,6 +21,7 @@ import trio
 from peers.applier import run_applier
 from peers.config import PeerConfig
 from peers.coordinator import run_coordinator
+from peers.daemon_errors import PeerConfigError
 from peers.dispatch import DECODE_PROTOCOL, GENERATE_PROTOCOL, PREFILL_PROTOCOL, Ledger, serve_generate
 from peers.gossip import MEMBER_PROTOCOL, run_gossip, run_link_probes, serve_member
 from peers.kvlink import BANDWIDTH_PROTOCOL, KV_PROTOCOL, serve_bandwidth, serve_kv
@@ -32,6 +33,7 @@ from peers.status import STATUS_PROTOCOL, serve_status
 from peers.worker import EngineWorker, WorkerLoad
 from swarm.errors import SwarmError
 from swarm.net.host import Host, HostConfig, open_host, reset_quietly
+from swarm.net.identity import load_or_create_identity, peer_id_of, read_swarm_key
 from swarm.net.signed import sign_record
 from swarm.wire.requests import MemberDigest
 
@@ -235,9 +237,17 @@ async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
     """Run one peer until cancelled; `task_status.started(node)` once it listens and gossips."""
     host_config = HostConfig(listen_addrs=config.listen, identity_path=config.identity_path,
                              swarm_key_path=config.swarm_key_path)
-    async with open_host(host_config) as host, trio.open_nursery() as nursery:
+    # everything a user can get wrong (identity, profile, model) is checked before the host starts
+    key_pair = load_or_create_identity(config.identity_path)
+    profile, model_path, model_name = describe_self(config, peer_id_of(key_pair))
+    if config.swarm_key_path:
+        read_swarm_key(config.swarm_key_path)
+    async with open_host(host_config, key_pair=key_pair) as host, trio.open_nursery() as nursery:
+        if not host.addrs:
+            raise PeerConfigError(f"cannot listen on {' '.join(config.listen)}: not an address of this machine, "
+                                  "or the port is taken")
         node = Node(config, host, nursery)
-        node.profile, node.model_path, node.model_name = describe_self(config, host.peer_id)
+        node.profile, node.model_path, node.model_name = profile, model_path, model_name
         if node.profile is not None:
             node.signed_profile = sign_record(host.key_pair, node.profile, 1)
         for protocol, handler in HANDLERS.items():

@@ -43,3 +43,25 @@ def test_unknown_setting_and_bad_type_are_refused(tmp_path):
     bad.write_text("kv_bits = [")
     with pytest.raises(PeerConfigError, match="not valid TOML"):
         load_peer_config(bad, env={})
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--profile", "NoSuchGPU"], "unknown GPU 'NoSuchGPU'"),
+    (["--model", "/nonexistent/model"], "not available offline"),
+    (["--swarm-key", "/nonexistent/swarm.key"], "cannot read swarm key"),
+    (["--no-model", "--listen", "/ip4/203.0.113.9/tcp/1"], "cannot listen on"),
+])
+def test_join_says_what_is_wrong_without_a_traceback(tmp_path, flags, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "swarm", "join", "--identity", str(tmp_path / "id.key"), "--addrs-file",
+            str(tmp_path / "addrs")]
+    if "--listen" not in flags:
+        args += ["--listen", "/ip4/127.0.0.1/tcp/0"]
+    done = subprocess.run(args + flags, capture_output=True, text=True, cwd=root, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 1
+    assert message in done.stderr and "Traceback" not in done.stderr
