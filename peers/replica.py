@@ -104,10 +104,19 @@ async def _prefill_and_push(node, stream, job: PrefillJob, events) -> None:
 
 
 async def _stream_events(stream, request_id: str, index: int, events) -> None:
+    """Token events as chunks; events that piled up while the last write was under way go as one chunk."""
     async for event in events:
-        await write_message(stream, chunk_of(request_id, index, event))
-        index += len(event.token_ids)
-        if event.is_finished:
+        batch = [event]
+        while not batch[-1].is_finished:
+            try:
+                batch.append(events.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        token_ids = tuple(t for e in batch for t in e.token_ids)
+        await write_message(stream, TokenChunk(request_id, index, token_ids, "".join(e.text for e in batch),
+                                               batch[-1].finish_reason or ""))
+        index += len(token_ids)
+        if batch[-1].is_finished:
             return
 
 
