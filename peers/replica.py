@@ -15,6 +15,7 @@ import trio
 
 from kernels import KvFormat
 from peers.engine import SamplingParams
+from peers.errors import CapacityError
 from peers.kvlink import send_kv
 from swarm.errors import SwarmError
 from swarm.net.rpc import read_message, write_message
@@ -132,8 +133,6 @@ class DecodeSession:
 
     async def take_kv(self, push: KvPush, blob: bytes) -> None:
         """Import the KV (retrying while the cache is full for a while); start streaming."""
-        from peers.errors import CapacityError
-
         request = self.watch.request
         for attempt in range(IMPORT_RETRIES):
             try:
