@@ -81,10 +81,17 @@ def _ratios(result: dict, price_per_hour: dict[str, float]) -> dict:
                "min_slo_scale": {s: r["min_scale"] for s, r in result.items()}}
     for s, r in result.items():
         if s != "swarm":
-            figures[f"goodput_ratio_vs_{s}"] = swarm["goodput_rps"] / max(r["goodput_rps"], 1e-9)
-            figures[f"slo_ratio_vs_{s}"] = r["min_scale"] / max(swarm["min_scale"], 1e-9)
-            figures[f"goodput_per_dollar_ratio_vs_{s}"] = per_dollar["swarm"] / max(per_dollar[s], 1e-12)
+            figures[f"goodput_ratio_vs_{s}"] = _ratio(swarm["goodput_rps"], r["goodput_rps"])
+            figures[f"slo_ratio_vs_{s}"] = _ratio(r["min_scale"], swarm["min_scale"])
+            figures[f"goodput_per_dollar_ratio_vs_{s}"] = _ratio(per_dollar["swarm"], per_dollar[s])
     return figures
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, inf when only b is 0 (a baseline that meets the SLO at no rate), nan when both are."""
+    if b > 0:
+        return a / b
+    return float("inf") if a > 0 else float("nan")
 
 
 def _plot(ctx, workload_name: str, rates, result: dict, slo) -> None:
