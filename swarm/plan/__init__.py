@@ -18,10 +18,11 @@ from swarm.plan.parallel import Deployment, configure, with_role
 from swarm.plan.problem import Problem, Slo, base_slo
 from swarm.plan.replan import replan, surviving_groups
 from swarm.plan.search import SearchResult, plan
+from swarm.plan.validate import check_problem, validate_plan
 
 __all__ = [
     "Deployment", "Efficiency", "Evaluation", "GroupCost", "InfeasibleError", "InvalidPlanError", "Load",
-    "Migration", "PlanError", "Problem", "SearchResult", "Slo", "base_slo", "configure", "evaluate",
-    "evaluate_deployments", "exhaustive", "group_cost", "kv_transfer_s", "match_migration", "plan", "replan",
-    "surviving_groups", "with_role",
+    "Migration", "PlanError", "Problem", "SearchResult", "Slo", "base_slo", "check_problem", "configure",
+    "evaluate", "evaluate_deployments", "exhaustive", "group_cost", "kv_transfer_s", "match_migration", "plan",
+    "replan", "surviving_groups", "validate_plan", "with_role",
 ]

@@ -4,14 +4,15 @@ How it works (ThunderServe, MLSys 2025, section 4.1). The start comes from the b
 of grouping.py: a few levels of its dendrogram, from the finest (every group just holds the model) to
 coarse ones (few large pipelines), each with roles by prefill affinity (compute per memory bandwidth:
 the k most compute-heavy groups prefill, the rest decode, k by ternary search); the best one is the
-start. Each iteration draws
-moves (flip, split, merge, move, swap; see grouping.py) in random order and scores the resulting
-groupings with `evaluate` (lower level + routing LP + SLO estimate): the first one better than the
-current grouping is taken at once (first improvement: evaluations are the scarce resource); if none
-is found among `max_neighbours` new groupings (INTENSIFY times more around the best grouping seen),
-the best of them is taken even if it is worse (that is what escapes local optima). A move is tabu for `tenure`
-iterations if it would recreate a group (GPU set and role) that an earlier move removed, unless it
-beats the best grouping seen (aspiration). The best grouping seen is returned.
+start. Each iteration scans the moves (flip, split, merge, move, swap; see grouping.py) in random
+order and scores the resulting groupings with `evaluate` (lower level + routing LP + SLO estimate):
+the first one better than the current grouping is taken at once (first improvement: evaluations are
+the scarce resource); if none is found among `max_neighbours` new groupings (INTENSIFY times more
+around the best grouping seen), the best of them is taken even if it is worse (that is what escapes
+local optima). A move is tabu for `tenure` iterations if it would recreate a group (GPU set and role)
+that an earlier move removed, unless it beats the best grouping seen (aspiration). After
+RESTART_AFTER x tenure iterations without a new best the search goes back to the best grouping.
+The best grouping seen is returned.
 
 Large clusters: an evaluation costs about n^1.8 (the LP and the estimate cover every group pair), so
 above DECOMPOSE_GPUS GPUs the cluster is first cut into bandwidth zones of at most ZONE_GPUS GPUs
@@ -140,6 +141,7 @@ def _plan_zones(problem: Problem, budget_s: float, seed: int,
             continue
         groups += [(tuple(g.gpu_ids), g.role) for g in best.plan.groups]
     return groups
+
 
 class _Search:
     """The state of one search: the evaluation cache and counter, the clock and the best grouping."""
