@@ -1,7 +1,9 @@
 """`swarm generate --peer ADDR "prompt"`: the swarm half of the generate command, kept in the SDK.
 
-`swarm/cli/generate_cmd.py` adds these arguments with `add_swarm_arguments(parser)` and calls
-`cli_generate(args)` when `--peer` is given. Tokens are printed as they arrive; TTFT and TPOT go to stderr.
+`swarm/cli/generate_cmd.py` adds `--peer` and `--swarm-key` with `add_swarm_arguments(parser)` and calls
+`cli_generate(args)` when `--peer` is given; the prompt and sampling flags (`--chat`, `--max-tokens`,
+`--temperature`, `--top-p`, `--top-k`, `--seed`, `--stop`) are the ones it already has for `--local`.
+Tokens are printed as they arrive; TTFT and TPOT go to stderr.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import time
 
 
 def add_swarm_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of swarm mode (`--peer`, `--swarm-key`, `--chat`); sampling flags are shared with --local."""
+    """The flags of swarm mode (`--peer`, `--swarm-key`); the sampling flags are shared with --local."""
     parser.add_argument("--peer", action="append", default=None, metavar="MULTIADDR",
                         help="generate through the swarm via this peer (repeatable: tried in order)")
     parser.add_argument("--swarm-key", default=None, metavar="FILE", help="private-swarm key file")
-    parser.add_argument("--chat", action="store_true", help="send the prompt as one user chat message")
 
 
 def cli_generate(args: argparse.Namespace) -> int:
@@ -27,6 +28,8 @@ def cli_generate(args: argparse.Namespace) -> int:
     addrs = args.peer or default_peer_addrs()
     sampling = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed")
                 if getattr(args, k, None) is not None}
+    if getattr(args, "stop", None):
+        sampling["stop"] = tuple(args.stop)
     client = SwarmClient(addrs, swarm_key=getattr(args, "swarm_key", None))
     prompt = args.prompt
     kwargs = {"messages": [{"role": "user", "content": prompt}]} if getattr(args, "chat", False) else {"prompt": prompt}

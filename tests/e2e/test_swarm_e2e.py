@@ -76,6 +76,22 @@ def test_stream_delivers_every_index_once_in_order(swarm):
     assert indices == list(range(MAX_TOKENS)) and chunks[-1].finish_reason == "length"
 
 
+def test_swarm_generate_cli_streams_through_the_swarm(swarm, capsys):
+    """`swarm generate --peer ADDR PROMPT` (the generate command's own parser plus the SDK's swarm flags)."""
+    import argparse
+
+    from swarm.cli import generate_cmd
+    from swarm.client.cli import add_swarm_arguments, cli_generate
+
+    parser = argparse.ArgumentParser()
+    generate_cmd.add_arguments(parser)
+    add_swarm_arguments(parser)
+    args = parser.parse_args(["--peer", swarm.addrs["p-3090-0"][0], "--max-tokens", "5", "--stop", "zzz", "Hi"])
+    assert cli_generate(args) == 0
+    captured = capsys.readouterr()
+    assert "[5 tokens" in captured.err and "TTFT" in captured.err
+
+
 async def send_raw(addr: str, protocol: str, data: bytes) -> bytes | None:
     """Write raw bytes on a fresh stream; what comes back before the stream ends (None: it never ended)."""
     async with AsyncSwarmClient([addr]) as client:
