@@ -134,9 +134,8 @@ class LlamaStage:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
+    """As transformers: normalise in fp32, cast back, then scale (the fused op is bit-identical here)."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -186,7 +185,7 @@ class _TensorReader:
     def __init__(self, folder: Path, dtype: torch.dtype):
         self.dtype = dtype
         self.files = [safe_open(path, framework="pt") for path in sorted(folder.glob("*.safetensors"))]
-        self.file_of = {name: f for f in self.files for name in f.keys()}
+        self.file_of = {name: f for f in self.files for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
 
     def has(self, name: str) -> bool:
         return name in self.file_of
