@@ -40,6 +40,7 @@ class ModelConfig:
     has_attention_bias: bool
     has_mlp_bias: bool
     eos_token_ids: tuple[int, ...]
+    sliding_window_tokens: int | None  # attention is full here, so the engine's context stops at the window
     fingerprint: str  # identifies these exact weights: a KV blob made by other weights is refused
 
     @classmethod
@@ -83,6 +84,7 @@ class ModelConfig:
                 has_attention_bias=bool(raw.get("attention_bias", model_type == "qwen2")),
                 has_mlp_bias=bool(raw.get("mlp_bias", False)),
                 eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
+                sliding_window_tokens=_sliding_window(raw),
                 fingerprint=_fingerprint(raw, weight_files),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -128,6 +130,13 @@ def _llama3_inv_freq(freq: torch.Tensor, params: dict) -> torch.Tensor:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     is_medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
     return torch.where(is_medium, smoothed, scaled)
+
+
+def _sliding_window(raw: dict) -> int | None:
+    """The attention window if the model uses one (Mistral; Qwen2 only with use_sliding_window)."""
+    window = raw.get("sliding_window")
+    uses_window = raw.get("model_type") == "mistral" or raw.get("use_sliding_window", False)
+    return int(window) if uses_window and window else None
 
 
 def _content_sample(path: Path, num_samples: int = 16, sample_bytes: int = 4096) -> str:

@@ -90,7 +90,7 @@ class Engine:
                               config.max_num_batched_tokens)
         codec = TextCodec.load(folder) if config.first_layer == 0 and (folder / "tokenizer.json").is_file() else None
         max_len = min(config.max_model_len_tokens or model_config.max_position_embeddings,
-                      model_config.max_position_embeddings)
+                      model_config.max_position_embeddings, model_config.sliding_window_tokens or 1 << 62)
         return cls(folder, config, model_config, stage, cache, scheduler, codec, max_len)
 
     # ---- requests --------------------------------------------------------------------------------------
