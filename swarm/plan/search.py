@@ -11,7 +11,8 @@ the scarce resource); if none is found among `max_neighbours` new groupings (INT
 around the best grouping seen), the best of them is taken even if it is worse (that is what escapes
 local optima). A move is tabu for `tenure` iterations if it would recreate a group (GPU set and role)
 that an earlier move removed, unless it beats the best grouping seen (aspiration). After
-RESTART_AFTER x tenure iterations without a new best the search goes back to the best grouping.
+RESTART_AFTER x tenure iterations without a new best the search restarts from the best grouping
+after KICK_MOVES random moves (iterated local search), so it does not retrace the same walk.
 The best grouping seen is returned.
 
 Large clusters: an evaluation costs about n^1.8 (the LP and the estimate cover every group pair), so
@@ -49,8 +50,9 @@ from swarm.plan.validate import check_problem
 from swarm.wire.plan import ROLES, Plan
 
 DEFAULT_TENURE = 7
-INTENSIFY = 4  # x max_neighbours new groupings scanned around the best grouping before leaving it
-RESTART_AFTER = 2  # x tenure iterations without a new best: back to the best grouping
+INTENSIFY = 16  # x max_neighbours new groupings scanned around the best grouping before leaving it
+RESTART_AFTER = 2  # x tenure iterations without a new best: back to the best grouping, kicked
+KICK_MOVES = 2  # random moves applied to the best grouping on a restart
 START_LEVELS = 8  # dendrogram levels tried as starting groupings
 IMPROVEMENT = 1e-9
 MAX_STALE_ITERATIONS = 25  # iterations that meet only groupings seen before: the search has converged
@@ -231,11 +233,21 @@ class _Search:
             else:
                 since_best += 1
             if since_best >= RESTART_AFTER * tenure:
-                current, since_best = self.best[0], 0
+                current, since_best = self._kicked(self.best[0], allowed_roles), 0
             elif chosen is not None:
                 for group in chosen[0].removed:
                     tabu_until[group] = iteration + tenure
                 current = chosen[1]
+
+    def _kicked(self, grouping: Grouping, allowed_roles: tuple[str, ...]) -> Grouping:
+        """The best grouping after KICK_MOVES random moves (a restart that does not retrace its steps)."""
+        for _ in range(KICK_MOVES):
+            moves = [m for m in neighbours(self.topo, grouping, self.rng, allowed_roles)
+                     if _servable(apply_move(self.topo, grouping, m))]
+            if moves:
+                grouping = apply_move(self.topo, grouping, self.rng.choice(moves))
+        self.score(grouping)
+        return grouping if grouping in self.cache else self.best[0]
 
     def _best_neighbour(self, current: Grouping, allowed_roles: tuple[str, ...], max_neighbours: int,
                         tabu_until: dict, iteration: int):
