@@ -25,7 +25,7 @@ NUM_LAYERS, KV_HEADS, HEAD_DIM = 30, 3, 64  # SmolLM2-135M's KV shape
 FORMATS = {"4-bit default": KvFormat(), "8-bit": KvFormat(bits=8, group_size=32, key_axis="token")}
 
 
-def median_seconds(fn: Callable[[], object], num_runs: int, sync: Callable[[], None]) -> float:
+def run_seconds(fn: Callable[[], object], num_runs: int, sync: Callable[[], None]) -> list[float]:
     fn()  # warm-up (and Triton compilation)
     sync()
     times = []
@@ -34,7 +34,11 @@ def median_seconds(fn: Callable[[], object], num_runs: int, sync: Callable[[], N
         fn()
         sync()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], num_runs: int, sync: Callable[[], None]) -> float:
+    return statistics.median(run_seconds(fn, num_runs, sync))
 
 
 def measure(device: str, num_tokens: int, num_runs: int) -> dict[str, float]:
@@ -59,10 +63,14 @@ def measure(device: str, num_tokens: int, num_runs: int) -> dict[str, float]:
             dequantize(qk, torch.float16)
             dequantize(qv, torch.float16)
 
-        pack_s = median_seconds(pack, num_runs, sync)
-        unpack_s = median_seconds(unpack, num_runs, sync)
+        pack_times = run_seconds(pack, num_runs, sync)
+        unpack_times = run_seconds(unpack, num_runs, sync)
+        pack_s, unpack_s = statistics.median(pack_times), statistics.median(unpack_times)
         figures[f"{device} {name} quantise+pack GB/s"] = fp16_bytes / pack_s / 1e9
         figures[f"{device} {name} unpack+dequantise GB/s"] = fp16_bytes / unpack_s / 1e9
+        # The least-disturbed run: on a shared machine the median mostly measures the neighbours.
+        figures[f"{device} {name} quantise+pack GB/s, best run"] = fp16_bytes / min(pack_times) / 1e9
+        figures[f"{device} {name} unpack+dequantise GB/s, best run"] = fp16_bytes / min(unpack_times) / 1e9
         figures[f"{device} {name} quantise+pack / copy"] = copy_s / pack_s
         figures[f"{device} {name} unpack+dequantise / copy"] = copy_s / unpack_s
         if device == "cpu":
