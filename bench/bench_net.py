@@ -161,7 +161,7 @@ async def run_bench_peer(identity_path: str, index: int, dial_addr: str | None) 
             if command == "dial":
                 host.nursery.start_soon(host.keep_connected, arg)
             elif command == "publish":
-                await gossip.publish(TOPIC_LOAD, LoadReport(host.peer_id, int(arg)))
+                await gossip.publish(TOPIC_LOAD, LoadReport(host.peer_id, int(arg)), timeout_s=30)
 
 
 async def _report_views(index: int, live) -> None:
@@ -250,6 +250,8 @@ def measure_swarm(num_peers: int, num_messages: int) -> dict:
         _measure_swarm(num_peers, num_messages, result)
     except queue.Empty:
         result["connections_at_timeout"] = result.pop("_connections", None)
+        result["views_at_timeout"] = {i: [v[0], v[1], (v[2] or "")[-6:]] for i, v in result.pop("_views").items()}
+        result["gossip_receivers_at_timeout"] = {seq: sorted(got) for seq, got in result.pop("_loads").items()}
         result["unfinished"] = f"a phase timed out (no event for 30-60 s); finished: {sorted(result)}"
     return result
 
@@ -263,7 +265,7 @@ def _measure_swarm(num_peers: int, num_messages: int, result: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started_s = time.time()
         swarm = SwarmProcesses(tmp, num_peers)
-        result["_connections"] = swarm.connections
+        result["_connections"], result["_views"], result["_loads"] = swarm.connections, swarm.views, swarm.loads
         try:
             everyone = list(range(num_peers))
             swarm.wait(lambda: len(swarm.info) == num_peers)
@@ -287,7 +289,8 @@ def _measure_swarm(num_peers: int, num_messages: int, result: dict) -> None:
             rest = [i for i in everyone if i != first]
             failover_s = swarm.wait(lambda: swarm.agreed(rest, old_term)) - killed
             result["coordinator_sigkill_to_new_coordinator_s"] = round(failover_s, 3)
-            result.pop("_connections")
+            for key in ("_connections", "_views", "_loads"):
+                result.pop(key)
         finally:
             result["peer_cpu_share_of_a_core"] = round(swarm.cpu_fraction(started_s), 3)
             result["machine_load_average_1min"] = os.getloadavg()[0]

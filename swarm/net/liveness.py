@@ -141,6 +141,7 @@ async def _flush(live: Liveness) -> None:
     while live.outbox:
         topic, msg = live.outbox.pop(0)
         try:
-            await live.gossip.publish(topic, msg, timeout_s=live.config.heartbeat_interval_s)
+            # generous: a publish cut short by its deadline is lost, and a loaded loop publishes slowly
+            await live.gossip.publish(topic, msg, timeout_s=live.config.membership.dead_after_s)
         except Exception as e:  # a failed publish is retried by the next round, never fatal
             logger.warning("publishing on %s failed: %s", topic, e)
