@@ -62,7 +62,7 @@ def run(ctx) -> dict:
     write_csv(ctx.path("spot.csv"), rows)
     plots.bars(ctx.path("p99.png"), {t: {r["policy"]: r["p99_s"] for r in rows if r["trace"] == t} for t in traces},
                ylabel="P99 end-to-end latency (s, log)", logy=True,
-               title="LLaMA-13B on spot instances: P99 latency by recovery policy")
+               title="Spot instances (LLaMA-13B on g4dn, 7B on SkyPilot): P99 latency by policy")
     plots.bars(ctx.path("cost.png"), {t: {r["policy"]: r["cost_usd"] for r in rows if r["trace"] == t}
                                       for t in traces},
                ylabel="cost of the run (USD)", title="Instance cost of the same trace window")
