@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swarm.net.identity import write_swarm_key
+    from swarm.net.swarmkey import write_swarm_key
 
     path = write_swarm_key(args.path, force=args.force)
     print(f"wrote swarm key {path} (mode 0600); copy it to every peer and pass --swarm-key {path}")

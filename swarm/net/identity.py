@@ -1,14 +1,11 @@
-"""A peer's stable identity (an Ed25519 key in a 0600 file) and the private-swarm key file.
+"""A peer's stable identity: an Ed25519 key in a 0600 file, so the peer id survives restarts.
 
-The swarm key file uses the go-libp2p layout (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits) so the
-same file can be shared with other tools; a bare line of 64 hex digits is accepted too.
+(The private-swarm key file lives in `swarmkey.py`, which does not import libp2p; it is re-exported here.)
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-import stat
 from pathlib import Path
 
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -17,18 +14,17 @@ from libp2p.identity_utils import load_identity, save_identity
 from libp2p.peer.id import ID
 
 from swarm.net.errors import IdentityError
+from swarm.net.swarmkey import check_private, read_swarm_key, write_swarm_key
 
+__all__ = ["load_or_create_identity", "peer_id_of", "read_swarm_key", "write_swarm_key"]
 DEFAULT_IDENTITY_PATH = Path("~/.swarm/identity.key")
-DEFAULT_SWARM_KEY_PATH = Path("~/.swarm/swarm.key")
-SWARM_KEY_HEADER = "/key/swarm/psk/1.0.0/\n/base16/\n"
-SWARM_KEY_HEX_CHARS = 64
 
 
 def load_or_create_identity(path: str | Path | None = None) -> KeyPair:
     """The key pair kept at `path` (created with mode 0600 on first use), so the peer id is stable."""
     path = Path(path or DEFAULT_IDENTITY_PATH).expanduser()
     if path.exists():
-        _check_private(path)
+        check_private(path)
         try:
             return load_identity(path)
         except ValueError as e:
@@ -43,40 +39,3 @@ def load_or_create_identity(path: str | Path | None = None) -> KeyPair:
 def peer_id_of(key_pair: KeyPair) -> str:
     """The base58 peer id of a key pair."""
     return ID.from_pubkey(key_pair.public_key).to_base58()
-
-
-def write_swarm_key(path: str | Path | None = None, *, force: bool = False) -> Path:
-    """Write a new random swarm key (0600); refuses to overwrite an existing file unless `force`."""
-    path = Path(path or DEFAULT_SWARM_KEY_PATH).expanduser()
-    if path.exists() and not force:
-        raise IdentityError(f"{path} exists; pass --force to replace it (every peer then needs the new key)")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(SWARM_KEY_HEADER + secrets.token_hex(SWARM_KEY_HEX_CHARS // 2) + "\n")
-    os.chmod(path, 0o600)
-    return path
-
-
-def read_swarm_key(path: str | Path) -> str:
-    """The 64 hex digits of the swarm key in `path` (go-libp2p layout or a bare hex line)."""
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise IdentityError(f"cannot read swarm key {path}: {e.strerror}; make one with `swarm keygen`") from None
-    _check_private(path)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines[:2] == ["/key/swarm/psk/1.0.0/", "/base16/"]:
-        lines = lines[2:]
-    key = lines[0].lower() if len(lines) == 1 else ""
-    if len(key) != SWARM_KEY_HEX_CHARS or any(c not in "0123456789abcdef" for c in key):
-        raise IdentityError(f"{path}: expected {SWARM_KEY_HEX_CHARS} hex digits after the "
-                            "'/key/swarm/psk/1.0.0/' and '/base16/' lines; make one with `swarm keygen`")
-    return key
-
-
-def _check_private(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise IdentityError(f"{path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
