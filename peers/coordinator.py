@@ -100,19 +100,25 @@ def _lightweight(problem, current: Plan | None, current_hosts: dict[str, str], h
 
 
 def _full(problem, budget_s: float, initial):
-    """The tabu search's best disaggregated plan; colocated (`both`) replicas if none is feasible."""
+    """The tabu search's best plan: disaggregated (ThunderServe's phase split) first; colocated (`both`)
+    replicas too when no disaggregated plan is feasible or the swarm serves colocated now (a swarm that
+    shrank to one peer and grows again), the better score winning."""
     from swarm.plan import plan
 
+    is_colocated_now = initial is not None and all(g.role == "both" for g in initial.plan.groups)
+    best = None
     for roles in (("prefill", "decode"), ("both",)):
-        start = initial.plan if initial is not None and roles != ("both",) else None
+        if roles == ("both",) and best is not None and not is_colocated_now:
+            break
+        start = initial.plan if initial is not None and (roles == ("both",)) == is_colocated_now else None
         try:
             result = plan(problem, budget_s=budget_s, initial=start, allowed_roles=roles)
         except Exception as e:  # a planner bug or an infeasible swarm: report it, keep serving
             logger.info("full planning with roles %s failed: %s: %s", roles, type(e).__name__, e)
             continue
-        if result.best.is_feasible:
-            return result.best
-    return None
+        if result.best.is_feasible and (best is None or result.best.score > best.score):
+            best = result.best
+    return best
 
 
 def fallback_plan(inputs: PlanInputs, model_path, model_name: str) -> Plan:

@@ -48,7 +48,7 @@ def test_membership_converges_on_one_coordinator_and_the_plan_is_applied(swarm):
     assert len(coordinators) == 1 and coordinators <= set(serving_ids)
     assert len({(v.epoch, v.plan_json) for v in views.values()}) == 1
     plan = Plan.from_json(views["bootstrap"].plan_json)
-    assert {g.role for g in plan.groups} <= {"prefill", "decode", "both"}
+    assert {g.role for g in plan.groups} == {"prefill", "decode"}  # so the tests below cross the KV path
     assert all(m.is_ready for m in views["bootstrap"].members if m.group_id >= 0)
 
 
@@ -229,3 +229,16 @@ def test_a_killed_coordinator_is_replaced_with_a_higher_epoch(swarm, tiny_model_
     assert wait_for(lambda s: all(m.is_ready for m in s.members if m.group_id >= 0), 30.0, swarm)
     completion = swarm.client("bootstrap").generate("one peer left", max_tokens=MAX_TOKENS, ignore_eos=True)
     assert list(completion.token_ids) == local_tokens(tiny_model_dir, "one peer left")
+
+
+def test_a_new_peer_joins_and_the_next_plan_uses_it(swarm, tiny_model_dir):
+    before = swarm.client("bootstrap").status()
+    swarm.spawn(PeerSpec("p-late", "A40"), bootstrap=swarm.bootstrap_addr)
+    swarm.wait_for_addrs("p-late", 60)
+    grown = wait_for(lambda s: s if "p-late" in s.plan_json and s.epoch > before.epoch
+                     and all(m.is_ready for m in s.members if m.group_id >= 0) else None, 60.0, swarm)
+    assert grown is not None, "the new peer is in no ready plan after 60 s"
+    assert {m.host for m in grown.members if m.is_serving} == {"p-late", *(m.host for m in before.members
+                                                                        if m.is_serving)}
+    completion = swarm.client("bootstrap").generate("two peers again", max_tokens=MAX_TOKENS, ignore_eos=True)
+    assert list(completion.token_ids) == local_tokens(tiny_model_dir, "two peers again")
