@@ -20,8 +20,6 @@ from kernels.quant_ref import QuantizedTensor, num_groups_of, packed_row_bytes, 
 from swarm.errors import WireError
 from swarm.wire.kv import MAX_PAYLOAD_BYTES, KvHeader, decode_kv_header, encode_kv_header
 
-FP16_MAX = 65504.0
-
 
 @dataclass(frozen=True)
 class KvSection:
@@ -51,24 +49,26 @@ def stack_layers(name: str, tensors: list[Tensor]) -> Tensor:
                 f"encode_kv_blob: {name}[{layer}] is {t.dtype} {tuple(t.shape)}; every layer must be a float "
                 f"tensor (kv_heads, num_tokens, head_dim) of shape {shape}"
             )
-    stacked = torch.stack(tensors)  # (num_layers, kv_heads, num_tokens, head_dim)
-    if not bool(stacked.abs().amax() <= FP16_MAX):  # NaN compares False too
-        raise KvConfigError(
-            f"encode_kv_blob: {name} holds a non-finite value or one beyond fp16's ±{FP16_MAX}"
-        )
-    return stacked
+    return torch.stack(tensors)  # (num_layers, kv_heads, num_tokens, head_dim)
 
 
-def payload_tensors(k: Tensor, v: Tensor, fmt: KvFormat, num_sinks: int) -> list[Tensor]:
-    """The payload's sections, in order, from stacked k and v (L, H, T, D)."""
-    if fmt.bits == 16:
-        return [k.to(torch.float16), v.to(torch.float16)]
-    sections = [k[:, :, :num_sinks].to(torch.float16), v[:, :, :num_sinks].to(torch.float16)]
-    if num_sinks == k.shape[2]:
-        return sections
-    qk = quantize(k[:, :, num_sinks:], fmt.bits, fmt.group_size, fmt.key_axis)  # tokens after the sinks
-    qv = quantize(v[:, :, num_sinks:], fmt.bits, fmt.values_group_size, "token")
-    return sections + [qk.scale, qk.minimum, qv.scale, qv.minimum, qk.data, qv.data]
+def encode_section(x: Tensor, bits: int, group_size: int, axis: str, num_sinks: int) -> KvSection:
+    """K or V (L, H, T, D) in wire form: all fp16 at 16 bits, else fp16 sinks and the rest quantised."""
+    if bits == 16:
+        return KvSection(x.new_empty(*x.shape[:2], 0, x.shape[3], dtype=torch.float16), x.to(torch.float16))
+    sinks = x[:, :, :num_sinks].to(torch.float16)  # (L, H, S, D)
+    body = quantize(x[:, :, num_sinks:], bits, group_size, axis) if num_sinks < x.shape[2] else None
+    return KvSection(sinks, body)
+
+
+def payload_tensors(keys: KvSection, values: KvSection) -> list[Tensor]:
+    """The payload's sections in order (kernels.kv_format.PayloadLayout)."""
+    if keys.body is None or values.body is None:  # every token is a sink
+        return [keys.sinks, values.sinks]
+    if not isinstance(keys.body, QuantizedTensor):  # 16 bits: no sinks, plain fp16
+        return [keys.body, values.body]
+    qk, qv = keys.body, values.body
+    return [keys.sinks, values.sinks, qk.scale, qk.minimum, qv.scale, qv.minimum, qk.data, qv.data]
 
 
 def encode_kv_blob(
@@ -83,10 +83,17 @@ def encode_kv_blob(
         )
     num_layers, kv_heads, num_tokens, head_dim = k.shape
     num_sinks = 0 if fmt.bits == 16 else min(fmt.num_sink_tokens, num_tokens)
-    raw = [
-        s.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy()
-        for s in payload_tensors(k, v, fmt, num_sinks)
-    ]
+    key_section = encode_section(k, fmt.bits, fmt.group_size, fmt.key_axis, num_sinks)
+    value_section = encode_section(v, fmt.bits, fmt.values_group_size, "token", num_sinks)
+    for name, section in (("keys", key_section), ("values", value_section)):
+        try:  # on the small scales and minimums, not on every element
+            check_finite(section, torch.float16)
+        except KvFormatError:
+            raise KvConfigError(
+                f"encode_kv_blob: {name} holds a non-finite value or one beyond fp16's range"
+            ) from None
+    tensors = payload_tensors(key_section, value_section)
+    raw = [t.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy() for t in tensors]
     checksum = 0
     for part in raw:
         checksum = zlib.crc32(part, checksum)

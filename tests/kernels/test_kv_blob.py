@@ -313,6 +313,15 @@ def test_encode_refuses_inconsistent_or_bad_tensors():
         encode_kv_blob(keys, values, KvFormat(), model_fingerprint=FINGERPRINT, first_layer=0)
 
 
+@pytest.mark.parametrize("fmt", [KvFormat(bits=16), KvFormat(bits=8), KvFormat(bits=4)], ids=str)
+@pytest.mark.parametrize(("token", "value"), [(0, float("inf")), (5, 70000.0), (9, float("nan"))])
+def test_encode_refuses_values_fp16_cannot_carry(fmt, token, value):
+    keys, values = make_kv()
+    values[1][0, token, 3] = value  # token 0 is the fp16 sink, the others are quantised
+    with pytest.raises(KvConfigError, match="values holds a non-finite value or one beyond fp16's range"):
+        encode_kv_blob(keys, values, fmt, model_fingerprint=FINGERPRINT, first_layer=0)
+
+
 def test_encode_refuses_a_bad_fingerprint_or_layer():
     keys, values = make_kv()
     with pytest.raises(KvConfigError, match="model_fingerprint=''"):
