@@ -137,9 +137,11 @@ def launch_dequantize(q: QuantizedTensor, out: Tensor, slots: Tensor | None) -> 
     _, row_len = row_layout(q.shape, q.axis)
     num_tokens, head_dim = q.shape[-2:]
     kv_heads = q.shape[-3] if len(q.shape) >= 3 else 1
-    slot_table = slots if slots is not None else q.scale  # not read unless PAGED
+    # The kernel assumes packed rows of exactly data.shape[1] bytes: a sliced QuantizedTensor is made dense.
+    data, scale, minimum = q.data.contiguous(), q.scale.contiguous(), q.minimum.contiguous()
+    slot_table = slots if slots is not None else scale  # not read unless PAGED
     dequantize_kernel[(num_rows, num_groups)](
-        q.data, q.scale, q.minimum, out, slot_table, num_tokens, head_dim, kv_heads, row_len, q.data.shape[1],
+        data, scale, minimum, out, slot_table, num_tokens, head_dim, kv_heads, row_len, data.shape[1],
         num_groups,
         BITS=q.bits, GROUP=q.group_size, CHANNEL=q.axis == "channel", PAGED=slots is not None,
     )  # fmt: skip
