@@ -68,9 +68,15 @@ def measure(engine: Engine, repeats: int) -> tuple[list[tuple], list[tuple]]:
 
 def cpu_cost(efficiency: Efficiency, profile):
     """The cost model of SmolLM2 on one 'GPU' with this CPU's measured peak figures (`profile`)."""
-    spec = GpuSpec(name="CPU", tflops=profile.tflops, memory_gb=profile.memory_gb,
-                   memory_bandwidth_gbs=profile.memory_bandwidth_gbs, pcie_gbs=10.0, nvlink_gbs=0.0,
-                   price_per_hour=0.0)
+    spec = GpuSpec(
+        name="CPU",
+        tflops=profile.tflops,
+        memory_gb=profile.memory_gb,
+        memory_bandwidth_gbs=profile.memory_bandwidth_gbs,
+        pcie_gbs=10.0,
+        nvlink_gbs=0.0,
+        price_per_hour=0.0,
+    )
     cluster = Cluster(hosts=(Host("cpu", spec, (0,), 0.0, 100.0),), name="cpu")
     model = model_spec(MODEL)
     deployment = Deployment(("cpu/0",), "both", 1, 1, (Stage(("cpu/0",), (0, model.num_layers)),))
@@ -94,8 +100,10 @@ def fit(prefill, decode, profile) -> tuple[Efficiency, float, list[dict]]:
 def predict(eff: Efficiency, prefill, decode, profile) -> list[dict]:
     cost = cpu_cost(eff, profile)
     rows = [{"step": f"prefill n={n}", "measured_s": s, "model_s": cost.prefill_s(n, 1)} for n, s in prefill]
-    rows += [{"step": f"decode B={b} C={c}", "measured_s": s, "model_s": float(cost.decode_step_s(b, c))}
-             for b, c, s in decode]
+    rows += [
+        {"step": f"decode B={b} C={c}", "measured_s": s, "model_s": float(cost.decode_step_s(b, c))}
+        for b, c, s in decode
+    ]
     return rows
 
 
@@ -109,15 +117,28 @@ def main() -> None:
     profile = probe()
     eff, error, rows = fit(prefill, decode, profile)
     print(f"CPU peak (probe): {profile.tflops:.3f} TFLOPS fp32, {profile.memory_bandwidth_gbs:.1f} GB/s")
-    print(f"fit: compute {eff.compute:.2f}, memory {eff.memory:.2f}, overhead {eff.layer_overhead_s * 1e6:.0f} us/layer;"
-          f" mean abs error {error:.1%}")
+    print(
+        f"fit: compute {eff.compute:.2f}, memory {eff.memory:.2f}, "
+        f"overhead {eff.layer_overhead_s * 1e6:.0f} us/layer;"
+        f" mean abs error {error:.1%}"
+    )
     print("| step | measured ms | model ms | error |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['step']} | {r['measured_s'] * 1e3:.1f} | {r['model_s'] * 1e3:.1f} | "
-              f"{r['model_s'] / r['measured_s'] - 1:+.0%} |")
+        print(
+            f"| {r['step']} | {r['measured_s'] * 1e3:.1f} | {r['model_s'] * 1e3:.1f} | "
+            f"{r['model_s'] / r['measured_s'] - 1:+.0%} |"
+        )
     if args.json:
-        print(json.dumps({"compute": eff.compute, "memory": eff.memory, "layer_overhead_s": eff.layer_overhead_s,
-                          "mean_abs_error": error}))
+        print(
+            json.dumps(
+                {
+                    "compute": eff.compute,
+                    "memory": eff.memory,
+                    "layer_overhead_s": eff.layer_overhead_s,
+                    "mean_abs_error": error,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

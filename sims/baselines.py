@@ -1,13 +1,13 @@
 """The systems compared in the experiments, each a planner producing a `Plan` for the same simulator.
 
-  * swarm           — P2's tabu search (`swarm.plan.search.plan`), phase-split, 4-bit KV, LP routing;
-  * swarm-kv16      — the same search with uncompressed KV on the wire (kv_bits=16);
-  * swarm-uniform   — the same search with uniform routing instead of the LP (orchestrate=False);
-  * hexgen-like     — heterogeneous and searched, but colocated (`allowed_roles=("both",)`);
-  * vllm-like       — homogeneous colocated replicas of a fixed TP degree, requests split evenly;
-  * distserve-like  — homogeneous, phase-split; DistServe's placement search (OSDI'24 section 4.1)
-                      reduced to what it decides on one node: the TP degree and the prefill:decode
-                      replica counts, every combination evaluated with the same estimator.
+* swarm           — P2's tabu search (`swarm.plan.search.plan`), phase-split, 4-bit KV, LP routing;
+* swarm-kv16      — the same search with uncompressed KV on the wire (kv_bits=16);
+* swarm-uniform   — the same search with uniform routing instead of the LP (orchestrate=False);
+* hexgen-like     — heterogeneous and searched, but colocated (`allowed_roles=("both",)`);
+* vllm-like       — homogeneous colocated replicas of a fixed TP degree, requests split evenly;
+* distserve-like  — homogeneous, phase-split; DistServe's placement search (OSDI'24 section 4.1)
+                    reduced to what it decides on one node: the TP degree and the prefill:decode
+                    replica counts, every combination evaluated with the same estimator.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class Planned:
         return self.evaluation.plan
 
 
-def plan_system(system: str, problem: Problem, *, budget_s: float = 2.0, seed: int = 0, tp: int = 2) -> Planned:
+def plan_system(
+    system: str, problem: Problem, *, budget_s: float = 2.0, seed: int = 0, tp: int = 2
+) -> Planned:
     """Plan `problem` the way `system` would (see the module docstring).
 
     Searches run a fixed number of evaluations (what `budget_s` buys on the reference machine), with
@@ -71,14 +73,22 @@ def plan_system(system: str, problem: Problem, *, budget_s: float = 2.0, seed: i
 def _fixed_effort(budget_s: float):
     def run(problem: Problem, *, budget_s: float, seed: int, allowed_roles=("prefill", "decode")):
         evaluations = default_evaluations(budget_s, problem.cluster.num_gpus)
-        return _search(problem, budget_s=20 * budget_s, seed=seed, allowed_roles=allowed_roles,
-                       max_evaluations=evaluations)
+        return _search(
+            problem,
+            budget_s=20 * budget_s,
+            seed=seed,
+            allowed_roles=allowed_roles,
+            max_evaluations=evaluations,
+        )
+
     return run
 
 
 def vllm_like(problem: Problem, tp: int) -> Evaluation:
     """Colocated replicas of `tp` GPUs each (within a host), routed evenly."""
-    groups = [(ids[i:i + tp], "both") for ids in _host_gpus(problem) for i in range(0, len(ids) - tp + 1, tp)]
+    groups = [
+        (ids[i : i + tp], "both") for ids in _host_gpus(problem) for i in range(0, len(ids) - tp + 1, tp)
+    ]
     if not groups:
         raise SimError(f"no host of {problem.cluster.name} has {tp} GPUs for a TP={tp} replica")
     return evaluate(replace(problem, orchestrate=False), groups)
@@ -91,14 +101,16 @@ def distserve_like(problem: Problem) -> Evaluation:
     for tp in (1, 2, 4, 8):
         if len(ids) % tp:
             continue
-        chunks = [ids[i:i + tp] for i in range(0, len(ids), tp)]
+        chunks = [ids[i : i + tp] for i in range(0, len(ids), tp)]
         for num_prefill in range(1, len(chunks)):
             groups = [(c, "prefill" if i < num_prefill else "decode") for i, c in enumerate(chunks)]
             evaluation = evaluate(problem, groups)
             if evaluation.plan is not None and (best is None or evaluation.score > best.score):
                 best = evaluation
     if best is None:
-        raise SimError(f"distserve-like: no (TP, prefill count) serves {problem.model.name} on {problem.cluster.name}")
+        raise SimError(
+            f"distserve-like: no (TP, prefill count) serves {problem.model.name} on {problem.cluster.name}"
+        )
     return best
 
 
@@ -114,8 +126,16 @@ def deployment_table(planned: Planned) -> list[dict]:
         types: dict[str, int] = {}
         for gpu in g.gpu_ids:
             types[cluster.gpu(gpu).name] = types.get(cluster.gpu(gpu).name, 0) + 1
-        rows.append({"system": planned.system, "group": g.id, "role": g.role,
-                     "gpus": " + ".join(f"{n}x{t}" for t, n in types.items()),
-                     "tp": g.tp, "pp": g.pp, "layers": "/".join(str(s.layers[1] - s.layers[0]) for s in g.stages),
-                     "share": round(planned.plan.routing.prefill.get(g.id, 0.0), 3)})
+        rows.append(
+            {
+                "system": planned.system,
+                "group": g.id,
+                "role": g.role,
+                "gpus": " + ".join(f"{n}x{t}" for t, n in types.items()),
+                "tp": g.tp,
+                "pp": g.pp,
+                "layers": "/".join(str(s.layers[1] - s.layers[0]) for s in g.stages),
+                "share": round(planned.plan.routing.prefill.get(g.id, 0.0), 3),
+            }
+        )
     return rows

@@ -27,10 +27,27 @@ from swarm.plan.cost import DEFAULT_EFFICIENCY, Efficiency
 
 DATA = Path(__file__).parent / "data" / "vidur"
 PROFILED = {"a100": "A100-80G", "h100": "H100", "a40": "A40"}
-SAME_SILICON = {"A100-80G": "a100", "A100-40G": "a100", "H100": "h100", "H200": "h100", "A40": "a40",
-                "A6000": "a40", "A5000": "a40", "RTX3090Ti": "a40"}
-OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
-       "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+SAME_SILICON = {
+    "A100-80G": "a100",
+    "A100-40G": "a100",
+    "H100": "h100",
+    "H200": "h100",
+    "A40": "a40",
+    "A6000": "a40",
+    "A5000": "a40",
+    "RTX3090Ti": "a40",
+}
+OPS = (
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_rope",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_act",
+    "mlp_down_proj",
+    "add",
+)
 GRID_COMPUTE = np.linspace(0.2, 1.0, 81)
 GRID_MEMORY = np.linspace(0.2, 1.0, 81)
 GRID_OVERHEAD_S = np.linspace(0.0, 150e-6, 31)
@@ -79,14 +96,35 @@ def fit(profile: str) -> Fit:
         if loss[i, j] < best_loss:
             best_loss, best = loss[i, j], (i, j, k)
     i, j, k = best
-    errors = np.abs(predict_s(gpu, tokens, tp, GRID_COMPUTE[i], GRID_MEMORY[j], GRID_OVERHEAD_S[k]) / measured - 1)
-    default = np.abs(predict_s(gpu, tokens, tp, DEFAULT_EFFICIENCY.compute, DEFAULT_EFFICIENCY.memory,
-                               DEFAULT_EFFICIENCY.layer_overhead_s) / measured - 1.0)
-    efficiency = Efficiency(compute=round(float(GRID_COMPUTE[i]), 3), memory=round(float(GRID_MEMORY[j]), 3),
-                            network=DEFAULT_EFFICIENCY.network,
-                            layer_overhead_s=round(float(GRID_OVERHEAD_S[k]), 7))
-    return Fit(gpu, efficiency, len(measured), float(errors.mean()), float(np.percentile(errors, 90)),
-               float(default.mean()))
+    errors = np.abs(
+        predict_s(gpu, tokens, tp, GRID_COMPUTE[i], GRID_MEMORY[j], GRID_OVERHEAD_S[k]) / measured - 1
+    )
+    default = np.abs(
+        predict_s(
+            gpu,
+            tokens,
+            tp,
+            DEFAULT_EFFICIENCY.compute,
+            DEFAULT_EFFICIENCY.memory,
+            DEFAULT_EFFICIENCY.layer_overhead_s,
+        )
+        / measured
+        - 1.0
+    )
+    efficiency = Efficiency(
+        compute=round(float(GRID_COMPUTE[i]), 3),
+        memory=round(float(GRID_MEMORY[j]), 3),
+        network=DEFAULT_EFFICIENCY.network,
+        layer_overhead_s=round(float(GRID_OVERHEAD_S[k]), 7),
+    )
+    return Fit(
+        gpu,
+        efficiency,
+        len(measured),
+        float(errors.mean()),
+        float(np.percentile(errors, 90)),
+        float(default.mean()),
+    )
 
 
 @functools.cache
@@ -97,14 +135,19 @@ def calibrated_efficiency() -> dict[str, Efficiency]:
 
 def report() -> str:
     """A markdown table of the fits (what docs/results.md records)."""
-    lines = ["| GPU | compute | memory | overhead per layer | rows | mean abs error | p90 abs error | "
-             "uncalibrated mean error |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| GPU | compute | memory | overhead per layer | rows | mean abs error | p90 abs error | "
+        "uncalibrated mean error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for profile in PROFILED:
         f = fit(profile)
         e = f.efficiency
-        lines.append(f"| {f.gpu} | {e.compute:.2f} | {e.memory:.2f} | {e.layer_overhead_s * 1e6:.0f} us | "
-                     f"{f.num_rows} | {f.mean_abs_error:.1%} | {f.p90_abs_error:.1%} | "
-                     f"{f.default_mean_abs_error:.1%} |")
+        lines.append(
+            f"| {f.gpu} | {e.compute:.2f} | {e.memory:.2f} | {e.layer_overhead_s * 1e6:.0f} us | "
+            f"{f.num_rows} | {f.mean_abs_error:.1%} | {f.p90_abs_error:.1%} | "
+            f"{f.default_mean_abs_error:.1%} |"
+        )
     return "\n".join(lines)
 
 

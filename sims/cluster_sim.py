@@ -4,8 +4,9 @@ How it works: arrivals are chained events (one pending at a time). An arriving r
 prefill (or colocated) replica among those with a `routing.prefill` share that are up: the one with
 the least outstanding work per unit of share (DESIGN.md: "by the plan's routing fractions and current
 load"; `routing="random"` draws by share instead). When its prompt is done, a decode replica is chosen
-the same way among the plan's `routing.kv` pairs of that prefill group, and the KV (at the problem's `kv_bits`) crosses the bottleneck host link, shared with
-every other transfer on it (`network.py`). Requests with nowhere to go wait at the entry (`pending`).
+the same way among the plan's `routing.kv` pairs of that prefill group, and the KV (at the
+problem's `kv_bits`) crosses the bottleneck host link, shared with every other transfer on it
+(`network.py`). Requests with nowhere to go wait at the entry (`pending`).
 Failures stop the replicas holding a failed GPU; their requests are recovered by the chosen policy:
   * "stateful" (SpotServe section 5, and swarm): resume from the last delivered token — KV moved to
     another decode replica within the grace period if there is one, else the context is re-prefilled;
@@ -37,8 +38,17 @@ ROUTING = ("load", "random")
 class ClusterSim:
     """Runs `plan` for the requests of `ledger`; schedule failures and re-plans before `run`."""
 
-    def __init__(self, problem: Problem, plan: Plan, ledger: Ledger, *, seed: int = 0,
-                 recovery: str = "stateful", routing: str = "load", record: bool = False) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        plan: Plan,
+        ledger: Ledger,
+        *,
+        seed: int = 0,
+        recovery: str = "stateful",
+        routing: str = "load",
+        record: bool = False,
+    ) -> None:
         if recovery not in RECOVERY:
             raise SimError(f"recovery must be one of {RECOVERY}, got {recovery!r}")
         if routing not in ROUTING:
@@ -69,8 +79,9 @@ class ClusterSim:
         """GPUs fail at `time_s` (or, with `grace_s` > 0, get a preemption notice with that much time)."""
         self.sim.at(time_s, self._fail, frozenset(gpu_ids), grace_s)
 
-    def replan_at(self, time_s: float, plan: Plan, *, reload_s: float, flip_s: float = 0.0,
-                  restart: bool = False) -> None:
+    def replan_at(
+        self, time_s: float, plan: Plan, *, reload_s: float, flip_s: float = 0.0, restart: bool = False
+    ) -> None:
         """Install `plan` at `time_s`; new layouts serve after `reload_s`, flipped groups after `flip_s`.
 
         `restart=True` is restart-based recovery: every replica reloads and every request starts over.
@@ -127,14 +138,19 @@ class ClusterSim:
     def _send_kv(self, rid: int, src_gid: int, dst_gid: int, deadline_s: float) -> None:
         key = (src_gid, dst_gid)
         if key not in self._routes:
-            self._routes[key] = kv_route(self.problem.cluster, self._stages[src_gid], self._stages[dst_gid],
-                                         self.problem.model.num_layers)
+            self._routes[key] = kv_route(
+                self.problem.cluster,
+                self._stages[src_gid],
+                self._stages[dst_gid],
+                self.problem.model.num_layers,
+            )
         src, dst, frac = self._routes[key]
         # the KV of the prompt and of every delivered token but the newest (not yet computed)
         tokens = self.ledger.prompt_tokens[rid] + max(int(self.ledger.tokens_done[rid]) - 1, 0)
         num_bytes = float(kv_wire_bytes(self.problem.model, tokens, self.problem.kv_bits)) * frac
-        self.network.send(src, dst, num_bytes, self._kv_arrived, rid, self.replicas[dst_gid], self.sim.now_s,
-                          deadline_s)
+        self.network.send(
+            src, dst, num_bytes, self._kv_arrived, rid, self.replicas[dst_gid], self.sim.now_s, deadline_s
+        )
 
     def _kv_arrived(self, rid: int, decode: DecodeReplica, sent_s: float, deadline_s: float) -> None:
         self.ledger.kv_s[rid] += self.sim.now_s - sent_s
@@ -224,7 +240,9 @@ class ClusterSim:
         replicas, up_at, stages = {}, {}, {}
         for group in plan.groups:
             if set(group.gpu_ids) & self.dead_gpus:
-                raise SimError(f"plan group {group.id} uses failed GPU(s) {sorted(set(group.gpu_ids) & self.dead_gpus)}")
+                raise SimError(
+                    f"plan group {group.id} uses failed GPU(s) {sorted(set(group.gpu_ids) & self.dead_gpus)}"
+                )
             old_gid = by_key.get((group.role, group.stages))
             if old_gid is not None and old_gid in survivors:
                 replica = survivors[old_gid]
@@ -244,8 +262,9 @@ class ClusterSim:
         cost = group_cost(self.problem, Deployment.from_group(group))
         if group.role == "prefill":
             return PrefillReplica(self.sim, group.id, cost, self.ledger, self._prefilled)
-        return DecodeReplica(self.sim, group.id, cost, self.ledger, self._finished,
-                             colocated=group.role == "both")
+        return DecodeReplica(
+            self.sim, group.id, cost, self.ledger, self._finished, colocated=group.role == "both"
+        )
 
     def _gpus(self, gid: int) -> list[str]:
         return [g for s in self._stages[gid] for g in s.gpus]

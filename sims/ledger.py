@@ -47,8 +47,11 @@ class Ledger:
         self.state[rid] = FAILED
 
     def counts(self) -> dict[str, int]:
-        return {"queued": int((self.state == QUEUED).sum()), "done": int((self.state == DONE).sum()),
-                "failed": int((self.state == FAILED).sum())}
+        return {
+            "queued": int((self.state == QUEUED).sum()),
+            "done": int((self.state == DONE).sum()),
+            "failed": int((self.state == FAILED).sum()),
+        }
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,9 @@ def meets_slo(ledger: Ledger, ttft_s: float, tpot_s: float) -> np.ndarray:
         return (ledger.state == DONE) & (ttft <= ttft_s) & (tpot <= tpot_s)
 
 
-def metrics(ledger: Ledger, ttft_s: float, tpot_s: float, start_s: float = 0.0,
-            end_s: float = np.inf) -> Metrics:
+def metrics(
+    ledger: Ledger, ttft_s: float, tpot_s: float, start_s: float = 0.0, end_s: float = np.inf
+) -> Metrics:
     """Metrics of the requests arriving in [start_s, end_s); unfinished ones count as misses."""
     mask = (ledger.arrival_s >= start_s) & (ledger.arrival_s < end_s)
     n = int(mask.sum())
@@ -93,22 +97,30 @@ def metrics(ledger: Ledger, ttft_s: float, tpot_s: float, start_s: float = 0.0,
     ok = meets_slo(ledger, ttft_s, tpot_s)[mask]
     done = ledger.state[mask] == DONE
     e2e_all = np.where(done, e2e, np.inf)  # an unfinished request is as late as it gets
-    span_s = max(float(np.nanmax(ledger.done_s[mask]) if done.any() else 0.0) - float(ledger.arrival_s[mask].min()),
-                 1e-9)
+    span_s = max(
+        float(np.nanmax(ledger.done_s[mask]) if done.any() else 0.0) - float(ledger.arrival_s[mask].min()),
+        1e-9,
+    )
     tokens = float(ledger.output_tokens[mask][done].sum())
     kv = ledger.kv_s[mask][done] / np.maximum(e2e[done], 1e-9)
     with np.errstate(invalid="ignore"):  # percentiles over inf (unfinished) are inf, as intended
         e2e_p50_s, e2e_p99_s = (float(np.percentile(e2e_all, q)) for q in (50, 99))
     return Metrics(
-        num_requests=n, slo_attainment=float(ok.mean()),
-        ttft_p90_s=_pct(ttft, 90), tpot_p90_s=_pct(tpot, 90),
-        e2e_p50_s=e2e_p50_s, e2e_p99_s=e2e_p99_s,
-        throughput_rps=float(done.sum()) / span_s, tokens_per_s=tokens / span_s,
-        kv_share=float(kv.mean()) if len(kv) else 0.0)
+        num_requests=n,
+        slo_attainment=float(ok.mean()),
+        ttft_p90_s=_pct(ttft, 90),
+        tpot_p90_s=_pct(tpot, 90),
+        e2e_p50_s=e2e_p50_s,
+        e2e_p99_s=e2e_p99_s,
+        throughput_rps=float(done.sum()) / span_s,
+        tokens_per_s=tokens / span_s,
+        kv_share=float(kv.mean()) if len(kv) else 0.0,
+    )
 
 
-def attainment_over_time(ledger: Ledger, ttft_s: float, tpot_s: float, bin_s: float,
-                         end_s: float) -> tuple[np.ndarray, np.ndarray]:
+def attainment_over_time(
+    ledger: Ledger, ttft_s: float, tpot_s: float, bin_s: float, end_s: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(bin start times, SLO attainment of the requests arriving in each bin); NaN for empty bins."""
     edges = np.arange(0.0, end_s + bin_s, bin_s)
     ok = meets_slo(ledger, ttft_s, tpot_s).astype(np.float64)

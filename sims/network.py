@@ -94,8 +94,9 @@ class Network:
         link = self.link(src_host, dst_host)
         transfer_id = next(self._ids)
         self._where[transfer_id] = link
-        self._waiting[transfer_id] = [self.sim.after(link.latency_s, self._start, transfer_id, num_bytes,
-                                                     on_done, args)]
+        self._waiting[transfer_id] = [
+            self.sim.after(link.latency_s, self._start, transfer_id, num_bytes, on_done, args)
+        ]
         return transfer_id
 
     def abort(self, transfer_id: int) -> None:
@@ -135,4 +136,3 @@ def kv_route(cluster: Cluster, prefill_stages, decode_stages, num_layers: int) -
                 share[key] = share.get(key, 0.0) + overlap / num_layers
     (src, dst), frac = max(share.items(), key=lambda kv: (kv[1] / cluster.host_gbps(*kv[0]), kv[0]))
     return src, dst, frac
-

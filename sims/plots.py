@@ -14,9 +14,20 @@ def _pyplot():
     return plt
 
 
-def lines(path: Path, series: dict[str, tuple[list, list]], *, title: str, xlabel: str, ylabel: str,
-          hline: float | None = None, steps: bool = False, vlines: list[tuple[float, str]] | None = None,
-          ylim: tuple[float, float] | None = None, logx: bool = False, logy: bool = False) -> Path:
+def lines(
+    path: Path,
+    series: dict[str, tuple[list, list]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    hline: float | None = None,
+    steps: bool = False,
+    vlines: list[tuple[float, str]] | None = None,
+    ylim: tuple[float, float] | None = None,
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
     """One line per series {label: (xs, ys)}, with an optional target line and event markers."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -34,8 +45,9 @@ def lines(path: Path, series: dict[str, tuple[list, list]], *, title: str, xlabe
     return _save(plt, fig, path)
 
 
-def bars(path: Path, groups: dict[str, dict[str, float]], *, title: str, ylabel: str,
-         logy: bool = False) -> Path:
+def bars(
+    path: Path, groups: dict[str, dict[str, float]], *, title: str, ylabel: str, logy: bool = False
+) -> Path:
     """Grouped bars: {group label: {series label: value}}."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)

@@ -70,9 +70,17 @@ def install(sim: ClusterSim, at_s: float, replanned: Replanned) -> float:
     return ready_s + replanned.reload_s
 
 
-def recovery_time_s(ledger: Ledger, ttft_s: float, tpot_s: float, event_s: float, *,
-                    window_s: float = 10.0, share: float = 0.9, before_s: float = 60.0,
-                    end_s: float | None = None) -> tuple[float, float]:
+def recovery_time_s(
+    ledger: Ledger,
+    ttft_s: float,
+    tpot_s: float,
+    event_s: float,
+    *,
+    window_s: float = 10.0,
+    share: float = 0.9,
+    before_s: float = 60.0,
+    end_s: float | None = None,
+) -> tuple[float, float]:
     """(seconds after `event_s` from which every `window_s` window of arrivals meets the SLO at `share`
     of the pre-event attainment (over the `before_s` before the event), that pre-event attainment).
 

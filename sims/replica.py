@@ -54,8 +54,14 @@ class PrefillReplica:
 
     role = "prefill"
 
-    def __init__(self, sim: Simulator, gid: int, cost: GroupCost, ledger: Ledger,
-                 on_done: Callable[[PrefillReplica, list[int]], None]) -> None:
+    def __init__(
+        self,
+        sim: Simulator,
+        gid: int,
+        cost: GroupCost,
+        ledger: Ledger,
+        on_done: Callable[[PrefillReplica, list[int]], None],
+    ) -> None:
         self.sim, self.gid, self.cost, self.ledger, self.on_done = sim, gid, cost, ledger, on_done
         self.queue: deque[int] = deque()
         self.batches: dict[int, tuple[list, list[int], int]] = {}
@@ -113,14 +119,24 @@ class PrefillReplica:
 class DecodeReplica:
     """A decode replica with continuous batching; with `colocated=True` it also prefills (vLLM-like)."""
 
-    def __init__(self, sim: Simulator, gid: int, cost: GroupCost, ledger: Ledger,
-                 on_finished: Callable[[int], None], *, colocated: bool = False) -> None:
+    def __init__(
+        self,
+        sim: Simulator,
+        gid: int,
+        cost: GroupCost,
+        ledger: Ledger,
+        on_finished: Callable[[int], None],
+        *,
+        colocated: bool = False,
+    ) -> None:
         self.sim, self.gid, self.cost, self.ledger, self.on_finished = sim, gid, cost, ledger, on_finished
         self.role = "both" if colocated else "decode"
         self.capacity_tokens = float(cost.max_kv_tokens)
         self.prompts: deque[int] = deque()  # colocated only: requests waiting for their prefill
         self.waiting: deque[int] = deque()  # KV present (or to recompute), waiting for a batch slot
-        self.running: dict[int, tuple[int, int, int]] = {}  # rid -> (admit step, tokens done then, finish step)
+        self.running: dict[
+            int, tuple[int, int, int]
+        ] = {}  # rid -> (admit step, tokens done then, finish step)
         self.finish_heap: list[tuple[int, int]] = []
         self.recompute: set[int] = set()
         self.queued: dict[int, int] = {}  # rid -> tokens, for every sequence not yet in the batch

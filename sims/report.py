@@ -31,8 +31,9 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out_dir: Path, name: str, command: str, sections: list[tuple[str, str]],
-                  figures: dict) -> Path:
+def write_summary(
+    out_dir: Path, name: str, command: str, sections: list[tuple[str, str]], figures: dict
+) -> Path:
     """results/<name>/summary.md: the command that made it, each section, and the figures as JSON."""
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"# {name}\n", f"Made by: `{command}`\n"]

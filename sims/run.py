@@ -28,8 +28,15 @@ class RunResult:
     sim_s: float
 
 
-def simulate(problem: Problem, plan: Plan, ledger: Ledger, *, seed: int = 0, slo: Slo | None = None,
-             recovery: str = "stateful") -> RunResult:
+def simulate(
+    problem: Problem,
+    plan: Plan,
+    ledger: Ledger,
+    *,
+    seed: int = 0,
+    slo: Slo | None = None,
+    recovery: str = "stateful",
+) -> RunResult:
     """Run `plan` on the requests of `ledger` until they finish (or DRAIN_S after the last arrival)."""
     slo = slo or problem.slo
     sim = ClusterSim(problem, plan, ledger, seed=seed, recovery=recovery)
@@ -40,12 +47,15 @@ def simulate(problem: Problem, plan: Plan, ledger: Ledger, *, seed: int = 0, slo
 
 def rate_sweep(problem: Problem, plan: Plan, rates_rps, duration_s: float, seed: int = 0) -> list[Metrics]:
     """Metrics at each rate (Poisson arrivals, lengths from the problem's workload)."""
-    return [simulate(problem, plan, resample(problem.workload, r, duration_s, seed), seed=seed).metrics
-            for r in rates_rps]
+    return [
+        simulate(problem, plan, resample(problem.workload, r, duration_s, seed), seed=seed).metrics
+        for r in rates_rps
+    ]
 
 
-def slo_sweep(problem: Problem, plan: Plan, rate_rps: float, scales, duration_s: float,
-              seed: int = 0) -> list[float]:
+def slo_sweep(
+    problem: Problem, plan: Plan, rate_rps: float, scales, duration_s: float, seed: int = 0
+) -> list[float]:
     """SLO attainment at each SLO scale, from one run at `rate_rps`."""
     ledger = simulate(problem, plan, resample(problem.workload, rate_rps, duration_s, seed), seed=seed).ledger
     return [float(meets_slo(ledger, problem.slo.ttft_s * s, problem.slo.tpot_s * s).mean()) for s in scales]

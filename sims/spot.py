@@ -44,7 +44,7 @@ def spotserve_segment(name: str) -> list[SpotEvent]:
             time_ms, op, body = json.loads(line)
             nodes = tuple(body["nodes"])
         except (ValueError, KeyError, TypeError):
-            raise TraceError(f"{path}, line {line_no}: expected [time_ms, op, {{\"nodes\": [...]}}]") from None
+            raise TraceError(f'{path}, line {line_no}: expected [time_ms, op, {{"nodes": [...]}}]') from None
         if op in ("add", "remove"):
             events.append(SpotEvent(time_ms / 1000.0, op, nodes))
     return events
@@ -88,17 +88,28 @@ def all_nodes(events: list[SpotEvent]) -> list[str]:
     return list(seen)
 
 
-def spot_cluster(nodes: list[str], gpu: str = "T4", gpus_per_node: int = 4, inter_gbps: float = 50.0,
-                 name: str = "spot") -> Cluster:
+def spot_cluster(
+    nodes: list[str], gpu: str = "T4", gpus_per_node: int = 4, inter_gbps: float = 50.0, name: str = "spot"
+) -> Cluster:
     """One host per spot instance (g4dn.12xlarge: 4 x T4, 50 Gbit/s networking)."""
     spec = gpu_spec(gpu)
     price = SPOT_PER_NODE_HOUR / gpus_per_node
-    hosts = tuple(Host(name=n, gpu=spec, gpu_indices=tuple(range(gpus_per_node)), price_per_gpu_hour=price,
-                       intra_gbps=64.0) for n in nodes)
+    hosts = tuple(
+        Host(
+            name=n,
+            gpu=spec,
+            gpu_indices=tuple(range(gpus_per_node)),
+            price_per_gpu_hour=price,
+            intra_gbps=64.0,
+        )
+        for n in nodes
+    )
     return Cluster(hosts=hosts, default_gbps=inter_gbps, name=name)
 
 
-def alive_over_time(events: list[SpotEvent], initial: list[str] | None = None) -> list[tuple[float, list[str]]]:
+def alive_over_time(
+    events: list[SpotEvent], initial: list[str] | None = None
+) -> list[tuple[float, list[str]]]:
     """(time, nodes alive after the event) for each event, in order."""
     alive = list(initial or [])
     out = []

@@ -29,8 +29,9 @@ def replay(workload: Workload, rate_rps: float | None = None, duration_s: float 
     return Ledger(w.arrival_s[keep], w.prompt_tokens[keep], w.output_tokens[keep])
 
 
-def shifted(first: Workload, second: Workload, shift_s: float, rate_rps: float, duration_s: float,
-            seed: int = 0) -> Ledger:
+def shifted(
+    first: Workload, second: Workload, shift_s: float, rate_rps: float, duration_s: float, seed: int = 0
+) -> Ledger:
     """Poisson arrivals; lengths from `first` before `shift_s` and from `second` after (e.g. code -> conv)."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate_rps, size=int(rate_rps * duration_s * 1.2) + 16))
@@ -49,4 +50,6 @@ def as_workload(ledger: Ledger, name: str, start_s: float = 0.0, end_s: float = 
     mask = (ledger.arrival_s >= start_s) & (ledger.arrival_s < end_s)
     if not mask.any():
         raise SimError(f"no requests between {start_s} s and {end_s} s")
-    return Workload(name, ledger.arrival_s[mask] - start_s, ledger.prompt_tokens[mask], ledger.output_tokens[mask])
+    return Workload(
+        name, ledger.arrival_s[mask] - start_s, ledger.prompt_tokens[mask], ledger.output_tokens[mask]
+    )

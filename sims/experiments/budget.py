@@ -36,11 +36,22 @@ TOP_K = 2
 
 def pool_cluster(counts: dict[str, int]) -> Cluster:
     """Hosts of GPUS_PER_HOST GPUs: `counts` maps a GPU type to its number of hosts."""
-    hosts = tuple(Host(name=f"{t.lower()}-{i}", gpu=gpu_spec(t), gpu_indices=tuple(range(GPUS_PER_HOST)),
-                       price_per_gpu_hour=gpu_spec(t).price_per_hour, intra_gbps=128.0)
-                  for t, n in counts.items() for i in range(n))
-    return Cluster(hosts=hosts, default_gbps=POOL_GBPS,
-                   name="+".join(f"{n}x{GPUS_PER_HOST}{t}" for t, n in counts.items()))
+    hosts = tuple(
+        Host(
+            name=f"{t.lower()}-{i}",
+            gpu=gpu_spec(t),
+            gpu_indices=tuple(range(GPUS_PER_HOST)),
+            price_per_gpu_hour=gpu_spec(t).price_per_hour,
+            intra_gbps=128.0,
+        )
+        for t, n in counts.items()
+        for i in range(n)
+    )
+    return Cluster(
+        hosts=hosts,
+        default_gbps=POOL_GBPS,
+        name="+".join(f"{n}x{GPUS_PER_HOST}{t}" for t, n in counts.items()),
+    )
 
 
 def candidate_pools(budget: float) -> list[dict[str, int]]:
@@ -62,7 +73,14 @@ def run(ctx) -> dict:
     rates = np.geomspace(0.5, 16.0, 6 if ctx.quick else 12)
     scored = []
     for counts in candidate_pools(BUDGET_PER_HOUR):
-        problem = Problem(pool_cluster(counts), model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency())
+        problem = Problem(
+            pool_cluster(counts),
+            model,
+            workload,
+            slo,
+            rate_rps=workload.rate_rps,
+            efficiency=calibrated_efficiency(),
+        )
         try:
             planned = plan_system("swarm", problem, budget_s=budget_s, seed=ctx.seed)
         except SimError:
@@ -72,22 +90,39 @@ def run(ctx) -> dict:
     mixed = sorted((s for s in scored if len(s[0]) > 1), key=lambda s: -s[1].evaluation.goodput_rps)[:TOP_K]
     rows = []
     for counts, planned in singles + mixed:
-        attainment = [m.slo_attainment for m in rate_sweep(planned.problem, planned.plan, rates, duration_s, ctx.seed)]
+        attainment = [
+            m.slo_attainment for m in rate_sweep(planned.problem, planned.plan, rates, duration_s, ctx.seed)
+        ]
         goodput = crossing(rates, attainment, 0.9)
         price = planned.problem.cluster.price_per_hour
-        rows.append({"pool": planned.problem.cluster.name, "types": len(counts), "gpus": planned.problem.cluster.num_gpus,
-                     "price_per_hour": price, "predicted_goodput_rps": planned.evaluation.goodput_rps,
-                     "simulated_goodput_rps": goodput, "goodput_per_dollar": goodput / price * 3600})
+        rows.append(
+            {
+                "pool": planned.problem.cluster.name,
+                "types": len(counts),
+                "gpus": planned.problem.cluster.num_gpus,
+                "price_per_hour": price,
+                "predicted_goodput_rps": planned.evaluation.goodput_rps,
+                "simulated_goodput_rps": goodput,
+                "goodput_per_dollar": goodput / price * 3600,
+            }
+        )
     rows.sort(key=lambda r: -r["goodput_per_dollar"])
     best_single = max((r for r in rows if r["types"] == 1), key=lambda r: r["goodput_per_dollar"])
     chosen = rows[0]
-    figures = {"budget_per_hour": BUDGET_PER_HOUR, "chosen": chosen["pool"],
-               "chosen_requests_per_dollar": chosen["goodput_per_dollar"], "best_single": best_single["pool"],
-               "best_single_requests_per_dollar": best_single["goodput_per_dollar"],
-               "ratio": chosen["goodput_per_dollar"] / max(best_single["goodput_per_dollar"], 1e-9)}
+    figures = {
+        "budget_per_hour": BUDGET_PER_HOUR,
+        "chosen": chosen["pool"],
+        "chosen_requests_per_dollar": chosen["goodput_per_dollar"],
+        "best_single": best_single["pool"],
+        "best_single_requests_per_dollar": best_single["goodput_per_dollar"],
+        "ratio": chosen["goodput_per_dollar"] / max(best_single["goodput_per_dollar"], 1e-9),
+    }
     write_csv(ctx.path("budget.csv"), rows)
-    plots.bars(ctx.path("goodput_per_dollar.png"), {"pools": {r["pool"]: r["goodput_per_dollar"] for r in rows}},
-               ylabel="requests served within SLO per dollar",
-               title=f"LLaMA-30B, {WORKLOAD}: pools for ${BUDGET_PER_HOUR:g}/h")
+    plots.bars(
+        ctx.path("goodput_per_dollar.png"),
+        {"pools": {r["pool"]: r["goodput_per_dollar"] for r in rows}},
+        ylabel="requests served within SLO per dollar",
+        title=f"LLaMA-30B, {WORKLOAD}: pools for ${BUDGET_PER_HOUR:g}/h",
+    )
     write_summary(ctx.out_dir, "budget", ctx.command, [("Pools (simulated)", markdown_table(rows))], figures)
     return figures

@@ -22,8 +22,14 @@ from swarm.workloads import load_workload
 
 MODEL = "llama-30b"
 WORKLOADS = ("azure-code", "azure-conv")
-SYSTEMS = {"swarm": "cloud-32", "hexgen-like": "cloud-32", "vllm-like": "inhouse-8xa100",
-           "distserve-like": "inhouse-8xa100", "swarm-kv16": "cloud-32", "swarm-uniform": "cloud-32"}
+SYSTEMS = {
+    "swarm": "cloud-32",
+    "hexgen-like": "cloud-32",
+    "vllm-like": "inhouse-8xa100",
+    "distserve-like": "inhouse-8xa100",
+    "swarm-kv16": "cloud-32",
+    "swarm-uniform": "cloud-32",
+}
 QUICK_SYSTEMS = ("swarm", "hexgen-like", "vllm-like", "distserve-like")
 SCALES = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
 
@@ -36,29 +42,66 @@ def run(ctx) -> dict:
     for workload_name in WORKLOADS:
         workload, model = load_workload(workload_name), model_spec(MODEL)
         slo = base_slo(model, workload)
-        planned = {s: plan_system(s, Problem(load_cluster(SYSTEMS[s]), model, workload, slo,
-                                             rate_rps=workload.rate_rps, efficiency=calibrated_efficiency()), budget_s=budget_s, seed=ctx.seed)
-                   for s in systems}
+        planned = {
+            s: plan_system(
+                s,
+                Problem(
+                    load_cluster(SYSTEMS[s]),
+                    model,
+                    workload,
+                    slo,
+                    rate_rps=workload.rate_rps,
+                    efficiency=calibrated_efficiency(),
+                ),
+                budget_s=budget_s,
+                seed=ctx.seed,
+            )
+            for s in systems
+        }
         result = _measure(planned, rates, workload.rate_rps, duration_s, ctx.seed)
-        figures[workload_name] = _ratios(result, {s: p.problem.cluster.price_per_hour for s, p in planned.items()})
+        figures[workload_name] = _ratios(
+            result, {s: p.problem.cluster.price_per_hour for s, p in planned.items()}
+        )
         for s, r in result.items():
-            curves += [{"workload": workload_name, "system": s, "rate_rps": x, "slo_attainment": a}
-                       for x, a in zip(rates, r["attainment"], strict=True)]
-            tables.append({"workload": workload_name, "system": s, "cluster": SYSTEMS[s],
-                           "price_per_hour": planned[s].problem.cluster.price_per_hour,
-                           "predicted_goodput_rps": planned[s].evaluation.goodput_rps,
-                           "simulated_goodput_rps": r["goodput_rps"], "min_slo_scale": r["min_scale"],
-                           "planner_s": planned[s].planner_s})
-        deployments += [dict(row, workload=workload_name) for p in planned.values() for row in deployment_table(p)]
+            curves += [
+                {"workload": workload_name, "system": s, "rate_rps": x, "slo_attainment": a}
+                for x, a in zip(rates, r["attainment"], strict=True)
+            ]
+            tables.append(
+                {
+                    "workload": workload_name,
+                    "system": s,
+                    "cluster": SYSTEMS[s],
+                    "price_per_hour": planned[s].problem.cluster.price_per_hour,
+                    "predicted_goodput_rps": planned[s].evaluation.goodput_rps,
+                    "simulated_goodput_rps": r["goodput_rps"],
+                    "min_slo_scale": r["min_scale"],
+                    "planner_s": planned[s].planner_s,
+                }
+            )
+        deployments += [
+            dict(row, workload=workload_name) for p in planned.values() for row in deployment_table(p)
+        ]
         _plot(ctx, workload_name, rates, result, slo)
     write_csv(ctx.path("attainment_vs_rate.csv"), curves)
     write_csv(ctx.path("goodput.csv"), tables)
     write_csv(ctx.path("deployments.csv"), deployments)
-    write_summary(ctx.out_dir, "goodput", ctx.command, [
-        ("Goodput and tightest SLO scale (90% attainment)", markdown_table(tables)),
-        ("Deployments found (as the paper's Table 3)", markdown_table(
-            deployments, ["workload", "system", "group", "role", "gpus", "tp", "pp", "layers", "share"]))],
-        figures)
+    write_summary(
+        ctx.out_dir,
+        "goodput",
+        ctx.command,
+        [
+            ("Goodput and tightest SLO scale (90% attainment)", markdown_table(tables)),
+            (
+                "Deployments found (as the paper's Table 3)",
+                markdown_table(
+                    deployments,
+                    ["workload", "system", "group", "role", "gpus", "tp", "pp", "layers", "share"],
+                ),
+            ),
+        ],
+        figures,
+    )
     return figures
 
 
@@ -68,17 +111,23 @@ def _measure(planned: dict[str, Planned], rates, fixed_rate: float, duration_s: 
         metrics = rate_sweep(p.problem, p.plan, rates, duration_s, seed)
         attainment = [m.slo_attainment for m in metrics]
         by_scale = slo_sweep(p.problem, p.plan, fixed_rate, SCALES, duration_s, seed)
-        out[s] = {"attainment": attainment, "goodput_rps": crossing(rates, attainment, 0.9),
-                  "by_scale": by_scale, "min_scale": crossing(SCALES, by_scale, 0.9, increasing=True),
-                  "tokens_per_s": [m.tokens_per_s for m in metrics]}
+        out[s] = {
+            "attainment": attainment,
+            "goodput_rps": crossing(rates, attainment, 0.9),
+            "by_scale": by_scale,
+            "min_scale": crossing(SCALES, by_scale, 0.9, increasing=True),
+            "tokens_per_s": [m.tokens_per_s for m in metrics],
+        }
     return out
 
 
 def _ratios(result: dict, price_per_hour: dict[str, float]) -> dict:
     swarm = result["swarm"]
     per_dollar = {s: r["goodput_rps"] / price_per_hour[s] for s, r in result.items()}
-    figures = {"goodput_rps": {s: r["goodput_rps"] for s, r in result.items()},
-               "min_slo_scale": {s: r["min_scale"] for s, r in result.items()}}
+    figures = {
+        "goodput_rps": {s: r["goodput_rps"] for s, r in result.items()},
+        "min_slo_scale": {s: r["min_scale"] for s, r in result.items()},
+    }
     for s, r in result.items():
         if s != "swarm":
             figures[f"goodput_ratio_vs_{s}"] = _ratio(swarm["goodput_rps"], r["goodput_rps"])
@@ -96,12 +145,23 @@ def _ratio(a: float, b: float) -> float:
 
 def _plot(ctx, workload_name: str, rates, result: dict, slo) -> None:
     label = {s: f"{s} ({SYSTEMS[s]})" for s in result}
-    plots.lines(ctx.path(f"attainment_vs_rate_{workload_name}.png"),
-                {label[s]: (list(rates), r["attainment"]) for s, r in result.items()},
-                title=f"LLaMA-30B, {workload_name}: SLO attainment vs rate",
-                xlabel="request rate (req/s)", ylabel="SLO attainment", hline=0.9, ylim=(0, 1.02), logx=True)
-    plots.lines(ctx.path(f"attainment_vs_slo_{workload_name}.png"),
-                {label[s]: (list(SCALES), r["by_scale"]) for s, r in result.items()},
-                title=f"LLaMA-30B, {workload_name} at its trace rate: attainment vs SLO scale\n"
-                      f"(scale 1.0 = TTFT {slo.ttft_s:.2f} s, TPOT {slo.tpot_s * 1e3:.0f} ms)",
-                xlabel="SLO scale (x base SLO)", ylabel="SLO attainment", hline=0.9, ylim=(0, 1.02))
+    plots.lines(
+        ctx.path(f"attainment_vs_rate_{workload_name}.png"),
+        {label[s]: (list(rates), r["attainment"]) for s, r in result.items()},
+        title=f"LLaMA-30B, {workload_name}: SLO attainment vs rate",
+        xlabel="request rate (req/s)",
+        ylabel="SLO attainment",
+        hline=0.9,
+        ylim=(0, 1.02),
+        logx=True,
+    )
+    plots.lines(
+        ctx.path(f"attainment_vs_slo_{workload_name}.png"),
+        {label[s]: (list(SCALES), r["by_scale"]) for s, r in result.items()},
+        title=f"LLaMA-30B, {workload_name} at its trace rate: attainment vs SLO scale\n"
+        f"(scale 1.0 = TTFT {slo.ttft_s:.2f} s, TPOT {slo.tpot_s * 1e3:.0f} ms)",
+        xlabel="SLO scale (x base SLO)",
+        ylabel="SLO attainment",
+        hline=0.9,
+        ylim=(0, 1.02),
+    )

@@ -33,22 +33,55 @@ def run(ctx) -> dict:
     for scenario in ("failure", "shift"):
         out = _scenario(scenario, duration_s, event_s, budget_s, ctx.seed)
         for policy, r in out.items():
-            rows.append({"scenario": scenario, "policy": policy, **{k: v for k, v in r.items() if k != "series"}})
+            rows.append(
+                {"scenario": scenario, "policy": policy, **{k: v for k, v in r.items() if k != "series"}}
+            )
             xs, ys = r["series"]
-            series_rows += [{"scenario": scenario, "policy": policy, "t_s": x, "slo_attainment": y}
-                            for x, y in zip(xs, ys, strict=True)]
-        figures[scenario] = {p: {"recovery_s": r["recovery_s"], "attainment_after": r["attainment_after"]}
-                             for p, r in out.items()}
-        plots.lines(ctx.path(f"attainment_{scenario}.png"),
-                    {p: out[p]["series"] for p in POLICIES}, steps=True, ylim=(0, 1.02), hline=0.9,
-                    vlines=[(event_s, "host fails" if scenario == "failure" else "code -> conversation")],
-                    title=f"LLaMA-30B on cloud-32: SLO attainment over time ({scenario})",
-                    xlabel="arrival time (s, 10 s bins)", ylabel="SLO attainment")
+            series_rows += [
+                {"scenario": scenario, "policy": policy, "t_s": x, "slo_attainment": y}
+                for x, y in zip(xs, ys, strict=True)
+            ]
+        figures[scenario] = {
+            p: {"recovery_s": r["recovery_s"], "attainment_after": r["attainment_after"]}
+            for p, r in out.items()
+        }
+        plots.lines(
+            ctx.path(f"attainment_{scenario}.png"),
+            {p: out[p]["series"] for p in POLICIES},
+            steps=True,
+            ylim=(0, 1.02),
+            hline=0.9,
+            vlines=[(event_s, "host fails" if scenario == "failure" else "code -> conversation")],
+            title=f"LLaMA-30B on cloud-32: SLO attainment over time ({scenario})",
+            xlabel="arrival time (s, 10 s bins)",
+            ylabel="SLO attainment",
+        )
     write_csv(ctx.path("replan.csv"), rows)
     write_csv(ctx.path("attainment_over_time.csv"), series_rows)
-    write_summary(ctx.out_dir, "replan", ctx.command, [("Recovery", markdown_table(
-        rows, ["scenario", "policy", "recovery_s", "baseline", "attainment_after", "planner_s", "reload_s",
-               "serving_again_s"]))], figures)
+    write_summary(
+        ctx.out_dir,
+        "replan",
+        ctx.command,
+        [
+            (
+                "Recovery",
+                markdown_table(
+                    rows,
+                    [
+                        "scenario",
+                        "policy",
+                        "recovery_s",
+                        "baseline",
+                        "attainment_after",
+                        "planner_s",
+                        "reload_s",
+                        "serving_again_s",
+                    ],
+                ),
+            )
+        ],
+        figures,
+    )
     return figures
 
 
@@ -68,13 +101,22 @@ def _scenario(scenario: str, duration_s: float, event_s: float, budget_s: float,
         else:
             ledger = resample(conv, rate, duration_s, seed)
         sim = ClusterSim(problem, initial.plan, ledger, seed=seed)
-        decided_s, after = _schedule(sim, scenario, policy, problem, initial.plan, ledger, event_s, budget_s, seed)
+        decided_s, after = _schedule(
+            sim, scenario, policy, problem, initial.plan, ledger, event_s, budget_s, seed
+        )
         sim.run(duration_s + 600.0)
-        recovery_s, baseline = recovery.recovery_time_s(ledger, slo.ttft_s, slo.tpot_s, event_s, end_s=duration_s)
+        recovery_s, baseline = recovery.recovery_time_s(
+            ledger, slo.ttft_s, slo.tpot_s, event_s, end_s=duration_s
+        )
         tail = metrics(ledger, slo.ttft_s, slo.tpot_s, start_s=event_s, end_s=duration_s)
-        out[policy] = {"recovery_s": recovery_s, "baseline": baseline, "attainment_after": tail.slo_attainment,
-                       "rate_rps": rate, **after,
-                       "series": attainment_over_time(ledger, slo.ttft_s, slo.tpot_s, 10.0, duration_s)}
+        out[policy] = {
+            "recovery_s": recovery_s,
+            "baseline": baseline,
+            "attainment_after": tail.slo_attainment,
+            "rate_rps": rate,
+            **after,
+            "series": attainment_over_time(ledger, slo.ttft_s, slo.tpot_s, 10.0, duration_s),
+        }
         out[policy]["series"] = tuple(list(a) for a in out[policy]["series"])
     return out
 
@@ -87,8 +129,14 @@ def _schedule(sim, scenario, policy, problem, plan, ledger, event_s, budget_s, s
         decide_s = event_s
     else:
         shifted_to = as_workload(ledger, "observed", event_s, event_s + PROFILER_WINDOW_S)
-        target = Problem(problem.cluster, problem.model, shifted_to, problem.slo, rate_rps=problem.rate_rps,
-                         efficiency=problem.efficiency)
+        target = Problem(
+            problem.cluster,
+            problem.model,
+            shifted_to,
+            problem.slo,
+            rate_rps=problem.rate_rps,
+            efficiency=problem.efficiency,
+        )
         decide_s = event_s + PROFILER_WINDOW_S
     if policy == "none":
         return decide_s, {"planner_s": 0.0, "reload_s": 0.0, "serving_again_s": 0.0}
@@ -97,5 +145,8 @@ def _schedule(sim, scenario, policy, problem, plan, ledger, event_s, budget_s, s
     else:
         replanned = recovery.full(target, plan, budget_s=budget_s, seed=seed)
     ready_s = recovery.install(sim, decide_s, replanned)
-    return decide_s, {"planner_s": replanned.planner_s, "reload_s": replanned.reload_s,
-                      "serving_again_s": ready_s - event_s}
+    return decide_s, {
+        "planner_s": replanned.planner_s,
+        "reload_s": replanned.reload_s,
+        "serving_again_s": ready_s - event_s,
+    }

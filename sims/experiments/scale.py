@@ -48,32 +48,74 @@ def run(ctx) -> dict:
     for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
         cluster = scaled_cloud(n)
         budget_s = (0.5 if ctx.quick else 2.0) * max(1.0, n / 32) ** 0.5
-        problem = Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps * n / 32,
-                          efficiency=calibrated_efficiency())
+        problem = Problem(
+            cluster,
+            model,
+            workload,
+            slo,
+            rate_rps=workload.rate_rps * n / 32,
+            efficiency=calibrated_efficiency(),
+        )
         planned = plan_system("swarm", problem, budget_s=budget_s, seed=ctx.seed)
         e = planned.evaluation
-        rows.append({"num_gpus": n, "planner_s": planned.planner_s, "budget_s": budget_s,
-                     "num_groups": len(planned.plan.groups), "predicted_goodput_rps": e.goodput_rps,
-                     "goodput_per_gpu": e.goodput_rps / n, "price_per_hour": cluster.price_per_hour})
+        rows.append(
+            {
+                "num_gpus": n,
+                "planner_s": planned.planner_s,
+                "budget_s": budget_s,
+                "num_groups": len(planned.plan.groups),
+                "predicted_goodput_rps": e.goodput_rps,
+                "goodput_per_gpu": e.goodput_rps / n,
+                "price_per_hour": cluster.price_per_hour,
+            }
+        )
     speed = _sim_speed(ctx, model, workload, slo)
     write_csv(ctx.path("planner_scale.csv"), rows)
     xs = [r["num_gpus"] for r in rows]
-    plots.lines(ctx.path("planner_time.png"), {"tabu search (swarm)": (xs, [r["planner_s"] for r in rows])},
-                title="Planner wall time vs cluster size (LLaMA-30B)", xlabel="GPUs", ylabel="planner time (s)",
-                logx=True, logy=True)
-    plots.lines(ctx.path("plan_quality.png"),
-                {"predicted goodput per GPU": (xs, [r["goodput_per_gpu"] for r in rows])},
-                title="Plan quality vs cluster size", xlabel="GPUs", ylabel="goodput per GPU (req/s)", logx=True)
-    figures = {"planner": {r["num_gpus"]: {"planner_s": r["planner_s"], "goodput_per_gpu": r["goodput_per_gpu"]}
-                           for r in rows}, "simulator": speed}
-    write_summary(ctx.out_dir, "scale", ctx.command, [
-        ("Planner", markdown_table(rows)), ("Simulator speed", markdown_table([speed]))], figures)
+    plots.lines(
+        ctx.path("planner_time.png"),
+        {"tabu search (swarm)": (xs, [r["planner_s"] for r in rows])},
+        title="Planner wall time vs cluster size (LLaMA-30B)",
+        xlabel="GPUs",
+        ylabel="planner time (s)",
+        logx=True,
+        logy=True,
+    )
+    plots.lines(
+        ctx.path("plan_quality.png"),
+        {"predicted goodput per GPU": (xs, [r["goodput_per_gpu"] for r in rows])},
+        title="Plan quality vs cluster size",
+        xlabel="GPUs",
+        ylabel="goodput per GPU (req/s)",
+        logx=True,
+    )
+    figures = {
+        "planner": {
+            r["num_gpus"]: {"planner_s": r["planner_s"], "goodput_per_gpu": r["goodput_per_gpu"]}
+            for r in rows
+        },
+        "simulator": speed,
+    }
+    write_summary(
+        ctx.out_dir,
+        "scale",
+        ctx.command,
+        [("Planner", markdown_table(rows)), ("Simulator speed", markdown_table([speed]))],
+        figures,
+    )
     return figures
 
 
 def _sim_speed(ctx, model, workload, slo) -> dict:
     duration_s = 300.0 if ctx.quick else workload.duration_s + 1.0
-    problem = Problem(load_cluster("cloud-32"), model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency())
+    problem = Problem(
+        load_cluster("cloud-32"),
+        model,
+        workload,
+        slo,
+        rate_rps=workload.rate_rps,
+        efficiency=calibrated_efficiency(),
+    )
     plan = plan_system("swarm", problem, budget_s=1.0, seed=ctx.seed).plan
     ledger = replay(workload, duration_s=duration_s)
     sim = ClusterSim(problem, plan, ledger, seed=ctx.seed)
@@ -81,5 +123,12 @@ def _sim_speed(ctx, model, workload, slo) -> dict:
     sim.run(duration_s + 600.0)
     wall_s = time.perf_counter() - start
     counts = ledger.counts()
-    return {"trace_s": duration_s, "requests": len(ledger), "wall_s": wall_s, "events": sim.sim.num_events,
-            "events_per_s": sim.sim.num_events / wall_s, "sim_speedup": (duration_s + 600.0) / wall_s, **counts}
+    return {
+        "trace_s": duration_s,
+        "requests": len(ledger),
+        "wall_s": wall_s,
+        "events": sim.sim.num_events,
+        "events_per_s": sim.sim.num_events / wall_s,
+        "sim_speedup": (duration_s + 600.0) / wall_s,
+        **counts,
+    }

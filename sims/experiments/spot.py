@@ -3,7 +3,8 @@
 Clusters: SpotServe's AWS g4dn segments As and Bs (4 x T4 per instance) with LLaMA-13B and, in full
 runs, 2 hours of SkyPilot's 16-node p3.2xlarge availability trace (1 x V100 per instance, from the
 first time 8 instances are up) with LLaMA-7B;
-Azure conversation lengths, SLO_SCALE x the base SLO, at a Poisson rate of RATE_FACTOR x the initial plan's predicted goodput.
+Azure conversation lengths, SLO_SCALE x the base SLO, at a Poisson rate of RATE_FACTOR x the
+initial plan's predicted goodput.
 Policies, each on the same trace and requests:
   * swarm        — at a preemption notice: lightweight re-plan at once (surviving groups keep their
                    weights), the doomed replicas' KV migrated within the 30 s grace period (stateful
@@ -46,8 +47,9 @@ def run(ctx) -> dict:
     traces = _traces(ctx.quick)
     rows, figures = [], {}
     for name, (events, gpu, per_node, prices, end_s, model) in traces.items():
-        result = _trace(events, gpu, per_node, prices, end_s, model, budget_s=1.0 if ctx.quick else 3.0,
-                        seed=ctx.seed)
+        result = _trace(
+            events, gpu, per_node, prices, end_s, model, budget_s=1.0 if ctx.quick else 3.0, seed=ctx.seed
+        )
         for policy, r in result.items():
             rows.append({"trace": name, "policy": policy, **r})
         swarm = result["swarm"]
@@ -56,19 +58,53 @@ def run(ctx) -> dict:
             "cost_usd": {p: r["cost_usd"] for p, r in result.items()},
             "p99_ratio_vs_reroute": result["reroute-only"]["p99_s"] / swarm["p99_s"],
             "p99_ratio_vs_restart": result["restart-all"]["p99_s"] / swarm["p99_s"],
-            "p99_per_token_ratio_vs_reroute": result["reroute-only"]["p99_per_token_s"] / swarm["p99_per_token_s"],
-            "p99_per_token_ratio_vs_restart": result["restart-all"]["p99_per_token_s"] / swarm["p99_per_token_s"],
-            "cost_saving_vs_on_demand": 1 - swarm["cost_usd"] / result["on-demand"]["cost_usd"]}
+            "p99_per_token_ratio_vs_reroute": result["reroute-only"]["p99_per_token_s"]
+            / swarm["p99_per_token_s"],
+            "p99_per_token_ratio_vs_restart": result["restart-all"]["p99_per_token_s"]
+            / swarm["p99_per_token_s"],
+            "cost_saving_vs_on_demand": 1 - swarm["cost_usd"] / result["on-demand"]["cost_usd"],
+        }
     write_csv(ctx.path("spot.csv"), rows)
-    plots.bars(ctx.path("p99.png"), {t: {r["policy"]: r["p99_s"] for r in rows if r["trace"] == t} for t in traces},
-               ylabel="P99 end-to-end latency (s, log)", logy=True,
-               title="Spot instances (LLaMA-13B on g4dn, 7B on SkyPilot): P99 latency by policy")
-    plots.bars(ctx.path("cost.png"), {t: {r["policy"]: r["cost_usd"] for r in rows if r["trace"] == t}
-                                      for t in traces},
-               ylabel="cost of the run (USD)", title="Instance cost of the same trace window")
-    write_summary(ctx.out_dir, "spot", ctx.command, [("P99 latency, attainment and cost", markdown_table(
-        rows, ["trace", "policy", "p99_s", "p50_s", "p99_per_token_s", "slo_attainment", "done", "unfinished", "restarts",
-               "cost_usd", "replans"]))], figures)
+    plots.bars(
+        ctx.path("p99.png"),
+        {t: {r["policy"]: r["p99_s"] for r in rows if r["trace"] == t} for t in traces},
+        ylabel="P99 end-to-end latency (s, log)",
+        logy=True,
+        title="Spot instances (LLaMA-13B on g4dn, 7B on SkyPilot): P99 latency by policy",
+    )
+    plots.bars(
+        ctx.path("cost.png"),
+        {t: {r["policy"]: r["cost_usd"] for r in rows if r["trace"] == t} for t in traces},
+        ylabel="cost of the run (USD)",
+        title="Instance cost of the same trace window",
+    )
+    write_summary(
+        ctx.out_dir,
+        "spot",
+        ctx.command,
+        [
+            (
+                "P99 latency, attainment and cost",
+                markdown_table(
+                    rows,
+                    [
+                        "trace",
+                        "policy",
+                        "p99_s",
+                        "p50_s",
+                        "p99_per_token_s",
+                        "slo_attainment",
+                        "done",
+                        "unfinished",
+                        "restarts",
+                        "cost_usd",
+                        "replans",
+                    ],
+                ),
+            )
+        ],
+        figures,
+    )
     return figures
 
 
@@ -86,13 +122,25 @@ def _skypilot_window(min_nodes: int = 8, span_s: float = 7200.0) -> list:
     events = spot.skypilot_availability("us-east-2b", max_ticks=400)
     timeline = spot.alive_over_time(events)
     start_s, alive = next((t, a) for t, a in timeline if len(a) >= min_nodes)
-    later = [spot.SpotEvent(e.time_s - start_s, e.op, e.nodes) for e in events
-             if start_s < e.time_s < start_s + span_s]
+    later = [
+        spot.SpotEvent(e.time_s - start_s, e.op, e.nodes)
+        for e in events
+        if start_s < e.time_s < start_s + span_s
+    ]
     return [spot.SpotEvent(0.0, "add", tuple(alive))] + later
 
 
-def _trace(events, gpu: str, per_node: int, prices: dict, end_s: float, model_name: str, *, budget_s: float,
-           seed: int) -> dict:
+def _trace(
+    events,
+    gpu: str,
+    per_node: int,
+    prices: dict,
+    end_s: float,
+    model_name: str,
+    *,
+    budget_s: float,
+    seed: int,
+) -> dict:
     model, workload = model_spec(model_name), load_workload("azure-conv")
     full = spot.spot_cluster(spot.all_nodes(events), gpu=gpu, gpus_per_node=per_node)
     initial_nodes = [n for e in events if e.time_s == 0 and e.op == "add" for n in e.nodes]
@@ -102,15 +150,26 @@ def _trace(events, gpu: str, per_node: int, prices: dict, end_s: float, model_na
     out = {}
     for policy in POLICIES:
         ledger = resample(workload, rate, end_s, seed)
-        sim = ClusterSim(problem.with_cluster(full), initial.plan, ledger, seed=seed,  # every node ever
-                         recovery="stateful" if policy == "swarm" else "restart")
-        replans = 0 if policy == "on-demand" else _drive(sim, policy, events, full, problem, initial, per_node,
-                                                          budget_s, seed)
+        sim = ClusterSim(
+            problem.with_cluster(full),
+            initial.plan,
+            ledger,
+            seed=seed,  # every node ever
+            recovery="stateful" if policy == "swarm" else "restart",
+        )
+        replans = (
+            0
+            if policy == "on-demand"
+            else _drive(sim, policy, events, full, problem, initial, per_node, budget_s, seed)
+        )
         sim.run(end_s + DRAIN_S)
-        nodes_h = len(initial_nodes) * end_s / 3600 if policy == "on-demand" else spot.node_hours(events, end_s)
+        nodes_h = (
+            len(initial_nodes) * end_s / 3600 if policy == "on-demand" else spot.node_hours(events, end_s)
+        )
         price = prices["on_demand" if policy == "on-demand" else "spot"]
-        out[policy] = dict(_latency(ledger, sim.sim.now_s, problem), cost_usd=nodes_h * price, replans=replans,
-                           rate_rps=rate)
+        out[policy] = dict(
+            _latency(ledger, sim.sim.now_s, problem), cost_usd=nodes_h * price, replans=replans, rate_rps=rate
+        )
     return out
 
 
@@ -118,7 +177,9 @@ def _problem(full, nodes, model, workload, per_node, slo=None) -> Problem:
     gone = [f"{h.name}/{i}" for h in full.hosts if h.name not in nodes for i in range(per_node)]
     cluster = full.without(gone)
     slo = slo or base_slo(model, workload).scaled(SLO_SCALE)
-    return Problem(cluster, model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency())
+    return Problem(
+        cluster, model, workload, slo, rate_rps=workload.rate_rps, efficiency=calibrated_efficiency()
+    )
 
 
 def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, seed) -> int:
@@ -137,8 +198,11 @@ def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, see
             continue
         at_s = e.time_s if policy == "swarm" else e.time_s + (spot.GRACE_S if e.op == "remove" else 0.0)
         try:
-            new = _swarm_step(sim, e, problem, current, at_s, budget_s, seed) if policy == "swarm" else \
-                _restart_step(sim, problem, current, at_s, budget_s, seed)
+            new = (
+                _swarm_step(sim, e, problem, current, at_s, budget_s, seed)
+                if policy == "swarm"
+                else _restart_step(sim, problem, current, at_s, budget_s, seed)
+            )
         except InfeasibleError:  # too few instances left for any plan: keep what still runs
             continue
         if new is not None:
@@ -169,10 +233,21 @@ def _restart_step(sim, problem, current, at_s, budget_s, seed):
 def _latency(ledger, stop_s: float, problem) -> dict:
     done = ledger.state == DONE
     age = np.where(done, ledger.done_s - ledger.arrival_s, stop_s - ledger.arrival_s)
-    ok = done & (ledger.first_token_s - ledger.arrival_s <= problem.slo.ttft_s) & (
-        (ledger.done_s - ledger.first_token_s) / np.maximum(ledger.output_tokens - 1, 1) <= problem.slo.tpot_s)
+    ok = (
+        done
+        & (ledger.first_token_s - ledger.arrival_s <= problem.slo.ttft_s)
+        & (
+            (ledger.done_s - ledger.first_token_s) / np.maximum(ledger.output_tokens - 1, 1)
+            <= problem.slo.tpot_s
+        )
+    )
     per_token = age / ledger.output_tokens
-    return {"p99_s": float(np.percentile(age, 99)), "p50_s": float(np.percentile(age, 50)),
-            "p99_per_token_s": float(np.percentile(per_token, 99)),
-            "slo_attainment": float(ok.mean()), "done": int(done.sum()), "unfinished": int((~done).sum()),
-            "restarts": int(ledger.num_restarts.sum())}
+    return {
+        "p99_s": float(np.percentile(age, 99)),
+        "p50_s": float(np.percentile(age, 50)),
+        "p99_per_token_s": float(np.percentile(per_token, 99)),
+        "slo_attainment": float(ok.mean()),
+        "done": int(done.sum()),
+        "unfinished": int((~done).sum()),
+        "restarts": int(ledger.num_restarts.sum()),
+    }

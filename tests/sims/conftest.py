@@ -44,8 +44,9 @@ def split_plan(problem):
 def wide_plan(problem):
     """Two prefill and two decode replicas of one GPU each."""
     ids = problem.cluster.gpu_ids
-    return evaluate(problem, [([ids[0]], "prefill"), ([ids[2]], "prefill"), ([ids[1]], "decode"),
-                              ([ids[3]], "decode")]).plan
+    return evaluate(
+        problem, [([ids[0]], "prefill"), ([ids[2]], "prefill"), ([ids[1]], "decode"), ([ids[3]], "decode")]
+    ).plan
 
 
 @pytest.fixture(scope="session")

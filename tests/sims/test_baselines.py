@@ -20,8 +20,10 @@ from swarm.workloads import load_workload
 def problems():
     model, workload = model_spec("llama-7b"), load_workload("azure-conv")
     slo = base_slo(model, workload)
-    return {name: Problem(load_cluster(name), model, workload, slo, rate_rps=2.0)
-            for name in ("inhouse-8xa100", "mixed-4")}
+    return {
+        name: Problem(load_cluster(name), model, workload, slo, rate_rps=2.0)
+        for name in ("inhouse-8xa100", "mixed-4")
+    }
 
 
 @pytest.mark.parametrize("system", SYSTEMS)

@@ -71,7 +71,9 @@ def test_restart_recovery_starts_requests_over(problem, wide_plan):
         delivered.update({r: replica._tokens_done(r) for r in replica.running})
 
     sim.sim.at(20.0 - 1e-9, snapshot)
-    sim.sim.at(20.0 + 1e-9, lambda: delivered.update(after={r: int(ledger.tokens_done[r]) for r in delivered}))
+    sim.sim.at(
+        20.0 + 1e-9, lambda: delivered.update(after={r: int(ledger.tokens_done[r]) for r in delivered})
+    )
     sim.fail_at(20.0, decode.gpu_ids)
     sim.run()
     after = delivered.pop("after")
@@ -100,17 +102,26 @@ def test_losing_every_replica_leaves_requests_queued_not_lost(problem, wide_plan
 
 
 def test_lightweight_replan_keeps_unchanged_replicas(problem, wide_plan):
-    deployments = [with_role(d, d.role) for d in (configure(problem, g.gpu_ids, g.role) for g in wide_plan.groups)]
+    deployments = [
+        with_role(d, d.role) for d in (configure(problem, g.gpu_ids, g.role) for g in wide_plan.groups)
+    ]
     flipped = [with_role(d, "decode") if i == 0 else d for i, d in enumerate(deployments)]
     new_plan = evaluate_deployments(problem, flipped).plan
     ledger = resample(problem.workload, 3.0, 60.0, seed=8)
     sim = ClusterSim(problem, wide_plan, ledger, seed=0)
     before = {}
-    sim.sim.at(29.0, lambda: before.update({r.role + str(sorted(sim._gpus(g))): r for g, r in sim.replicas.items()}))
+    sim.sim.at(
+        29.0, lambda: before.update({r.role + str(sorted(sim._gpus(g))): r for g, r in sim.replicas.items()})
+    )
     sim.replan_at(30.0, new_plan, reload_s=100.0, flip_s=0.5)
     sim.run()
-    kept = [r for g, r in sim.replicas.items() if g >= 0 and r.role + str(sorted(sim._gpus(g))) in before
-            and before[r.role + str(sorted(sim._gpus(g)))] is r]
+    kept = [
+        r
+        for g, r in sim.replicas.items()
+        if g >= 0
+        and r.role + str(sorted(sim._gpus(g))) in before
+        and before[r.role + str(sorted(sim._gpus(g)))] is r
+    ]
     assert len(kept) == 3  # the flipped one is new; nothing waited for a 100 s reload
     assert (ledger.state == DONE).all()
     assert np.nanmax(ledger.done_s) < 200.0

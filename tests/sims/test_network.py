@@ -11,7 +11,8 @@ from sims.network import Link, Network, kv_route
 from swarm.hardware import parse_cluster
 from swarm.wire.plan import Stage
 
-CLUSTER = parse_cluster("""
+CLUSTER = parse_cluster(
+    """
 [[host]]
 name = "a"
 gpu = "A40"
@@ -22,7 +23,9 @@ gpu = "A40"
 count = 2
 [network]
 default_gbps = 8
-""", name="ab")
+""",
+    name="ab",
+)
 CLUSTER = replace(CLUSTER, latency_s=0.0)
 
 

@@ -37,8 +37,15 @@ def test_report_files(tmp_path):
 
 
 def test_figures_are_png_files(tmp_path):
-    line = plots.lines(tmp_path / "l.png", {"a": ([1, 2, 3], [0.2, 0.5, 0.9])}, title="t", xlabel="x",
-                       ylabel="y", hline=0.9, vlines=[(2, "event")])
+    line = plots.lines(
+        tmp_path / "l.png",
+        {"a": ([1, 2, 3], [0.2, 0.5, 0.9])},
+        title="t",
+        xlabel="x",
+        ylabel="y",
+        hline=0.9,
+        vlines=[(2, "event")],
+    )
     bar = plots.bars(tmp_path / "b.png", {"g": {"s1": 1.0, "s2": 2.0}}, title="t", ylabel="y")
     for path in (line, bar):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
