@@ -180,7 +180,7 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
         codes = codes.reshape(groups.shape[0], padded_len)  # (block rows, padded_len)
         data[block] = pack_4bit(codes) if bits == 4 else codes
     _, row_len = row_layout(tuple(x.shape), axis)
-    data = data[:, : packed_row_bytes(row_len, bits)]  # (num_rows, packed bytes of the true row)
+    data = data[:, : packed_row_bytes(row_len, bits)].contiguous()  # (num_rows, packed bytes of the true row)
     return QuantizedTensor(data, scale, minimum, tuple(x.shape), bits, group_size, axis)
 
 
