@@ -21,6 +21,7 @@ import secrets
 import struct
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 from cryptography.exceptions import InvalidTag
@@ -114,22 +115,25 @@ class SealedChannel:
         out_dir, in_dir = (TO_RECEIVER, TO_SENDER) if is_sender else (TO_SENDER, TO_RECEIVER)
         self.out = Sealer(key, out_dir, is_encrypted=is_encrypted)
         self.inp = Sealer(key, in_dir, is_encrypted=is_encrypted)
-        self.buffer = memoryview(bytearray(MAX_FRAME_PAYLOAD_BYTES + TAG_BYTES))  # reused for every frame
+        # two frame buffers, reused: one is sealed/opened while the other is on the wire
+        self.buffers = [memoryview(bytearray(MAX_FRAME_PAYLOAD_BYTES + TAG_BYTES)) for _ in range(2)]
+        self.buffer = self.buffers[0]  # for the small announcement and acknowledgement frames
+
+    async def seal(self, header: FrameHeader, payload: memoryview, buffer: memoryview) -> list:
+        """The wire pieces of one frame: header, then ciphertext+tag (into `buffer`) or payload and tag."""
+        head = encode_frame_header(header)
+        if self.is_encrypted:  # AES runs in a worker thread: it releases the GIL
+            return [head, await trio.to_thread.run_sync(self.out.seal_into, head, payload, buffer)]
+        return [head, payload, self.out.tag(head, payload)]
 
     async def send_frame(self, header: FrameHeader, payload: memoryview) -> None:
-        head = encode_frame_header(header)
-        await self.sock.send_all(head)
-        if self.is_encrypted:  # AES runs in a worker thread: it releases the GIL
-            await self.sock.send_all(await trio.to_thread.run_sync(self.out.seal_into, head, payload, self.buffer))
-        else:
-            tag = self.out.tag(head, payload)
-            await self.sock.send_all(payload)
-            await self.sock.send_all(tag)
+        for piece in await self.seal(header, payload, self.buffer):
+            await self.sock.send_all(piece)
 
-    async def receive_frame_into(self, expect: tuple[int, int] | None,
-                                 out: memoryview | None) -> tuple[FrameHeader, memoryview]:
-        """The next frame (of request and sequence `expect`), its payload read into the start of `out`
-        (a new buffer if None); returns the header and the filled part of `out`."""
+    async def read_frame(self, expect: tuple[int, int] | None, out: memoryview | None,
+                         buffer: memoryview) -> tuple[FrameHeader, tuple]:
+        """The next frame's header, checked, and what `open_frame` needs to verify (and decrypt) its
+        payload into the start of `out` (a new buffer if None); encrypted bodies are read into `buffer`."""
         head = await read_exactly(self.sock.receive_some, HEADER_BYTES)
         header = decode_frame_header(head)
         if not header.is_sealed:
@@ -141,14 +145,27 @@ class SealedChannel:
         if len(out) != header.payload_bytes:
             raise WireError(f"fast path: frame of {header.payload_bytes} bytes overruns the announced blob")
         if self.is_encrypted:
-            body = self.buffer[:header.payload_bytes + TAG_BYTES]
+            body = buffer[:header.payload_bytes + TAG_BYTES]
             await receive_into(self.sock, body)
+            return header, (head, body, out)
+        await receive_into(self.sock, out)
+        return header, (head, out, await read_exactly(self.sock.receive_some, TAG_BYTES))
+
+    async def open_frame(self, sealed: tuple) -> memoryview:
+        """Verify (and decrypt) a frame read by `read_frame`; WireError if its tag is wrong."""
+        if self.is_encrypted:
+            head, body, out = sealed
             await trio.to_thread.run_sync(self.inp.open_into, head, body, out)
-        else:
-            await receive_into(self.sock, out)
-            tag = await read_exactly(self.sock.receive_some, TAG_BYTES)
-            self.inp.check_tag(head, out, tag)
-        return header, out
+            return out
+        head, out, tag = sealed
+        self.inp.check_tag(head, out, tag)
+        return out
+
+    async def receive_frame_into(self, expect: tuple[int, int] | None,
+                                 out: memoryview | None) -> tuple[FrameHeader, memoryview]:
+        """The next frame, verified, its payload in the start of `out` (a new buffer if None)."""
+        header, sealed = await self.read_frame(expect, out, self.buffer)
+        return header, await self.open_frame(sealed)
 
     async def send_blob(self, request_id: int, epoch: int, kind: str | int, data: bytes | memoryview) -> None:
         """Send `data` and wait for the receiver's acknowledgement."""
@@ -158,15 +175,45 @@ class SealedChannel:
             announce = memoryview(ACK.pack(len(view)))
             await self.send_frame(frame_header(request_id, epoch, kind, 0, announce, is_last=num_frames == 0,
                                                is_sealed=True), announce)
-            for i in range(num_frames):
-                chunk = view[i * MAX_FRAME_PAYLOAD_BYTES:(i + 1) * MAX_FRAME_PAYLOAD_BYTES]
-                await self.send_frame(frame_header(request_id, epoch, kind, i + 1, chunk,
-                                                   is_last=i == num_frames - 1, is_sealed=True), chunk)
+            await self._send_data_frames(request_id, epoch, kind, view, num_frames)
             _, ack = await self.receive_frame_into((request_id, 0), None)
         if scope.cancelled_caught:
             raise DeadlineError(f"fast path: blob of {len(view)} bytes not acknowledged in time")
         if bytes(ack) != ACK.pack(len(view)):
             raise WireError("fast path: the acknowledgement does not match the blob sent")
+
+    async def _send_data_frames(self, request_id: int, epoch: int, kind: str | int, view: memoryview,
+                                num_frames: int) -> None:
+        """Frames 1..n, pipelined: frame i+1 is sealed (in a worker thread) while frame i is sent."""
+
+        async def seal(i: int) -> list:
+            chunk = view[i * MAX_FRAME_PAYLOAD_BYTES:(i + 1) * MAX_FRAME_PAYLOAD_BYTES]
+            header = frame_header(request_id, epoch, kind, i + 1, chunk, is_last=i == num_frames - 1,
+                                  is_sealed=True)
+            return await self.seal(header, chunk, self.buffers[i % 2])
+
+        async def send(pieces: list) -> None:
+            for piece in pieces:
+                await self.sock.send_all(piece)
+
+        pieces = await seal(0) if num_frames else []
+        for i in range(num_frames):
+            seal_next = partial(seal, i + 1) if i + 1 < num_frames else None
+            _, pieces = await _concurrently(partial(send, pieces), seal_next)
+
+    async def _receive_data_frames(self, first: FrameHeader, view: memoryview) -> int:
+        """Frames 1..n into `view`, pipelined: frame i is verified/decrypted while frame i+1 arrives.
+        Returns the number of bytes received."""
+        offset, header, pending, i = 0, first, None, 0
+        while not header.is_last:
+            read = partial(self.read_frame, (first.request_id, header.sequence + 1), view[offset:],
+                           self.buffers[i % 2])
+            (header, next_pending), _ = await _concurrently(
+                read, partial(self.open_frame, pending) if pending is not None else None)
+            pending, offset, i = next_pending, offset + header.payload_bytes, i + 1
+        if pending is not None:
+            await self.open_frame(pending)
+        return offset
 
     async def receive_blob(self) -> tuple[FrameHeader, bytearray]:
         """The next blob, checked frame by frame, acknowledged to the sender."""
@@ -177,16 +224,40 @@ class SealedChannel:
         if total > self.max_blob_bytes:
             raise WireError(f"fast path: announced blob of {total} bytes exceeds {self.max_blob_bytes}")
         blob = bytearray(total)
-        view, offset, header = memoryview(blob), 0, first
-        while not header.is_last:
-            header, _ = await self.receive_frame_into((first.request_id, header.sequence + 1), view[offset:])
-            offset += header.payload_bytes
+        offset = await self._receive_data_frames(first, memoryview(blob)) if not first.is_last else 0
         if offset != total:
             raise WireError(f"fast path: blob ended after {offset} of {total} announced bytes")
         ack = memoryview(ACK.pack(total))
         await self.send_frame(frame_header(first.request_id, first.epoch, first.kind, 0, ack, is_last=True,
                                            is_sealed=True), ack)
         return first, blob
+
+
+async def _concurrently(main, side) -> tuple:
+    """Run `main()` and, at the same time, `side()` (if given); returns both results. Errors are caught
+    in each task and the first one re-raised after both ended, as itself (not as an exception group), so
+    callers handle a WireError or StreamError the same way as without the pipeline."""
+    results: dict[str, object] = {}
+
+    async def run(name: str, fn) -> None:
+        try:
+            results[name] = await fn()
+        except Exception as e:  # re-raised below, outside the nursery
+            results[name] = _Failed(e)
+
+    async with trio.open_nursery() as nursery:
+        if side is not None:
+            nursery.start_soon(run, "side", side)
+        await run("main", main)
+    for name in ("main", "side"):
+        if isinstance(results.get(name), _Failed):
+            raise results[name].error
+    return results["main"], results.get("side")
+
+
+class _Failed:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class FastPathServer:

@@ -71,3 +71,31 @@ def test_tampered_frame_and_unknown_session_are_refused(host_config, caplog):
         run_pair(host_config, body)
     assert "authentication failed" in caplog.text
     assert "unknown or expired session id" in caplog.text
+
+
+@pytest.mark.parametrize("is_encrypted", [True, False], ids=["aead", "auth-only"])
+def test_tampered_middle_frame_of_a_long_blob_is_refused(host_config, caplog, is_encrypted):
+    blob = bytes(range(256)) * (48 << 10)  # 12 MiB: three data frames, the pipeline runs
+
+    async def body(server, client, fastpath, received):
+        async with open_fastpath(client, server.peer_id, is_encrypted=is_encrypted) as channel:
+            real_send_all = channel.sock.send_all
+
+            async def flip_second_frame(data):
+                view = memoryview(data)
+                if len(view) > 1 << 20 and not getattr(flip_second_frame, "seen", False):
+                    flip_second_frame.seen = True  # let the first big piece (data frame 1) through
+                elif len(view) > 1 << 20:
+                    data = bytes([view[0] ^ 1]) + bytes(view[1:])
+                await real_send_all(data)
+
+            channel.sock.send_all = flip_second_frame
+            with pytest.raises(Exception):  # noqa: B017 - the receiver closes: reset or end of stream
+                await channel.send_blob(1, 1, "kv", blob)
+        async with open_fastpath(client, server.peer_id, is_encrypted=is_encrypted) as channel:
+            await channel.send_blob(2, 1, "kv", blob)
+        assert [r[2] for r in received] == [blob]
+
+    with caplog.at_level(logging.WARNING, logger="swarm.net.fastpath"):
+        run_pair(host_config, body)
+    assert "authentication failed" in caplog.text
