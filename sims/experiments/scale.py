@@ -8,6 +8,7 @@ in --quick) on `cloud-32` with swarm's plan: wall time and events per second.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -15,12 +16,16 @@ from sims import plots
 from sims.baselines import plan_system
 from sims.calibrate import calibrated_efficiency
 from sims.cluster_sim import ClusterSim
+from sims.errors import SimError
 from sims.report import markdown_table, write_csv, write_summary
 from sims.workloads import replay
 from swarm.hardware import Cluster, load_cluster
 from swarm.models import model_spec
+from swarm.plan import InfeasibleError
 from swarm.plan.problem import Problem, base_slo
 from swarm.workloads import load_workload
+
+log = logging.getLogger(__name__)
 
 MODEL = "llama-30b"
 SIZES_QUICK = (16, 32, 64)
@@ -56,19 +61,7 @@ def run(ctx) -> dict:
             rate_rps=workload.rate_rps * n / 32,
             efficiency=calibrated_efficiency(),
         )
-        planned = plan_system("swarm", problem, budget_s=budget_s, seed=ctx.seed)
-        e = planned.evaluation
-        rows.append(
-            {
-                "num_gpus": n,
-                "planner_s": planned.planner_s,
-                "budget_s": budget_s,
-                "num_groups": len(planned.plan.groups),
-                "predicted_goodput_rps": e.goodput_rps,
-                "goodput_per_gpu": e.goodput_rps / n,
-                "price_per_hour": cluster.price_per_hour,
-            }
-        )
+        rows.append(_plan_row(problem, n, budget_s, ctx.seed))
     speed = _sim_speed(ctx, model, workload, slo)
     write_csv(ctx.path("planner_scale.csv"), rows)
     xs = [r["num_gpus"] for r in rows]
@@ -91,8 +84,7 @@ def run(ctx) -> dict:
     )
     figures = {
         "planner": {
-            r["num_gpus"]: {"planner_s": r["planner_s"], "goodput_per_gpu": r["goodput_per_gpu"]}
-            for r in rows
+            r["num_gpus"]: {k: r[k] for k in ("planner_s", "goodput_per_gpu", "found_plan")} for r in rows
         },
         "simulator": speed,
     }
@@ -104,6 +96,36 @@ def run(ctx) -> dict:
         figures,
     )
     return figures
+
+
+def _plan_row(problem: Problem, num_gpus: int, budget_s: float, seed: int) -> dict:
+    """Planner time and predicted goodput at one size; a search that finds no plan is recorded as such."""
+    start = time.perf_counter()
+    try:
+        planned = plan_system("swarm", problem, budget_s=budget_s, seed=seed)
+    except (InfeasibleError, SimError) as e:
+        log.warning("scale: no plan at %d GPUs: %s", num_gpus, e)
+        return {
+            "num_gpus": num_gpus,
+            "planner_s": time.perf_counter() - start,
+            "budget_s": budget_s,
+            "num_groups": 0,
+            "predicted_goodput_rps": 0.0,
+            "goodput_per_gpu": 0.0,
+            "price_per_hour": problem.cluster.price_per_hour,
+            "found_plan": False,
+        }
+    goodput = planned.evaluation.goodput_rps
+    return {
+        "num_gpus": num_gpus,
+        "planner_s": planned.planner_s,
+        "budget_s": budget_s,
+        "num_groups": len(planned.plan.groups),
+        "predicted_goodput_rps": goodput,
+        "goodput_per_gpu": goodput / num_gpus,
+        "price_per_hour": problem.cluster.price_per_hour,
+        "found_plan": True,
+    }
 
 
 def _sim_speed(ctx, model, workload, slo) -> dict:
