@@ -167,7 +167,7 @@ def held_out_items(tokenizer, num_windows: int) -> list[Item]:
 
 
 FORMATS: list[tuple[str, KvFormat | None]] = [
-    ("fp32 (no wire)", None),
+    ("fp32 (reference, not sent)", None),
     ("fp16", KvFormat(bits=16)),
     ("8-bit, per token g32", KvFormat(8, 32, "token", num_sink_tokens=0)),
     ("4-bit, per token g32", KvFormat(4, 32, "token", num_sink_tokens=0)),
@@ -182,7 +182,7 @@ FORMATS: list[tuple[str, KvFormat | None]] = [
     ("4-bit, keys per channel g64, values g64, fp16 sink token (default)", KvFormat(4, 64, "channel", 64, 1)),
     ("4-bit, keys per channel g128, values g64, fp16 sink token", KvFormat(4, 128, "channel", 64, 1)),
 ]
-QUICK_FORMATS = ("fp32 (no wire)", "fp16", "8-bit, per token g32", "4-bit, per token g32")
+QUICK_FORMATS = ("fp32 (reference, not sent)", "fp16", "8-bit, per token g32", "4-bit, per token g32")
 
 
 def wire_roundtrip(keys: list[Tensor], values: list[Tensor], fmt: KvFormat | None) -> tuple[list, list, int]:
@@ -229,7 +229,9 @@ def table(totals: dict[str, dict], formats: list[tuple[str, KvFormat | None]]) -
             {
                 "format": name,
                 "bits_per_element": 32.0 if fmt is None else fmt.bits_per_element(),
-                "size_vs_fp16": row["wire_bytes"] / base["wire_bytes"] if fmt is not None else 2.0,
+                "size_vs_fp16": row["wire_bytes"] / base["wire_bytes"]
+                if fmt is not None
+                else None,  # not sent
                 "ppl": ppl,
                 "ppl_increase_pct": 100 * (ppl / base_ppl - 1),
                 "top1_agreement_pct": 100 * row["agree"] / row["tokens"],
@@ -237,6 +239,10 @@ def table(totals: dict[str, dict], formats: list[tuple[str, KvFormat | None]]) -
             }
         )
     return rows
+
+
+def size_text(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.3f}x"
 
 
 def print_table(title: str, rows: list[dict], out) -> None:
@@ -248,7 +254,7 @@ def print_table(title: str, rows: list[dict], out) -> None:
     print("|---|---|---|---|---|---|", file=out)
     for r in rows:
         print(
-            f"| {r['format']} | {r['bits_per_element']:.3g} | {r['size_vs_fp16']:.3f}x | {r['ppl']:.4f} "
+            f"| {r['format']} | {r['bits_per_element']:.3g} | {size_text(r['size_vs_fp16'])} | {r['ppl']:.4f} "
             f"| {r['ppl_increase_pct']:+.2f}% | {r['top1_agreement_pct']:.1f}% |",
             file=out,
         )
