@@ -156,11 +156,14 @@ class _Search:
         self.best: tuple[Grouping, Evaluation] | None = None
         self.history: list[tuple[int, float, float]] = []
         self.num_evaluations = 0
+        self.slowest_s = 0.0  # the slowest evaluation so far: the wall-clock cap keeps room for one more
         self.colocated = False
 
     def exhausted(self) -> bool:
+        """The evaluation count is spent, or the next evaluation (as long as the slowest so far)
+        would end past the wall-clock budget."""
         return (self.num_evaluations >= self.max_evaluations
-                or time.perf_counter() - self.started >= self.budget_s)
+                or time.perf_counter() - self.started + self.slowest_s >= self.budget_s)
 
     def score(self, grouping: Grouping, *, force: bool = False) -> Evaluation:
         """The evaluation of `grouping` (cached); one with no (prefill, decode) pair scores 0 for free."""
@@ -172,7 +175,9 @@ class _Search:
             if self.exhausted() and not force:  # the budget is hard, also for the start candidates
                 return _NOTHING
             self.num_evaluations += 1
+            began = time.perf_counter()
             evaluation = evaluate(self.problem, grouping)
+            self.slowest_s = max(self.slowest_s, time.perf_counter() - began)
             self.cache[grouping] = evaluation
             if self.best is None or evaluation.score > self.best[1].score + IMPROVEMENT:
                 self.best = (grouping, evaluation)
