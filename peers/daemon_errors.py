@@ -15,6 +15,10 @@ class NoReplicaError(DaemonError):
     """No ready replica can take a request right now (no plan yet, or its replicas are still loading)."""
 
 
+class BadRequestError(DaemonError):
+    """A replica refused the request itself (prompt too long, bad sampling values): retrying cannot help."""
+
+
 class ReplicaFailedError(DaemonError):
     """A replica serving a request went away or answered with a failure."""
 

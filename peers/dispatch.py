@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import trio
 
-from peers.daemon_errors import NoReplicaError, ReplicaFailedError
+from peers.daemon_errors import BadRequestError, NoReplicaError, ReplicaFailedError
 from swarm.errors import SwarmError, WireError
 from swarm.net.rpc import read_message, write_message
 from swarm.wire.requests import Ack, DecodeWatch, GenerateRequest, PrefillJob, RequestFailure, TokenChunk
@@ -115,7 +115,7 @@ async def serve_generate(node, stream) -> None:
     except (SwarmError, trio.TooSlowError) as e:
         message = str(e) or f"no answer within {node.config.request_timeout_s:g} s"
         logger.warning("request %s failed: %s", request.request_id, message)
-        code = "unavailable" if isinstance(e, NoReplicaError) else "failed"
+        code = {NoReplicaError: "unavailable", BadRequestError: "bad_request"}.get(type(e), "failed")
         await write_message(stream, RequestFailure(request.request_id, code, message[:4000]))
     finally:
         node.ledger.forget(request.request_id)
@@ -141,7 +141,8 @@ async def run_request(node, request: GenerateRequest, deliver: Callable[[TokenCh
                 await _run_on_route(node, request, route, forward)
             return
         except SwarmError as e:  # a replica or link failed; before the first token, try another route
-            if node.ledger.delivered(request.request_id) > 0 or attempt == MAX_ATTEMPTS:
+            if isinstance(e, BadRequestError) or node.ledger.delivered(request.request_id) > 0 \
+                    or attempt == MAX_ATTEMPTS:
                 raise
             logger.info("request %s: route %s failed before its first token (%s); trying again",
                         request.request_id, route, e)
@@ -199,7 +200,7 @@ async def _read_chunk(stream, peer_id: str) -> TokenChunk:
     except Exception as e:  # libp2p raises several types for a reset or closed stream
         raise ReplicaFailedError(f"replica {peer_id} went away mid-request: {e or type(e).__name__}") from None
     if isinstance(answer, RequestFailure):
-        raise ReplicaFailedError(f"replica {peer_id}: {answer.code}: {answer.message}")
+        raise _failure(answer, peer_id)
     if not isinstance(answer, TokenChunk):
         raise WireError(f"replica {peer_id} sent a {type(answer).__name__} where tokens were expected")
     return answer
@@ -213,6 +214,12 @@ async def _expect_ack(stream, peer_id: str) -> None:
     except Exception as e:  # libp2p raises several types for a reset or closed stream
         raise ReplicaFailedError(f"replica {peer_id} went away: {e or type(e).__name__}") from None
     if isinstance(answer, RequestFailure):
-        raise ReplicaFailedError(f"replica {peer_id}: {answer.code}: {answer.message}")
+        raise _failure(answer, peer_id)
     if not isinstance(answer, Ack):
         raise WireError(f"replica {peer_id} sent a {type(answer).__name__} where an Ack was expected")
+
+
+def _failure(answer: RequestFailure, peer_id: str) -> SwarmError:
+    if answer.code == "bad_request":
+        return BadRequestError(answer.message)
+    return ReplicaFailedError(f"replica {peer_id}: {answer.code}: {answer.message}")

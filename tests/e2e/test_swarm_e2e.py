@@ -92,6 +92,16 @@ def test_swarm_generate_cli_streams_through_the_swarm(swarm, capsys):
     assert "[5 tokens" in captured.err and "TTFT" in captured.err
 
 
+def test_a_request_the_model_cannot_take_gets_a_clear_error_and_no_retry(swarm):
+    from swarm.client import GenerationError
+
+    client = swarm.client("bootstrap")
+    with pytest.raises(GenerationError) as caught:
+        client.generate("x" * 400, max_tokens=4)  # the tiny model's context is 256 tokens
+    assert caught.value.code == "bad_request" and "context" in caught.value.message
+    assert swarm.log("bootstrap").count("trying again") == 0
+
+
 async def send_raw(addr: str, protocol: str, data: bytes) -> bytes | None:
     """Write raw bytes on a fresh stream; what comes back before the stream ends (None: it never ended)."""
     async with AsyncSwarmClient([addr]) as client:
