@@ -9,8 +9,10 @@ a nonce of (direction, frame counter), so a replayed, reordered, cut or altered 
 - encrypted (default): header || AES-GCM(payload, associated data = header) — ciphertext and tag;
 - authenticated only: header || payload || tag, where the tag is the GCM tag of the 40 header bytes with
   the payload as associated data (GHASH runs at several GB/s, faster than any hash here).
-The receiver answers every blob with a sealed 8-byte acknowledgement (the byte count), so `send_blob`
-returns once the data was delivered and checked. A session id is good for one connection within
+A blob starts with a sealed 8-byte length announcement (the receiver allocates it once and decrypts
+every frame straight into place) and ends with the receiver's sealed 8-byte acknowledgement, so
+`send_blob` returns once the data was delivered and checked. Both sides pipeline: frame i+1 is sealed
+(or opened) in a worker thread while frame i is on the wire. A session id is good for one connection within
 `GRANT_TTL_S`; sockets that present anything else are closed.
 """
 
