@@ -90,8 +90,8 @@ def full_plan(config, model_path, inputs: PlanInputs, light, model_name: str) ->
 def _lightweight(problem, current: Plan | None, current_hosts: dict[str, str], hosts: dict[str, str]):
     from swarm.plan import replan
 
-    if current is None or current_hosts != {h: p for h, p in hosts.items() if h in current_hosts}:
-        return None  # no plan yet, or host names now mean other peers
+    if current is None or any(current_hosts.get(h, p) != p for h, p in hosts.items()):
+        return None  # no plan yet, or a host name now means another peer
     try:
         return replan(problem, current)
     except Exception as e:  # a planner failure must not stop the coordinator; the full search follows
