@@ -9,6 +9,7 @@ from their defaults, so old and new peers interoperate. Nothing is ever unpickle
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, TypeVar
@@ -150,18 +151,25 @@ def _tuple(tp: Any, value: Any, where: str, depth: int) -> tuple:
     return tuple(_convert(a, v, f"{where}[{i}]", depth + 1) for i, (a, v) in enumerate(zip(args, value, strict=True)))
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, resolved type, is_required) of each init field; resolving hints is the slow part of decoding."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                 for f in dataclasses.fields(cls) if f.init)
+
+
 def _record(cls: type, value: Any, where: str, depth: int) -> Any:
     if isinstance(value, cls):
         return value
     if not isinstance(value, list | tuple):
         raise WireError(f"{where}: expected a {cls.__name__} record (a list), got {type(value).__name__}")
-    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for i, field in enumerate(f for f in dataclasses.fields(cls) if f.init):
+    for i, (name, field_type, is_required) in enumerate(_fields(cls)):
         if i < len(value):
-            kwargs[field.name] = _convert(hints[field.name], value[i], f"{where}.{field.name}", depth + 1)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise WireError(f"{where}: missing required field {field.name!r}")
+            kwargs[name] = _convert(field_type, value[i], f"{where}.{name}", depth + 1)
+        elif is_required:
+            raise WireError(f"{where}: missing required field {name!r}")
     try:
         return cls(**kwargs)
     except WireError:
