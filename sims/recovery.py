@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sims.baselines import plan_system
 from sims.cluster_sim import ClusterSim
 from sims.ledger import Ledger, meets_slo
 from swarm.plan import match_migration, replan
-from swarm.plan import plan as search_plan
 from swarm.plan.problem import Problem
 from swarm.wire.plan import Plan
 
@@ -44,7 +44,7 @@ def lightweight(problem: Problem, current: Plan) -> Replanned:
 def full(problem: Problem, current: Plan, *, budget_s: float, seed: int = 0) -> Replanned:
     """A new search on the problem's cluster; GPUs then load what the migration could not keep."""
     start = time.perf_counter()
-    new = search_plan(problem, budget_s=budget_s, seed=seed).best.plan.with_epoch(current.epoch + 1)
+    new = plan_system("swarm", problem, budget_s=budget_s, seed=seed).plan.with_epoch(current.epoch + 1)
     migration = match_migration(current, new, problem.model, available=problem.cluster.gpu_ids)
     planner_s = time.perf_counter() - start
     return Replanned(migration.plan, planner_s, reload_time_s(migration.loads), "full")
