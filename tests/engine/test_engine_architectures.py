@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_engine, run_all
-from test_engine_matches_transformers import hf_greedy, random_prompts
+from engine_helpers import hf_greedy, make_engine, random_prompts, run_all
 
 from peers.engine import SamplingParams
 from peers.errors import EngineConfigError

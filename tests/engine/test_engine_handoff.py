@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_CONFIG, make_engine, run_all, write_tiny_model
-from test_engine_matches_transformers import random_prompts
+from engine_helpers import TINY_CONFIG, make_engine, random_prompts, run_all, write_tiny_model
 
 from kernels import KvFormat
 from peers.engine import SamplingParams

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from conftest import make_engine, run_all
+from engine_helpers import hf_greedy, make_engine, random_prompts, run_all
 
 from peers.engine import SamplingParams
 
 NUM_PROMPTS = 24
 MAX_TOKENS = 20
-
-
-def random_prompts(count: int, seed: int, max_len_tokens: int = 60) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, max_len_tokens, (count,), generator=g).tolist()
-    return [torch.randint(0, 256, (n,), generator=g).tolist() for n in lengths]
-
-
-def hf_greedy(hf, prompt: list[int], max_tokens: int) -> list[int]:
-    ids = torch.tensor([prompt])
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False)
-    return out[0, len(prompt):].tolist()
 
 
 def test_greedy_tokens_equal_transformers_alone_and_batched(tiny_model_dir, hf_tiny):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import write_tiny_model
+from engine_helpers import write_tiny_model
 
 from swarm import modelstore
 from swarm.errors import ModelError
