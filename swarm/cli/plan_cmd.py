@@ -103,11 +103,11 @@ def render(problem, result) -> str:
     best = result.best
     plan, cluster, slo = best.plan, problem.cluster, problem.slo
     shares = _shares(plan)
-    rows = [("group", "role", "GPUs", "TPxPP", "layers per stage", "share")]
+    rows = [("group", "role", "GPUs (pipeline order)", "types", "TPxPP", "layers per stage", "share")]
     for g in plan.groups:
-        gpus = " | ".join(_gpu_ranges(s.gpus, cluster) for s in g.stages)
         layers = " ".join(f"{s.layers[0]}-{s.layers[1]}" for s in g.stages)
-        rows.append((str(g.id), g.role, gpus, f"{g.tp}x{g.pp}", layers, f"{shares.get(g.id, 0.0):.1%}"))
+        rows.append((str(g.id), g.role, _gpu_ranges(g.gpu_ids), _types(g.gpu_ids, cluster), f"{g.tp}x{g.pp}",
+                     layers, f"{shares.get(g.id, 0.0):.1%}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -135,8 +135,8 @@ def _shares(plan) -> dict[int, float]:
     return shares
 
 
-def _gpu_ranges(gpus, cluster) -> str:
-    """'a40-0/0-3 (4x A40)' style: GPUs grouped by host, indices compressed into ranges."""
+def _gpu_ranges(gpus) -> str:
+    """'a40-0/0-3 a6000-1/0,2' style: GPUs grouped by host in order, indices compressed into ranges."""
     by_host: dict[str, list[int]] = {}
     for gpu in gpus:
         host, _, index = gpu.rpartition("/")
@@ -148,8 +148,17 @@ def _gpu_ranges(gpus, cluster) -> str:
             if cur != prev + 1:
                 runs.append(str(start) if start == prev else f"{start}-{prev}")
                 start = cur
-        parts.append(f"{host}/{','.join(runs)} ({len(indices)}x {cluster.host(host).gpu.name})")
-    return " + ".join(parts)
+        parts.append(f"{host}/{','.join(runs)}")
+    return " ".join(parts)
+
+
+def _types(gpus, cluster) -> str:
+    """'6xA6000+6xA40': GPU types of a group with their counts, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for gpu in gpus:
+        name = cluster.gpu(gpu).name
+        counts[name] = counts.get(name, 0) + 1
+    return "+".join(f"{n}x{name}" for name, n in counts.items())
 
 
 def _seconds(value: float) -> str:
