@@ -17,6 +17,7 @@ import trio
 
 from peers.daemon_errors import PlanApplyError
 from peers.engine import Engine, EngineConfig
+from peers.membership import peer_stages
 from peers.pipeline import PipelineWorker
 from peers.worker import EngineWorker
 from swarm.errors import SwarmError
@@ -33,27 +34,23 @@ def my_group(node, plan: Plan) -> Group | None:
     return plan.group(groups[0]) if groups else None
 
 
-def my_stage(node, group: Group) -> int:
-    """The index of the stage holding this peer's GPU (the first one, if several)."""
-    names = {h for h, p in node.holder.hosts.items() if p == node.peer_id}
-    return next(i for i, s in enumerate(group.stages) if any(g.split("/")[0] in names for g in s.gpus))
+def my_stage(node, stages: list[tuple[str, int, int]]) -> int:
+    """The index of this peer's part of the pipeline (`peer_stages`)."""
+    return next(i for i, (peer, _, _) in enumerate(stages) if peer == node.peer_id)
 
 
-def engine_config(node, group: Group, stage_index: int) -> EngineConfig:
-    """The engine settings for this peer's stage of `group`."""
-    if len(group.stages) > 1 and group.role != "both":
-        raise PlanApplyError(f"group {group.id} is a {len(group.stages)}-stage {group.role} pipeline across peers; "
-                             "this daemon serves multi-peer pipelines as colocated (both) replicas only, "
-                             "because the KV hand-off between two pipelines needs equal layer splits")
-    first, last = group.stages[stage_index].layers
+def engine_config(node, group: Group, stages: list[tuple[str, int, int]], stage_index: int) -> EngineConfig:
+    """The engine settings for this peer's layers of `group`."""
+    if len(stages) > 1 and group.role != "both":
+        raise PlanApplyError(f"group {group.id} is a {group.role} pipeline across {len(stages)} peers; only "
+                             "colocated (both) replicas may span peers (the coordinator does not publish these)")
+    _, first, last = stages[stage_index]
     return EngineConfig(role=group.role, first_layer=first, last_layer=last, dtype=node.config.dtype,
                         kv_cache_bytes=node.config.kv_cache_bytes, max_num_seqs=node.config.max_num_seqs)
 
 
-def next_stage_peer(node, group: Group, stage_index: int) -> str | None:
-    if stage_index + 1 >= len(group.stages):
-        return None
-    return node.holder.hosts[group.stages[stage_index + 1].gpus[0].split("/")[0]]
+def next_stage_peer(stages: list[tuple[str, int, int]], stage_index: int) -> str | None:
+    return stages[stage_index + 1][0] if stage_index + 1 < len(stages) else None
 
 
 def holds_layers(engine: Engine, config: EngineConfig) -> bool:
@@ -71,9 +68,10 @@ async def apply_plan(node, plan: Plan) -> None:
         node.set_ready(-1, None)
         logger.info("plan epoch %d: this peer is in no group; idle", plan.epoch)
         return
-    stage_index = my_stage(node, group)
-    config = engine_config(node, group, stage_index)
-    node.pipeline_stage, node.pipeline_next = stage_index, next_stage_peer(node, group, stage_index)
+    stages = peer_stages(group, node.holder.hosts)
+    stage_index = my_stage(node, stages)
+    config = engine_config(node, group, stages, stage_index)
+    node.pipeline_stage, node.pipeline_next = stage_index, next_stage_peer(stages, stage_index)
     worker = node.worker
     if worker is not None and holds_layers(worker.engine, config):
         if worker.engine.config.role != group.role:
@@ -85,12 +83,12 @@ async def apply_plan(node, plan: Plan) -> None:
         logger.info("plan epoch %d: loading layers [%d, %d) as %s", plan.epoch, config.first_layer,
                     config.last_layer, group.role)
         engine = await trio.to_thread.run_sync(Engine.load, node.model_path, config)
-        is_head = len(group.stages) > 1 and stage_index == 0
+        is_head = len(stages) > 1 and stage_index == 0
         await node.start_worker(PipelineWorker(engine, node) if is_head else EngineWorker(engine))
     node.set_ready(plan.epoch, group.id)
-    where = f"stage {stage_index + 1} of {len(group.stages)}, " if len(group.stages) > 1 else ""
+    where = f"stage {stage_index + 1} of {len(stages)}, " if len(stages) > 1 else ""
     logger.info("plan epoch %d: ready as group %d (%s, %slayers %s)", plan.epoch, group.id, group.role, where,
-                group.stages[stage_index].layers)
+                stages[stage_index][1:])
 
 
 async def run_applier(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

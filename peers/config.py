@@ -48,6 +48,7 @@ class PeerConfig:
     request_timeout_s: float = 120.0
     ready_wait_s: float = 60.0  # how long an entry peer waits for a ready replica
     bandwidth_probe_bytes: int = 4 << 20
+    emulated_link_gbps: float = 10.0  # planned speed of a link between two emulated peers (Gbit/s)
     plan_file: str | None = None  # as coordinator, publish this plan (JSON) instead of planning
     addrs_file: str | None = None  # write this peer's multiaddrs here once listening (for scripts)
     is_exiting_with_parent: bool = False  # stop when the launching process dies (swarm demo's children)
@@ -67,7 +68,7 @@ class PeerConfig:
         if self.name and ("/" in self.name or not self.name.isprintable()):
             raise PeerConfigError(f"name {self.name!r} must be printable and contain no '/'")
         for name in ("rate_rps", "slo_scale", "plan_budget_s", "gossip_interval_s", "failure_timeout_s",
-                     "request_timeout_s", "ready_wait_s"):
+                     "request_timeout_s", "ready_wait_s", "emulated_link_gbps"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 86_400):
                 raise PeerConfigError(f"{name} must be a positive number (seconds or a rate), got {value!r}")

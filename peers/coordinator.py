@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from peers.membership import is_servable
 from swarm.errors import SwarmError
 from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Predicted, Routing, Stage
 
@@ -77,7 +78,7 @@ def full_plan(config, model_path, inputs: PlanInputs, light, model_name: str) ->
     except SwarmError as e:
         logger.error("cannot build the planning problem (%s); using the simple fallback plan", e)
         return fallback_plan(inputs, model_path, model_name), _fallback_hosts(inputs), "fallback"
-    full = _full(problem, config.plan_budget_s, light[0] if light else None)
+    full = _full(problem, config.plan_budget_s, light[0] if light else None, hosts)
     if full is not None and (light is None or full.score > light[0].score * FULL_PLAN_GAIN):
         return full.plan, hosts, "full"
     if light is not None:
@@ -93,13 +94,21 @@ def _lightweight(problem, current: Plan | None, current_hosts: dict[str, str], h
     if current is None or any(current_hosts.get(h, p) != p for h, p in hosts.items()):
         return None  # no plan yet, or a host name now means another peer
     try:
-        return replan(problem, current)
+        light = replan(problem, current)
     except Exception as e:  # a planner failure must not stop the coordinator; the full search follows
         logger.info("lightweight re-plan not possible: %s", e)
         return None
+    return light if _servable(light, hosts) else None
 
 
-def _full(problem, budget_s: float, initial):
+def _servable(evaluation, hosts: dict[str, str]) -> bool:
+    why = is_servable(evaluation.plan, hosts)
+    if why:
+        logger.info("planner's candidate skipped: %s", why)
+    return not why
+
+
+def _full(problem, budget_s: float, initial, hosts: dict[str, str]):
     """The tabu search's best plan: disaggregated (ThunderServe's phase split) first; colocated (`both`)
     replicas too when no disaggregated plan is feasible or the swarm serves colocated now (a swarm that
     shrank to one peer and grows again), the better score winning."""
@@ -116,7 +125,8 @@ def _full(problem, budget_s: float, initial):
         except Exception as e:  # a planner bug or an infeasible swarm: report it, keep serving
             logger.info("full planning with roles %s failed: %s: %s", roles, type(e).__name__, e)
             continue
-        if result.best.is_feasible and (best is None or result.best.score > best.score):
+        if result.best.is_feasible and _servable(result.best, hosts) and (
+                best is None or result.best.score > best.score):
             best = result.best
     return best
 
@@ -148,19 +158,25 @@ def _fallback_hosts(inputs: PlanInputs) -> dict[str, str]:
 
 
 def plan_inputs(node) -> PlanInputs:
-    """The current serving peers' profiles and the links they measured."""
+    """The current serving peers' profiles and the links they measured. Between two emulated peers the
+    link is emulated too (`emulated_link_gbps`): their loopback measurement says nothing about the
+    network being emulated, and on a busy box it would make the planner avoid any KV transfer."""
     members = {p: m for p, m in node.membership.members.items() if m.profile is not None}
     digests = {p: m.digest for p, m in members.items()}
     profiles = [m.profile for m in members.values()]
     if node.profile is not None:
         profiles.append(node.profile)
         digests[node.peer_id] = node.digest()
+    emulated = {p.peer_id for p in profiles if p.is_emulated}
     links: dict[tuple[str, str], float] = {}
     for peer_id, digest in digests.items():
         for other, gbps in digest.links_gbps.items():
             if other in digests and other != peer_id:
                 pair = tuple(sorted((peer_id, other)))
                 links[pair] = min(links.get(pair, gbps), gbps)
+    for pair in links:
+        if set(pair) <= emulated:
+            links[pair] = node.config.emulated_link_gbps
     return PlanInputs(tuple(sorted(profiles, key=lambda p: p.peer_id)), tuple(sorted(links.items())))
 
 

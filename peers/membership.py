@@ -163,6 +163,29 @@ class PlanHolder:
         return [g.id for g in self.plan.groups if any(gpu.split("/")[0] in names for gpu in g.gpu_ids)]
 
 
+def peer_stages(group, hosts: dict[str, str]) -> list[tuple[str, int, int]]:
+    """(peer id, first layer, last layer) per peer along a group's pipeline: consecutive stages on one peer
+    (several of its GPUs) merge into one range, since a peer runs one engine."""
+    out: list[tuple[str, int, int]] = []
+    for stage in group.stages:
+        peer = hosts[stage.gpus[0].split("/")[0]]
+        if out and out[-1][0] == peer:
+            out[-1] = (peer, out[-1][1], stage.layers[1])
+        else:
+            out.append((peer, *stage.layers))
+    return out
+
+
+def is_servable(plan: Plan, hosts: dict[str, str]) -> str:
+    """"" if every group can be served here, else why not (a prefill or decode pipeline across peers)."""
+    for group in plan.groups:
+        if group.role != "both" and len(peer_stages(group, hosts)) > 1:
+            return (f"group {group.id} is a {group.role} pipeline across {len(peer_stages(group, hosts))} peers; "
+                    "only colocated (both) replicas may span peers (the KV hand-off between pipelines would "
+                    "need equal layer splits)")
+    return ""
+
+
 def describe_action(action) -> str | None:
     """An operator's log line for a proto action, or None for the ones not worth a line."""
     name = type(action).__name__

@@ -113,3 +113,19 @@ def test_groups_of_a_peer_follow_the_host_map():
     holder.offer(v, plan(1), {"h-QmAaaa": A}, term=1, coordinator_id=A)
     assert holder.groups_of_peer(A) == [0] and holder.groups_of_peer(B) == []
     assert holder.peer_of_group(0) == A
+
+
+def test_stages_on_one_peer_merge_and_only_colocated_groups_may_span_peers():
+    from peers.membership import is_servable, peer_stages
+
+    hosts = {"a": A, "b": B}
+    stages = (Stage(("a/0",), (0, 1)), Stage(("a/1",), (1, 2)), Stage(("b/0",), (2, 4)))
+    both = Group(0, "both", 1, 3, stages)
+    assert peer_stages(both, hosts) == [(A, 0, 2), (B, 2, 4)]
+    colocated = Plan(PLAN_FORMAT, 1, "m", (both,), Routing({0: 1.0}, ((0, 0, 1.0),)))
+    assert is_servable(colocated, hosts) == ""
+    split = Plan(PLAN_FORMAT, 1, "m", (Group(0, "prefill", 1, 1, (Stage(("a/0",), (0, 4)),)),
+                                       Group(1, "decode", 1, 3, stages)), Routing({0: 1.0}, ((0, 1, 1.0),)))
+    assert "decode pipeline across 2 peers" in is_servable(split, hosts)
+    one_peer = {"a": A, "b": A}
+    assert is_servable(split, one_peer) == ""  # all stages on one peer: one engine holds them
