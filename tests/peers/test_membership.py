@@ -124,8 +124,9 @@ def test_stages_on_one_peer_merge_and_only_colocated_groups_may_span_peers():
     assert peer_stages(both, hosts) == [(A, 0, 2), (B, 2, 4)]
     colocated = Plan(PLAN_FORMAT, 1, "m", (both,), Routing({0: 1.0}, ((0, 0, 1.0),)))
     assert is_servable(colocated, hosts) == ""
-    split = Plan(PLAN_FORMAT, 1, "m", (Group(0, "prefill", 1, 1, (Stage(("a/0",), (0, 4)),)),
+    hosts = {**hosts, "c": "QmCccc"}
+    split = Plan(PLAN_FORMAT, 1, "m", (Group(0, "prefill", 1, 1, (Stage(("c/0",), (0, 4)),)),
                                        Group(1, "decode", 1, 3, stages)), Routing({0: 1.0}, ((0, 1, 1.0),)))
     assert "decode pipeline across 2 peers" in is_servable(split, hosts)
-    one_peer = {"a": A, "b": A}
+    one_peer = {"a": A, "b": A, "c": "QmCccc"}
     assert is_servable(split, one_peer) == ""  # all stages on one peer: one engine holds them
