@@ -9,6 +9,7 @@ Then it keeps serving until Ctrl-C (`--once` exits after the prompts). Every chi
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import time
 
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from swarm.modelstore import resolve_model
 
     resolve_model(args.model)  # fail now, with the fix in the message, if the model is not prepared
+    quiet_libp2p()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a timeout stops the children like Ctrl-C does
     started = time.perf_counter()
     print("starting a bootstrap node and 3 peers on 127.0.0.1 (emulated A40, RTX 3090 Ti x2) ...", flush=True)
@@ -54,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nstopped; every peer process has been shut down")
     return 0
+
+
+def quiet_libp2p() -> None:
+    """libp2p logs every failed dial as an error; this command reports failures itself, in words."""
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
 
 def _interrupt(signum, frame) -> None:

@@ -16,8 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from swarm.cli.demo_cmd import quiet_libp2p
     from swarm.client.status import default_peer_addrs, fetch_status, format_status, status_dict
 
+    quiet_libp2p()
     addrs = args.peer or default_peer_addrs()
     reply = fetch_status(addrs, swarm_key=args.swarm_key, timeout_s=args.timeout)
     print(json.dumps(status_dict(reply), indent=2) if args.json else format_status(reply))
