@@ -74,8 +74,9 @@ class PagedKvCache:
         """K/V of a batch: block_tables (batch, blocks) -> each (kv_heads, batch, blocks * block_size, head_dim)."""
         kv_heads, _, block_size, head_dim = self.keys[layer].shape
         batch, num_blocks = block_tables.shape
-        keys = self.keys[layer][:, block_tables].view(kv_heads, batch, num_blocks * block_size, head_dim)
-        values = self.values[layer][:, block_tables].view(kv_heads, batch, num_blocks * block_size, head_dim)
+        flat = block_tables.reshape(-1)  # index_select is several times faster than advanced indexing here
+        keys = self.keys[layer].index_select(1, flat).view(kv_heads, batch, num_blocks * block_size, head_dim)
+        values = self.values[layer].index_select(1, flat).view(kv_heads, batch, num_blocks * block_size, head_dim)
         return keys, values
 
     def read_sequence(self, block_ids: list[int], num_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
