@@ -1,6 +1,10 @@
 """The wire form of one sequence's exported KV cache: encode_kv_blob, decode_kv_blob and friends.
 
-Blob = header (swarm.wire.kv: magic, length, msgpack KvHeader) + payload (layout in kernels.kv_format).
+Blob = header (swarm.wire.kv: magic, length, msgpack KvHeader) + payload (layout in kernels.kv_format):
+fp16 sink tokens, then each quantised section (scales, minimums, codes) in the KV tensor's own
+token-major order, which both ends read and write without a transposed copy. Per-channel keys: scales
+and minimums (L, H, groups, D), codes (L, H, ceil(tokens / 2), D) with tokens 2j and 2j + 1 of a channel
+in one byte (even token in the low nibble); 8-bit codes (L, H, tokens, D). Per-token values: plain C order.
 The receiver checks every header field against what it expects, the exact payload size before it
 allocates anything, the crc32 of the payload, and that every value it will reconstruct is finite.
 """
@@ -16,7 +20,7 @@ from kernels.errors import KvConfigError, KvFormatError
 from kernels.kv_format import KvExpectation, KvFormat, PayloadLayout
 from kernels.paged import dequantize_into_paged, to_device, write_paged
 from kernels.quant import dequantize, quantize
-from kernels.quant_ref import QuantizedTensor, num_groups_of, packed_row_bytes, row_layout
+from kernels.quant_ref import QuantizedTensor, num_groups_of, packed_row_bytes, row_layout, row_width
 from swarm.errors import WireError
 from swarm.wire.kv import MAX_PAYLOAD_BYTES, KvHeader, decode_kv_header, encode_kv_header
 
@@ -181,12 +185,13 @@ def split_sections(parts: list[Tensor], layout: PayloadLayout) -> tuple[KvSectio
 def to_quantized(
     parts: list[Tensor], shape: tuple[int, ...], bits: int, group_size: int, axis: str
 ) -> QuantizedTensor:
-    """Wrap [scales, minimums, codes] byte sections as a QuantizedTensor of `shape`."""
+    """Wrap [scales, minimums, codes] byte sections as a QuantizedTensor of `shape` (layout in kernels.quant_ref)."""
     num_rows, row_len = row_layout(shape, axis)
-    num_groups = num_groups_of(row_len, group_size)
-    scale = parts[0].view(torch.float16).view(num_rows, num_groups)
-    minimum = parts[1].view(torch.float16).view(num_rows, num_groups)
-    data = parts[2].view(num_rows, packed_row_bytes(row_len, bits))  # (num_rows, packed bytes per row)
+    width = row_width(shape, axis)
+    num_leads, num_groups = num_rows // width, num_groups_of(row_len, group_size)
+    scale = parts[0].view(torch.float16).view(num_leads, num_groups, width)
+    minimum = parts[1].view(torch.float16).view(num_leads, num_groups, width)
+    data = parts[2].view(num_leads, packed_row_bytes(row_len, bits), width)  # (leads, row bytes, width)
     return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
 
 

@@ -5,7 +5,10 @@ Payload, with L layers, H kv heads, T tokens, head_dim D, keys and values stacke
 - bits 8/4: the first S = min(num_sink_tokens, T) tokens of keys then of values in fp16 (L, H, S, D);
   then for the other T - S tokens: key scales, key minimums, value scales, value minimums (fp16), key
   codes, value codes (uint8, packed, padding not stored). fp16 sections come first, so each starts
-  2-byte aligned. Rows of the quantised tensors are layer-major: one layer's rows are contiguous.
+  2-byte aligned. Quantised sections are in the tensor's own order, layer-major then head then token
+  (layout in kernels.quant_ref): values' codes are (L, H, T - S, D) packed two per byte; keys grouped
+  per channel store scales and minimums as (L, H, groups, D) and codes as (L, H, ceil((T - S) / 2), D),
+  byte [l, h, j, c] holding channel c of tokens S + 2j (low nibble) and S + 2j + 1 (high nibble).
 The first token is an attention sink (StreamingLLM, Xiao et al. 2024; IntactKV, Liu et al. 2024): it
 draws a large share of every query's attention, so its quantisation error reaches every later token.
 Keeping it in fp16 is what lets 4 bits hold on SmolLM2 (docs/kv-quality.md).

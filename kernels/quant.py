@@ -1,4 +1,5 @@
-"""quantize / dequantize for any device: the Triton kernels on CUDA when triton is installed, else the reference."""
+"""quantize / dequantize for any device: Triton kernels on CUDA when triton is installed, the fast torch
+versions on the CPU (kernels.quant_cpu), else the reference."""
 
 import functools
 import importlib.util
@@ -6,7 +7,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from kernels import quant_ref
+from kernels import quant_cpu, quant_ref
 from kernels.quant_ref import QuantizedTensor
 
 
@@ -22,6 +23,8 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
         from kernels import quant_triton
 
         return quant_triton.quantize(x, bits, group_size, axis)
+    if x.device.type == "cpu":
+        return quant_cpu.quantize(x, bits, group_size, axis)
     return quant_ref.quantize(x, bits, group_size, axis)
 
 
@@ -31,4 +34,6 @@ def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor
         from kernels import quant_triton
 
         return quant_triton.dequantize(q, dtype)
+    if q.data.device.type == "cpu":
+        return quant_cpu.dequantize(q, dtype)
     return quant_ref.dequantize(q, dtype)

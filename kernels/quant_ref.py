@@ -9,12 +9,19 @@ How it works. A tensor (..., num_tokens, head_dim) is cut into *rows*, and each 
   along tokens keeps each outlier channel in groups of its own.
 Each group stores an fp16 minimum m and an fp16 scale s = (max - min) / (2**bits - 1); an element's code
 is clamp(floor((x - m) / s + 0.5), 0, 2**bits - 1), so |x - (code * s + m)| <= s / 2 plus fp16 rounding
-of m and s. 4-bit codes are packed two per byte, the even element in the low nibble. A row whose length
-is not a multiple of the group size is padded by repeating its last element (min and max unchanged);
-the true shape is kept in the QuantizedTensor so dequantisation drops the padding.
+of m and s. A row whose length is not a multiple of the group size is padded by repeating its last
+element (min and max unchanged); the true shape is kept in the QuantizedTensor so dequantisation drops
+the padding.
+
+Storage is in the input's own order, token-major, so no layout needs a transpose: the tensor is viewed
+as (num_leads, row_len, width) — (leads, num_tokens * head_dim, 1) for axis "token", (leads, num_tokens,
+head_dim) for axis "channel" — and a row is one (lead, column) running down dim 1. Codes are stored
+(num_leads, row bytes, width) and scales and minimums (num_leads, num_groups, width): for per-channel
+keys, byte (lead, j, c) holds channel c of tokens 2j and 2j + 1. 4-bit codes are packed two per byte
+along the row, the even element in the low nibble; an odd row ends in half a byte, whose high nibble
+holds the padding's code.
 """
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -27,16 +34,15 @@ AXES = ("token", "channel")
 MIN_GROUP_SIZE = 8
 MAX_GROUP_SIZE = 1024
 BLOCK_ELEMENTS = 1 << 18  # rows are processed in blocks of about this many elements (1 MiB in fp32)
-IS_LITTLE_ENDIAN = sys.byteorder == "little"  # the 4-bit packing reads byte pairs as int16
 
 
 @dataclass(frozen=True)
 class QuantizedTensor:
     """A quantised (..., num_tokens, head_dim) tensor: packed codes plus an fp16 scale and minimum per group."""
 
-    data: Tensor  # uint8 (num_rows, packed_row_bytes(row_len, bits)): codes of the true row, no padding
-    scale: Tensor  # float16 (num_rows, num_groups)
-    minimum: Tensor  # float16 (num_rows, num_groups)
+    data: Tensor  # uint8 (num_leads, packed_row_bytes(row_len, bits), width): the true rows' codes
+    scale: Tensor  # float16 (num_leads, num_groups, width)
+    minimum: Tensor  # float16 (num_leads, num_groups, width)
     shape: tuple[int, ...]  # the original (..., num_tokens, head_dim)
     bits: int
     group_size: int
@@ -65,6 +71,11 @@ def row_layout(shape: tuple[int, ...], axis: str) -> tuple[int, int]:
     if axis == "token":
         return num_lead, num_tokens * head_dim
     return num_lead * head_dim, num_tokens
+
+
+def row_width(shape: tuple[int, ...], axis: str) -> int:
+    """Rows per lead, side by side in storage: head_dim for axis "channel", 1 for axis "token"."""
+    return shape[-1] if axis == "channel" else 1
 
 
 def num_groups_of(row_len: int, group_size: int) -> int:
@@ -106,23 +117,6 @@ def pad_rows(rows: Tensor, group_size: int) -> Tensor:
     if num_pad == 0:
         return rows
     return torch.cat([rows, rows[:, -1:].expand(num_rows, num_pad)], dim=1)  # (num_rows, padded_len)
-
-
-def pack_4bit(codes: Tensor) -> Tensor:
-    """(..., n) uint8 codes < 16, n even -> (..., n // 2) bytes: even element low nibble, odd high."""
-    if IS_LITTLE_ENDIAN and codes.is_contiguous():
-        pairs = codes.view(torch.int16)  # (..., n // 2): even code in the low byte, odd code in the high
-        return (pairs | (pairs >> 4)).to(torch.uint8)  # low byte = even | odd << 4
-    return codes[..., 0::2] | (codes[..., 1::2] << 4)
-
-
-def unpack_4bit(packed: Tensor) -> Tensor:
-    """(..., n // 2) bytes -> (..., n) uint8 codes; inverse of pack_4bit."""
-    if IS_LITTLE_ENDIAN:
-        wide = packed.to(torch.int16)  # (..., n // 2)
-        pairs = (wide & 0x0F) | ((wide & 0xF0) << 4)  # low byte = even code, high byte = odd code
-        return pairs.view(torch.uint8)  # (..., n)
-    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).flatten(-2)  # (..., n // 2, 2) -> (..., n)
 
 
 def quantize_groups(groups: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -171,45 +165,57 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
     rows = pad_rows(to_rows(x, axis), group_size)  # (num_rows, padded_len)
     num_rows, padded_len = rows.shape
     num_groups = padded_len // group_size
-    data = torch.empty(num_rows, padded_len * bits // 8, dtype=torch.uint8, device=x.device)
+    codes = torch.empty(num_rows, padded_len, dtype=torch.uint8, device=x.device)
     scale = torch.empty(num_rows, num_groups, dtype=torch.float16, device=x.device)
     minimum = torch.empty_like(scale)
     for block in row_blocks(num_rows, padded_len, x.device):
         groups = rows[block].reshape(-1, num_groups, group_size)  # (block rows, num_groups, group_size)
-        codes, scale[block], minimum[block] = quantize_groups(groups, bits)
-        codes = codes.reshape(groups.shape[0], padded_len)  # (block rows, padded_len)
-        data[block] = pack_4bit(codes) if bits == 4 else codes
-    _, row_len = row_layout(tuple(x.shape), axis)
-    data = data[:, : packed_row_bytes(row_len, bits)].contiguous()  # (num_rows, packed bytes of the true row)
-    return QuantizedTensor(data, scale, minimum, tuple(x.shape), bits, group_size, axis)
+        block_codes, scale[block], minimum[block] = quantize_groups(groups, bits)
+        codes[block] = block_codes.reshape(groups.shape[0], padded_len)  # (block rows, padded_len)
+    shape = tuple(x.shape)
+    _, row_len = row_layout(shape, axis)
+    width = row_width(shape, axis)
+    columns = codes.reshape(-1, width, padded_len).transpose(1, 2)  # (num_leads, padded_len, width)
+    data = pack_along_rows(columns) if bits == 4 else columns
+    data = data[:, : packed_row_bytes(row_len, bits)].contiguous()  # (num_leads, row bytes, width)
+    # (num_rows, num_groups) -> (num_leads, num_groups, width)
+    scale, minimum = (t.reshape(-1, width, num_groups).transpose(1, 2).contiguous() for t in (scale, minimum))
+    return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
+
+
+def pack_along_rows(codes: Tensor) -> Tensor:
+    """(num_leads, n, width) 4-bit codes, n even -> (num_leads, n // 2, width) bytes: element 2j of a row
+    in byte j's low nibble, element 2j + 1 in its high nibble."""
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def unpack_along_rows(data: Tensor) -> Tensor:
+    """(num_leads, n // 2, width) bytes -> (num_leads, n, width) codes; inverse of pack_along_rows."""
+    pairs = torch.stack([data & 0x0F, data >> 4], dim=2)  # (num_leads, n // 2, 2, width)
+    return pairs.flatten(1, 2)  # (num_leads, n, width)
+
+
+def row_groups(t: Tensor) -> Tensor:
+    """A (num_leads, num_groups, width) scale or minimum in row order: (num_rows, num_groups)."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1])  # (num_leads * width, num_groups)
 
 
 def unpack_codes(q: QuantizedTensor) -> Tensor:
-    """The uint8 codes of q, (num_rows, num_groups, group_size); padding codes read as 0."""
-    num_rows, num_groups = q.scale.shape
+    """The uint8 codes of q in row order, (num_rows, num_groups, group_size); padding codes read as 0."""
+    num_leads, num_groups, width = q.scale.shape
     num_pad_bytes = num_groups * q.group_size * q.bits // 8 - q.data.shape[1]
-    data = torch.nn.functional.pad(q.data, (0, num_pad_bytes)) if num_pad_bytes else q.data
-    codes = unpack_4bit(data) if q.bits == 4 else data  # (num_rows, padded_len)
-    return codes.reshape(num_rows, num_groups, q.group_size)
+    data = torch.nn.functional.pad(q.data, (0, 0, 0, num_pad_bytes)) if num_pad_bytes else q.data
+    columns = unpack_along_rows(data) if q.bits == 4 else data  # (num_leads, padded_len, width)
+    return columns.transpose(1, 2).reshape(num_leads * width, num_groups, q.group_size)
 
 
 def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
     """Reconstruct the (..., num_tokens, head_dim) tensor from q, contiguous, in `dtype`, on q's device."""
-    *lead, num_tokens, head_dim = q.shape
-    num_rows, num_groups = q.scale.shape
-    _, row_len = row_layout(q.shape, q.axis)
-    out = torch.empty(q.shape, dtype=dtype, device=q.data.device)
-    # A block of rows is whole (lead) slices of `out`: token rows are one each, channel rows head_dim each.
-    rows_per_lead = head_dim if q.axis == "channel" else 1
-    out_leads = out.view(-1, num_tokens, head_dim)  # (num_leads, num_tokens, head_dim)
-    for block in row_blocks(num_rows, num_groups * q.group_size, q.data.device, rows_per_lead):
-        part = QuantizedTensor(
-            q.data[block], q.scale[block], q.minimum[block], q.shape, q.bits, q.group_size, q.axis
-        )
-        codes = unpack_codes(part)  # (block rows, num_groups, group_size)
-        values = dequantize_groups(codes, part.scale, part.minimum).to(dtype)  # transpose below in `dtype`
-        values = values.view(codes.shape[0], -1)[:, :row_len]  # (block rows, row_len)
-        leads = slice(block.start // rows_per_lead, block.stop // rows_per_lead)
-        block_shape = (leads.stop - leads.start, num_tokens, head_dim)
-        out_leads[leads] = from_rows(values, block_shape, q.axis)  # (block leads, num_tokens, head_dim)
-    return out
+    num_rows, row_len = row_layout(q.shape, q.axis)
+    codes = unpack_codes(q)  # (num_rows, num_groups, group_size)
+    scale, minimum = row_groups(q.scale), row_groups(q.minimum)  # (num_rows, num_groups)
+    out = torch.empty(num_rows, row_len, dtype=dtype, device=q.data.device)
+    for block in row_blocks(num_rows, codes.shape[1] * q.group_size, q.data.device):
+        values = dequantize_groups(codes[block], scale[block], minimum[block])
+        out[block] = values.reshape(values.shape[0], -1)[:, :row_len]  # (block rows, row_len)
+    return from_rows(out, q.shape, q.axis).contiguous()  # (..., num_tokens, head_dim)

@@ -4,7 +4,9 @@ Imported only when CUDA and triton exist (kernels.quant.has_triton). Same maths 
 kernels.quant_ref, which is the specification: one program per (row, group); element `pos` of a row
 is at (lead, token, channel) = (row, pos // head_dim, pos % head_dim) for axis "token" and
 (row // head_dim, pos, row % head_dim) for axis "channel"; positions past the row's end read the row's
-last element (the reference's padding) and are never stored.
+last element (the reference's padding) and are never stored. Storage is token-major: row = lead *
+width + column, and a row's byte j (scale g) is at [lead, j, column] of (leads, row bytes, width)
+(of (leads, num_groups, width)), width = head_dim for axis "channel", 1 for axis "token".
 """
 
 import torch
@@ -18,6 +20,7 @@ from kernels.quant_ref import (
     num_groups_of,
     packed_row_bytes,
     row_layout,
+    row_width,
 )
 
 
@@ -32,8 +35,15 @@ def element_offset(row, pos, num_tokens, head_dim, CHANNEL: tl.constexpr):
 
 
 @triton.jit
+def column_offset(row, index, length, width):
+    """Offset of entry `index` of a row in (num_leads, length, width) storage, row = lead * width + column."""
+    row = row.to(tl.int64)
+    return (row // width) * length * width + index.to(tl.int64) * width + row % width
+
+
+@triton.jit
 def quantize_kernel(
-    x_ptr, data_ptr, scale_ptr, min_ptr, num_tokens, head_dim, row_len, row_bytes, num_groups,
+    x_ptr, data_ptr, scale_ptr, min_ptr, num_tokens, head_dim, row_len, row_bytes, num_groups, width,
     BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
@@ -61,40 +71,39 @@ def quantize_kernel(
         hi = tl.max(x, axis=0)
     scale16 = ((hi - lo) / q_max).to(tl.float16)
     min16 = lo.to(tl.float16)
-    tl.store(scale_ptr + row.to(tl.int64) * num_groups + group, scale16)
-    tl.store(min_ptr + row.to(tl.int64) * num_groups + group, min16)
+    tl.store(scale_ptr + column_offset(row, group, num_groups, width), scale16)
+    tl.store(min_ptr + column_offset(row, group, num_groups, width), min16)
     scale = scale16.to(tl.float32)
     minimum = min16.to(tl.float32)
     inv_scale = tl.where(scale > 0, 1.0 / scale, 0.0)
-    row_data = data_ptr + row.to(tl.int64) * row_bytes
     if BITS == 4:
         code_even = (tl.minimum(tl.maximum((x_even - minimum) * inv_scale, 0.0), q_max) + 0.5).to(tl.uint8)
         code_odd = (tl.minimum(tl.maximum((x_odd - minimum) * inv_scale, 0.0), q_max) + 0.5).to(tl.uint8)
         byte = group * (GROUP // 2) + pair
-        tl.store(row_data + byte, code_even | (code_odd << 4), mask=byte < row_bytes)
+        byte_offset = column_offset(row, byte, row_bytes, width)
+        tl.store(data_ptr + byte_offset, code_even | (code_odd << 4), mask=byte < row_bytes)
     else:
         code = (tl.minimum(tl.maximum((x - minimum) * inv_scale, 0.0), q_max) + 0.5).to(tl.uint8)
-        tl.store(row_data + pos, code, mask=pos < row_len)
+        tl.store(data_ptr + column_offset(row, pos, row_bytes, width), code, mask=pos < row_len)
 
 
 @triton.jit
 def dequantize_kernel(
     data_ptr, scale_ptr, min_ptr, out_ptr, slot_ptr, num_tokens, head_dim, kv_heads, row_len, row_bytes,
-    num_groups,
+    num_groups, width,
     BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, PAGED: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     group = tl.program_id(1)
-    scale = tl.load(scale_ptr + row.to(tl.int64) * num_groups + group).to(tl.float32)
-    minimum = tl.load(min_ptr + row.to(tl.int64) * num_groups + group).to(tl.float32)
-    row_data = data_ptr + row.to(tl.int64) * row_bytes
+    scale = tl.load(scale_ptr + column_offset(row, group, num_groups, width)).to(tl.float32)
+    minimum = tl.load(min_ptr + column_offset(row, group, num_groups, width)).to(tl.float32)
     pos = group * GROUP + tl.arange(0, GROUP)
     is_real = pos < row_len
     if BITS == 4:
-        packed = tl.load(row_data + pos // 2, mask=is_real, other=0)
+        packed = tl.load(data_ptr + column_offset(row, pos // 2, row_bytes, width), mask=is_real, other=0)
         code = tl.where(pos % 2 == 0, packed & 0x0F, packed >> 4)
     else:
-        code = tl.load(row_data + pos, mask=is_real, other=0)
+        code = tl.load(data_ptr + column_offset(row, pos, row_bytes, width), mask=is_real, other=0)
     value = code.to(tl.float32) * scale + minimum
     if PAGED:
         # (kv_heads, tokens, head_dim) element -> flat cache (num_slots, kv_heads, head_dim)
@@ -121,28 +130,29 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
     num_rows, row_len = row_layout(shape, axis)
     num_groups = num_groups_of(row_len, group_size)
     row_bytes = packed_row_bytes(row_len, bits)
-    data = torch.empty(num_rows, row_bytes, dtype=torch.uint8, device=x.device)
-    scale = torch.empty(num_rows, num_groups, dtype=torch.float16, device=x.device)
+    width = row_width(shape, axis)
+    data = torch.empty(num_rows // width, row_bytes, width, dtype=torch.uint8, device=x.device)
+    scale = torch.empty(num_rows // width, num_groups, width, dtype=torch.float16, device=x.device)
     minimum = torch.empty_like(scale)
     num_tokens, head_dim = shape[-2:]
     quantize_kernel[(num_rows, num_groups)](
-        x, data, scale, minimum, num_tokens, head_dim, row_len, row_bytes, num_groups,
+        x, data, scale, minimum, num_tokens, head_dim, row_len, row_bytes, num_groups, width,
         BITS=bits, GROUP=group_size, CHANNEL=axis == "channel",
     )  # fmt: skip
     return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
 
 
 def launch_dequantize(q: QuantizedTensor, out: Tensor, slots: Tensor | None) -> None:
-    num_rows, num_groups = q.scale.shape
-    _, row_len = row_layout(q.shape, q.axis)
+    num_rows, row_len = row_layout(q.shape, q.axis)
+    num_groups, width = q.scale.shape[1:]
     num_tokens, head_dim = q.shape[-2:]
     kv_heads = q.shape[-3] if len(q.shape) >= 3 else 1
-    # The kernel assumes packed rows of exactly data.shape[1] bytes: a sliced QuantizedTensor is made dense.
+    # The kernel assumes dense (leads, row bytes, width) storage: a sliced QuantizedTensor is made dense.
     data, scale, minimum = q.data.contiguous(), q.scale.contiguous(), q.minimum.contiguous()
     slot_table = slots if slots is not None else scale  # not read unless PAGED
     dequantize_kernel[(num_rows, num_groups)](
         data, scale, minimum, out, slot_table, num_tokens, head_dim, kv_heads, row_len, data.shape[1],
-        num_groups,
+        num_groups, width,
         BITS=q.bits, GROUP=q.group_size, CHANNEL=q.axis == "channel", PAGED=slots is not None,
     )  # fmt: skip
 

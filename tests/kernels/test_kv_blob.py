@@ -138,6 +138,33 @@ def test_default_format_is_under_three_tenths_of_fp16():
     assert KvFormat().bits_per_element() / 16 <= 0.30
 
 
+GOLDEN_PAYLOAD = bytes.fromhex(  # KvFormat(bits=4, group_size=8): the payload of golden_kv()
+    "000000bc004000c2004400c5004600c7004700460045004400420040003c0000663e663e663e663e663e663e663e663e"
+    "004820d0004960d0004aa0d0004be0d077377737773777370048004c004e005050af50af50af50affa05fa05fa05fa05"
+    "df9b4602df9b4602df9b4602df9b4602"
+)
+
+
+def golden_kv() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One layer, one head, 5 tokens, head_dim 8: keys count up, odd channels negated; values reversed."""
+    counting = torch.arange(5 * 8, dtype=torch.float32).reshape(1, 5, 8)  # (kv_heads, tokens, head_dim)
+    return [counting * (-1) ** torch.arange(8)], [counting.flip(-1)]
+
+
+def test_payload_layout_is_the_golden_bytes():
+    keys, values = golden_kv()
+    fmt = KvFormat(bits=4, group_size=8)
+    header, payload = split(encode_kv_blob(keys, values, fmt, model_fingerprint="m", first_layer=0))
+    assert payload == GOLDEN_PAYLOAD
+    # Key codes come token-major: byte [j, c] holds channel c of body tokens 2j (low) and 2j + 1 (high).
+    # Channel 0 runs 8, 16, 24, 32 (codes 0, 5, 10, 15); channel 1 runs -9 .. -33 (codes 15, 10, 5, 0).
+    key_codes = payload[-32:-16]
+    assert key_codes[:2] == bytes([0x50, 0xAF]) and key_codes[8:10] == bytes([0xFA, 0x05])
+    expected = KvExpectation("m", 0, 1, 1, 8)
+    got_keys, _ = decode_kv_blob(encode_kv_header(header) + GOLDEN_PAYLOAD, expected, dtype=torch.float32)
+    torch.testing.assert_close(got_keys[0], keys[0], rtol=0, atol=0.9)  # half a step of 1.6 (and fp16)
+
+
 def test_header_records_shape_format_and_checksum():
     fmt = KvFormat(bits=4, group_size=32, key_axis="channel", value_group_size=128, num_sink_tokens=3)
     header, payload = split(make_blob(fmt))

@@ -5,13 +5,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import KvConfigError, dequantize, quant_ref, quantize
+from kernels import KvConfigError, quant_ref
 from kernels.quant_ref import (
-    from_rows,
-    pack_4bit,
+    dequantize,
+    pack_along_rows,
+    quantize,
     quantized_nbytes,
+    row_groups,
     row_layout,
-    unpack_4bit,
+    row_width,
+    unpack_along_rows,
 )
 
 
@@ -21,10 +24,10 @@ def error_bound(q) -> torch.Tensor:
     lo = q.minimum.float()
     hi = lo + q.scale.float() * q_max
     slack = 2.0**-10 * torch.maximum(lo.abs(), hi.abs())  # fp16 rounding of minimum and scale * q_max
-    per_group = q.scale.float() / 2 + slack + 1e-6  # (num_rows, num_groups)
-    num_rows, row_len = row_layout(q.shape, q.axis)
-    per_elt = per_group.repeat_interleave(q.group_size, dim=1)[:, :row_len]  # (num_rows, row_len)
-    return from_rows(per_elt, q.shape, q.axis)
+    per_group = q.scale.float() / 2 + slack + 1e-6  # (num_leads, num_groups, width)
+    _, row_len = row_layout(q.shape, q.axis)
+    per_elt = per_group.repeat_interleave(q.group_size, dim=1)[:, :row_len]  # (num_leads, row_len, width)
+    return per_elt.reshape(q.shape)  # the storage order is the tensor's own
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -48,27 +51,39 @@ def test_eight_bits_is_sixteen_times_finer_than_four():
 def test_4bit_packs_even_element_in_low_nibble():
     x = torch.arange(16, dtype=torch.float32).reshape(1, 1, 16)  # one group: min 0, max 15, scale 1
     q = quantize(x, 4, 16, "token")
-    assert q.scale.tolist() == [[1.0]] and q.minimum.tolist() == [[0.0]]
-    assert q.data.tolist() == [[0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]]
+    assert q.scale.flatten().tolist() == [1.0] and q.minimum.flatten().tolist() == [0.0]
+    assert q.data.flatten().tolist() == [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]
     assert torch.equal(dequantize(q, torch.float32), x)
 
 
 def test_8bit_stores_one_code_per_byte():
     x = torch.tensor([0.0, 255.0, 1.0, 128.0, 7.0, 0.0, 0.0, 0.0]).reshape(1, 1, 8)
     q = quantize(x, 8, 8, "token")
-    assert q.data.tolist() == [[0, 255, 1, 128, 7, 0, 0, 0]]
+    assert q.data.flatten().tolist() == [0, 255, 1, 128, 7, 0, 0, 0]
+
+
+def test_channel_codes_are_stored_token_major():
+    x = torch.zeros(1, 3, 2)  # (heads, tokens, head_dim): channel 0 counts 0, 1, 2; channel 1 is 10, 8, 9
+    x[0, :, 0] = torch.tensor([0.0, 1.0, 2.0])
+    x[0, :, 1] = torch.tensor([10.0, 8.0, 9.0])
+    q = quantize(x, 8, 8, "channel")  # one group per channel: minimum 0 and 8, scale 2/255 and 2/255
+    assert q.data.shape == (1, 3, 2) and q.scale.shape == (1, 1, 2)
+    assert q.minimum.flatten().tolist() == [0.0, 8.0]
+    assert q.data[0].tolist() == [[0, 255], [128, 0], [255, 128]]  # (tokens, channels)
+    q4 = quantize(x, 4, 8, "channel")  # tokens 0 and 1 share byte 0; token 2 and its padding copy byte 1
+    assert q4.data[0].tolist() == [[0x80 | 0x0, 0x0 | 0xF], [0xF0 | 0xF, 0x80 | 0x8]]
 
 
 def test_pack_and_unpack_are_inverse():
-    codes = torch.randint(0, 16, (5, 3, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(unpack_4bit(pack_4bit(codes)), codes)
+    codes = torch.randint(0, 16, (5, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(unpack_along_rows(pack_along_rows(codes)), codes)
 
 
 def test_channel_axis_groups_along_tokens():
     x = torch.zeros(1, 64, 8)  # (heads, tokens, head_dim)
     x[0, :, 3] = torch.linspace(100, 200, 64)  # one outlier channel
     q = quantize(x, 4, 32, "channel")
-    scale = q.scale.float().reshape(8, 2)  # (head_dim rows, token groups)
+    scale = row_groups(q.scale).float()  # (head_dim rows, token groups)
     assert bool((scale[3] > 0).all()) and float(scale[[0, 1, 2, 4, 5, 6, 7]].abs().max()) == 0.0
     assert float((dequantize(q, torch.float32) - x).abs()[..., [0, 1, 2, 4, 5, 6, 7]].max()) == 0.0
 
@@ -79,7 +94,8 @@ def test_odd_token_counts_round_trip_and_store_no_padding(num_tokens, axis):
     x = torch.randn(3, num_tokens, 64, generator=torch.Generator().manual_seed(num_tokens))
     q = quantize(x, 4, 32, axis)
     num_rows, row_len = row_layout(tuple(x.shape), axis)
-    assert q.data.shape == (num_rows, -(-row_len // 2))
+    width = row_width(tuple(x.shape), axis)
+    assert q.data.shape == (num_rows // width, -(-row_len // 2), width)
     assert q.data.numel() + 2 * (q.scale.numel() + q.minimum.numel()) == quantized_nbytes(
         x.shape, 4, 32, axis
     )
@@ -91,7 +107,8 @@ def test_odd_token_counts_round_trip_and_store_no_padding(num_tokens, axis):
 def test_padding_repeats_the_last_element_so_the_range_is_unchanged():
     x = torch.tensor([[[-1.0], [5.0], [2.0]]])  # (1 head, 3 tokens, head_dim 1): one channel row of 3
     q = quantize(x, 4, 8, "channel")
-    assert q.minimum.tolist() == [[-1.0]] and q.scale.tolist() == [[pytest.approx(6 / 15, rel=1e-3)]]
+    assert q.minimum.flatten().tolist() == [-1.0]
+    assert q.scale.flatten().tolist() == [pytest.approx(6 / 15, rel=1e-3)]
 
 
 def test_constant_group_has_zero_scale_and_is_exact():
@@ -157,7 +174,8 @@ def test_any_shape_round_trips_within_the_bound(
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 4
     q = quantize(x, bits, group_size, axis)
     num_rows, _ = row_layout(shape, axis)
-    assert q.scale.shape == q.minimum.shape and q.scale.shape[0] == num_rows == q.data.shape[0]
+    num_leads = num_rows // row_width(shape, axis)
+    assert q.scale.shape == q.minimum.shape and q.scale.shape[0] == num_leads == q.data.shape[0]
     assert q.data.numel() + 4 * q.scale.numel() == quantized_nbytes(shape, bits, group_size, axis)
     err = (dequantize(q, torch.float32) - x).abs()
     assert bool((err <= error_bound(q)).all())
@@ -178,11 +196,3 @@ def test_processing_rows_in_blocks_changes_nothing(monkeypatch, axis, bits):
 def dequantize_whole(q, monkeypatch):
     monkeypatch.setattr(quant_ref, "BLOCK_ELEMENTS", 1 << 30)
     return dequantize(q, torch.float32)
-
-
-def test_portable_packing_matches_the_little_endian_fast_path(monkeypatch):
-    codes = torch.randint(0, 16, (7, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
-    fast_packed = pack_4bit(codes)
-    monkeypatch.setattr(quant_ref, "IS_LITTLE_ENDIAN", False)
-    assert torch.equal(pack_4bit(codes), fast_packed)
-    assert torch.equal(unpack_4bit(fast_packed), codes)

@@ -1,0 +1,161 @@
+"""Fast CPU quantise+pack and unpack+dequantise: kernels.quant_ref's maths and bytes, without its transposed copies.
+
+How it works. A (..., num_tokens, head_dim) tensor is viewed, never copied, as (num_leads, row_len, width):
+axis "channel" is (leads, num_tokens, head_dim), one row per (lead, channel) running down the tokens;
+axis "token" is (leads, num_tokens * head_dim, 1), one row per lead. A group is then `group_size`
+consecutive positions of dim 1 and every width column, so keys per channel are reduced and quantised in
+token-major order, straight from the input's memory. The work goes in cache-sized blocks of
+(leads, groups): one fp32 copy of the block (padding by repeating the row's last position, as the
+reference does), min/max along dim 1, then the reference's in-place ops in the reference's order (so the
+codes are bit-exact). 4-bit codes are paired along dim 1 (even position in the low nibble) while still
+token-major; only the packed bytes, a quarter of the fp16 input, are transposed into the reference's
+row-major layout. Dequantisation runs the same steps backwards.
+"""
+
+import sys
+
+import torch
+from torch import Tensor
+
+from kernels.errors import KvConfigError
+from kernels.quant_ref import (
+    QuantizedTensor,
+    check_quant_args,
+    num_groups_of,
+    packed_row_bytes,
+    row_layout,
+)
+
+IS_LITTLE_ENDIAN = sys.byteorder == "little"  # pack_pairs reads two int16 codes as one int32
+BLOCK_ELEMENTS = 1 << 18  # elements per block: 256 KiB of fp32, which stays in a core's L2 cache
+
+
+def lead_view(x: Tensor, axis: str) -> Tensor:
+    """x (..., num_tokens, head_dim) as (num_leads, row_len, width): a view whenever x's strides allow."""
+    num_tokens, head_dim = x.shape[-2:]
+    if axis == "channel":
+        return x.reshape(-1, num_tokens, head_dim)  # (leads, num_tokens, head_dim)
+    return x.reshape(-1, num_tokens * head_dim, 1)  # (leads, num_tokens * head_dim, 1)
+
+
+def blocks(num_leads: int, num_groups: int, group_elements: int) -> list[tuple[slice, slice]]:
+    """(leads, groups) ranges of about BLOCK_ELEMENTS elements each, covering every group of every lead."""
+    lead_elements = num_groups * group_elements
+    if lead_elements >= BLOCK_ELEMENTS:  # a lead's row(s) are cut into runs of groups
+        step = max(1, BLOCK_ELEMENTS // group_elements)
+        return [
+            (slice(lead, lead + 1), slice(group, min(group + step, num_groups)))
+            for lead in range(num_leads)
+            for group in range(0, num_groups, step)
+        ]
+    step = BLOCK_ELEMENTS // lead_elements
+    return [
+        (slice(lead, min(lead + step, num_leads)), slice(0, num_groups)) for lead in range(0, num_leads, step)
+    ]
+
+
+def scales_of(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """kernels.quant_ref.quantize_groups' scale maths on every group's (lo, hi) at once: fp16 scale and
+    minimum, and the fp32 (minimum, 1 / scale or 0) that the codes are computed from."""
+    scale = ((hi - lo) / (2**bits - 1)).to(torch.float16)
+    minimum = lo.to(torch.float16)
+    scale_f = scale.float()
+    inv_scale = torch.where(scale_f > 0, 1.0 / scale_f, torch.zeros_like(scale_f))
+    return scale, minimum, minimum.float(), inv_scale
+
+
+def load_block(source: Tensor, buffer: Tensor, leads: slice, groups: slice, group_size: int) -> Tensor:
+    """Copy a block of source (leads, row_len, width) into fp32 `buffer`, padding a row's last group by
+    repeating its last position as the reference does; returns it as (n, block groups, group_size, width)."""
+    num_leads, row_len, width = source.shape
+    n, first = leads.stop - leads.start, groups.start * group_size
+    stop, padded = min(groups.stop * group_size, row_len), (groups.stop - groups.start) * group_size
+    block = buffer[: n * padded * width].view(n, padded, width)  # (n, padded positions, width)
+    block[:, : stop - first].copy_(source[leads, first:stop])
+    if stop - first < padded:
+        block[:, stop - first :].copy_(source[leads, stop - 1 : stop].expand(n, padded - stop + first, width))
+    return block.view(n, -1, group_size, width)  # (n, block groups, group_size, width)
+
+
+def pack_pairs(codes: Tensor) -> Tensor:
+    """(n, length, width) int16 codes < 16, length even -> (n, length // 2, width) even | odd << 4: pairs
+    along dim 1, the even position in the low nibble (kernels.quant_ref.pack_4bit along dim 1). The result
+    keeps the type of its source's bytes: the caller's copy into uint8 keeps the low byte."""
+    n, length, width = codes.shape
+    if (
+        width == 1 and IS_LITTLE_ENDIAN
+    ):  # adjacent int16 codes read as one little-endian int32: even in bits 0-15, odd in 16-31
+        pairs = codes.view(n, length).view(torch.int32)  # (n, length // 2)
+        return pairs.bitwise_or(pairs >> 12).view(n, length // 2, 1)  # low byte = even | odd << 4
+    pairs = codes.view(n, length // 2, 2, width)  # (n, length // 2, even/odd, width)
+    return torch.bitwise_left_shift(pairs[:, :, 1], 4).bitwise_or_(pairs[:, :, 0])  # (n, length // 2, width)
+
+
+def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTensor:
+    """CPU version of kernels.quant_ref.quantize: the same QuantizedTensor, bit for bit."""
+    check_quant_args(bits, group_size, axis)
+    if x.ndim < 2 or not x.is_floating_point() or x.numel() == 0:
+        raise KvConfigError(
+            f"quantize needs a non-empty float tensor (..., tokens, head_dim), got {x.dtype} {tuple(x.shape)}"
+        )
+    shape = tuple(x.shape)
+    num_rows, row_len = row_layout(shape, axis)
+    source = lead_view(x, axis)  # (leads, row_len, width)
+    num_leads, _, width = source.shape
+    num_groups, row_bytes = num_groups_of(row_len, group_size), packed_row_bytes(row_len, bits)
+    data = torch.empty(num_leads, row_bytes, width, dtype=torch.uint8)  # kernels.quant_ref's layout
+    buffer = torch.empty(BLOCK_ELEMENTS + group_size * width)  # one block, padded
+    codes16 = torch.empty(buffer.shape, dtype=torch.int16)
+    # Pass 1: every group's min and max. The small per-group maths then runs once, not once per block.
+    lo = torch.empty(num_leads, num_groups, width)
+    hi = torch.empty_like(lo)
+    for leads, groups in blocks(num_leads, num_groups, group_size * width):
+        grouped = load_block(
+            source, buffer, leads, groups, group_size
+        )  # (n, block groups, group_size, width)
+        torch.amin(grouped, dim=2, out=lo[leads, groups])
+        torch.amax(grouped, dim=2, out=hi[leads, groups])
+    scale, minimum, min_f, inv_scale = scales_of(lo, hi, bits)  # (leads, num_groups, width)
+    # Pass 2: codes, with the reference's in-place ops in its order (code = truncation of the result).
+    q_max = 2**bits - 1
+    for leads, groups in blocks(num_leads, num_groups, group_size * width):
+        grouped = load_block(source, buffer, leads, groups, group_size)
+        grouped.sub_(min_f[leads, groups].unsqueeze(2)).mul_(inv_scale[leads, groups].unsqueeze(2))
+        grouped.clamp_(0, q_max).add_(0.5)
+        block = grouped.view(grouped.shape[0], -1, width)  # (n, padded positions, width)
+        codes = codes16[: block.numel()].view(block.shape).copy_(block)  # float -> int16 truncates
+        packed = pack_pairs(codes) if bits == 4 else codes  # (n, block bytes, width)
+        first = groups.start * group_size
+        first_byte = first * bits // 8
+        stop_byte = first_byte + packed_row_bytes(min(groups.stop * group_size, row_len) - first, bits)
+        data[leads, first_byte:stop_byte] = packed[:, : stop_byte - first_byte]  # cast keeps the low byte
+    return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
+
+
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
+    """CPU version of kernels.quant_ref.dequantize: the same values, bit for bit."""
+    _, row_len = row_layout(q.shape, q.axis)
+    num_leads, num_groups, width = q.scale.shape
+    group_size = q.group_size
+    out = torch.empty(q.shape, dtype=dtype)
+    target = lead_view(out, q.axis)  # (leads, row_len, width)
+    scale, minimum = q.scale.float(), q.minimum.float()  # (leads, num_groups, width)
+    buffer = torch.empty(BLOCK_ELEMENTS + group_size * width)
+    for leads, groups in blocks(num_leads, num_groups, group_size * width):
+        n, first = leads.stop - leads.start, groups.start * group_size
+        stop, padded = min(groups.stop * group_size, row_len), (groups.stop - groups.start) * group_size
+        block = buffer[: n * padded * width].view(n, padded, width)  # (n, padded positions, width)
+        first_byte = first * q.bits // 8
+        stop_byte = first_byte + packed_row_bytes(stop - first, q.bits)
+        packed = q.data[leads, first_byte:stop_byte]  # (n, bytes, width)
+        if q.bits == 4:
+            pairs = block.view(n, padded // 2, 2, width)  # (n, padded // 2, even/odd, width)
+            num_bytes = stop_byte - first_byte
+            pairs[:, :num_bytes, 0].copy_(packed & 0x0F)
+            pairs[:, :num_bytes, 1].copy_(packed >> 4)
+        else:
+            block[:, : stop - first].copy_(packed)
+        grouped = block.view(n, -1, group_size, width)  # (n, block groups, group_size, width)
+        grouped.mul_(scale[leads, groups].unsqueeze(2)).add_(minimum[leads, groups].unsqueeze(2))
+        target[leads, first:stop].copy_(block[:, : stop - first])
+    return out
