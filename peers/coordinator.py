@@ -71,15 +71,17 @@ def lightweight_plan(config, model_path, inputs: PlanInputs, current: Plan | Non
     return None if light is None else (light, hosts)
 
 
-def full_plan(config, model_path, inputs: PlanInputs, light, model_name: str) -> tuple[Plan, dict[str, str], str]:
-    """Step 2, in a worker thread: the tabu search's plan if it beats the lightweight one clearly."""
+def full_plan(config, model_path, inputs: PlanInputs, light, model_name: str,
+              is_join: bool = False) -> tuple[Plan, dict[str, str], str]:
+    """Step 2, in a worker thread: the tabu search's plan, kept if peers joined (groups must change to use
+    them) or if it beats the lightweight one clearly."""
     try:
         problem, hosts = build_problem(config, model_path, inputs)
     except SwarmError as e:
         logger.error("cannot build the planning problem (%s); using the simple fallback plan", e)
         return fallback_plan(inputs, model_path, model_name), _fallback_hosts(inputs), "fallback"
     full = _full(problem, config.plan_budget_s, light[0] if light else None, hosts)
-    if full is not None and (light is None or full.score > light[0].score * FULL_PLAN_GAIN):
+    if full is not None and (light is None or is_join or full.score > light[0].score * FULL_PLAN_GAIN):
         return full.plan, hosts, "full"
     if light is not None:
         return light[0].plan, light[1], "lightweight"
@@ -109,15 +111,14 @@ def _servable(evaluation, hosts: dict[str, str]) -> bool:
 
 
 def _full(problem, budget_s: float, initial, hosts: dict[str, str]):
-    """The tabu search's best plan: disaggregated (ThunderServe's phase split) first; colocated (`both`)
-    replicas too when no disaggregated plan is feasible or the swarm serves colocated now (a swarm that
-    shrank to one peer and grows again), the better score winning."""
+    """The tabu search's best servable plan: disaggregated (ThunderServe's phase split); colocated
+    (`both`) replicas only when no disaggregated plan is feasible (a single peer, say)."""
     from swarm.plan import plan
 
     is_colocated_now = initial is not None and all(g.role == "both" for g in initial.plan.groups)
     best = None
     for roles in (("prefill", "decode"), ("both",)):
-        if roles == ("both",) and best is not None and not is_colocated_now:
+        if best is not None:
             break
         start = initial.plan if initial is not None and (roles == ("both",)) == is_colocated_now else None
         try:
@@ -125,8 +126,7 @@ def _full(problem, budget_s: float, initial, hosts: dict[str, str]):
         except Exception as e:  # a planner bug or an infeasible swarm: report it, keep serving
             logger.info("full planning with roles %s failed: %s: %s", roles, type(e).__name__, e)
             continue
-        if result.best.is_feasible and _servable(result.best, hosts) and (
-                best is None or result.best.score > best.score):
+        if result.best.is_feasible and _servable(result.best, hosts):
             best = result.best
     return best
 
@@ -221,8 +221,10 @@ def pinned_plan(config, inputs: PlanInputs) -> tuple[Plan, dict[str, str]] | Non
 
 
 async def publish_new_plan(node, inputs: PlanInputs) -> None:
-    """Lightweight re-plan first (published at once), then the full search (published if clearly better)."""
+    """Lightweight re-plan first (published at once), then the full search (published if peers joined,
+    or if it is clearly better)."""
     holder, config = node.holder, node.config
+    is_join = bool(set(inputs.peer_ids) - set(holder.hosts.values()))
     start = time.perf_counter()
     if config.plan_file:
         pinned = pinned_plan(config, inputs)
@@ -234,7 +236,7 @@ async def publish_new_plan(node, inputs: PlanInputs) -> None:
     if light is not None:
         publish(node, light[0].plan, light[1], "lightweight", inputs, start)
     plan, hosts, how = await trio.to_thread.run_sync(full_plan, config, node.model_path, inputs, light,
-                                                     node.model_name)
+                                                     node.model_name, is_join)
     if how != "lightweight":
         publish(node, plan, hosts, how, inputs, start)
 

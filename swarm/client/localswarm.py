@@ -23,6 +23,7 @@ from swarm.wire.requests import StatusReply
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 5.0
+UNUSED_PEER_WAIT_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,11 @@ class LocalSwarm:
 
     def wait_for_plan(self, timeout_s: float = 120.0, *, num_serving: int | None = None,
                       min_epoch: int = 0) -> StatusReply:
-        """The coordinator's status once a plan covers `num_serving` peers and all its groups are ready."""
+        """The coordinator's status once its plan puts all `num_serving` peers in groups that are ready
+        (or, if the planner leaves some peer out, once such a plan has stood for UNUSED_PEER_WAIT_S)."""
         num_serving = len(self.peers) if num_serving is None else num_serving
         deadline = time.monotonic() + timeout_s
-        last = None
+        last, since = None, (None, 0.0)
         while time.monotonic() < deadline:
             self.check_alive()
             try:
@@ -120,7 +122,11 @@ class LocalSwarm:
                 time.sleep(0.3)
                 continue
             if is_settled(last, num_serving, min_epoch):
-                return last
+                if all(m.group_id >= 0 for m in last.members if m.is_serving):
+                    return last
+                since = since if since[0] == last.epoch else (last.epoch, time.monotonic())
+                if time.monotonic() - since[1] >= UNUSED_PEER_WAIT_S:
+                    return last
             time.sleep(0.3)
         raise ClientError(f"no ready plan within {timeout_s:g} s; last status: {last}")
 
