@@ -3,7 +3,8 @@
 GB/s counts fp16 bytes of K and V (what the op replaces on the wire), median of several runs, on the
 CPU always and on CUDA when present (the Triton kernels when triton is installed, else torch ops).
 On a shared, noisy machine compare the ratios: each op's speed over a plain fp16 copy of the same
-tensors measured in the same run.
+tensors measured in the same run. On the CPU the "per CPU-second" figures divide by the process's CPU
+time instead of the wall clock: what the op costs a core, whatever the neighbours take of it.
 
     python -m bench.bench_kv [--quick] [--json]
 """
@@ -25,15 +26,20 @@ NUM_LAYERS, KV_HEADS, HEAD_DIM = 30, 3, 64  # SmolLM2-135M's KV shape
 FORMATS = {"4-bit default": KvFormat(), "8-bit": KvFormat(bits=8, group_size=32, key_axis="token")}
 
 
-def run_seconds(fn: Callable[[], object], num_runs: int, sync: Callable[[], None]) -> list[float]:
+def run_seconds(
+    fn: Callable[[], object],
+    num_runs: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
     fn()  # warm-up (and Triton compilation)
     sync()
     times = []
     for _ in range(num_runs):
-        started = time.perf_counter()
+        started = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return times
 
 
@@ -49,8 +55,12 @@ def measure(device: str, num_tokens: int, num_runs: int) -> dict[str, float]:
     keys = torch.randn(shape, generator=gen, device=device).half()  # (layers, kv_heads, tokens, head_dim)
     values = torch.randn(shape, generator=gen, device=device).half()
     fp16_bytes = 2 * keys.numel() * 2
-    copy_s = median_seconds(lambda: (keys.clone(), values.clone()), num_runs, sync)
+    copy = lambda: (keys.clone(), values.clone())  # noqa: E731
+    copy_s = median_seconds(copy, num_runs, sync)
     figures = {f"{device} fp16 copy GB/s (baseline)": fp16_bytes / copy_s / 1e9}
+    if device == "cpu":
+        copy_cpu_s = statistics.median(run_seconds(copy, num_runs, sync, time.process_time))
+        figures["cpu fp16 copy GB/s per CPU-second"] = fp16_bytes / copy_cpu_s / 1e9
     for name, fmt in FORMATS.items():
         qk = quantize(keys, fmt.bits, fmt.group_size, fmt.key_axis)
         qv = quantize(values, fmt.bits, fmt.values_group_size, "token")
@@ -73,6 +83,10 @@ def measure(device: str, num_tokens: int, num_runs: int) -> dict[str, float]:
         figures[f"{device} {name} unpack+dequantise GB/s, best run"] = fp16_bytes / min(unpack_times) / 1e9
         figures[f"{device} {name} quantise+pack / copy"] = copy_s / pack_s
         figures[f"{device} {name} unpack+dequantise / copy"] = copy_s / unpack_s
+        if device == "cpu":  # CPU time of all the process's threads: the cost to the machine, not the wait
+            for op, fn in (("quantise+pack", pack), ("unpack+dequantise", unpack)):
+                cpu_s = statistics.median(run_seconds(fn, num_runs, sync, time.process_time))
+                figures[f"cpu {name} {op} GB/s per CPU-second"] = fp16_bytes / cpu_s / 1e9
         if device == "cpu":
             figures.update(blob_figures(name, fmt, keys, values, fp16_bytes, num_runs))
     return figures

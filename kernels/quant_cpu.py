@@ -27,7 +27,7 @@ from kernels.quant_ref import (
 )
 
 IS_LITTLE_ENDIAN = sys.byteorder == "little"  # pack_pairs reads two int16 codes as one int32
-BLOCK_ELEMENTS = 1 << 18  # elements per block: 256 KiB of fp32, which stays in a core's L2 cache
+BLOCK_ELEMENTS = 1 << 20  # elements per block: 4 MiB of fp32; bigger blocks spend less on per-op overhead
 
 
 def lead_view(x: Tensor, axis: str) -> Tensor:
@@ -88,7 +88,7 @@ def pack_pairs(codes: Tensor) -> Tensor:
         pairs = codes.view(n, length).view(torch.int32)  # (n, length // 2)
         return pairs.bitwise_or(pairs >> 12).view(n, length // 2, 1)  # low byte = even | odd << 4
     pairs = codes.view(n, length // 2, 2, width)  # (n, length // 2, even/odd, width)
-    return torch.bitwise_left_shift(pairs[:, :, 1], 4).bitwise_or_(pairs[:, :, 0])  # (n, length // 2, width)
+    return torch.add(pairs[:, :, 0], pairs[:, :, 1], alpha=16)  # (n, length // 2, width): even + odd << 4
 
 
 def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTensor:
