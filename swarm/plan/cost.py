@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from swarm.hardware import Cluster
+from swarm.hardware import Cluster, GpuSpec, Host
 from swarm.models import ModelSpec
 from swarm.plan.errors import PlanError
 from swarm.plan.problem import Problem
@@ -75,6 +75,37 @@ class Efficiency:
 
 
 DEFAULT_EFFICIENCY = Efficiency(compute=0.55, memory=0.8, network=0.7)
+
+
+class HostIndex:
+    """Host lookups of one cluster by GPU id and by name (`Cluster.host_of` scans the host list)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.host_of: dict[str, Host] = {g: h for h in cluster.hosts for g in h.gpu_ids}
+        self.by_name: dict[str, Host] = {h.name: h for h in cluster.hosts}
+
+    def gpu(self, gpu_id: str) -> GpuSpec:
+        return self.host_of[gpu_id].gpu
+
+    def host_gbps(self, a: str, b: str) -> float:
+        """`Cluster.host_gbps` without the scan."""
+        if a == b:
+            return self.by_name[a].intra_gbps
+        return self.cluster.links.get(frozenset((a, b)), self.cluster.default_gbps)
+
+
+_HOST_INDEXES: dict[int, tuple[weakref.ref, HostIndex]] = {}
+
+
+def host_index(cluster: Cluster) -> HostIndex:
+    """The (cached, while `cluster` lives) HostIndex of `cluster`."""
+    key = id(cluster)
+    entry = _HOST_INDEXES.get(key)
+    if entry is None or entry[0]() is not cluster:
+        entry = (weakref.ref(cluster, lambda _, key=key, cache=_HOST_INDEXES: cache.pop(key, None)), HostIndex(cluster))
+        _HOST_INDEXES[key] = entry
+    return entry[1]
 
 
 def efficiency_of(efficiency: Mapping[str, Efficiency] | None, gpu_name: str) -> Efficiency:
@@ -190,17 +221,18 @@ def build_group_cost(cluster: Cluster, model: ModelSpec, efficiency: Mapping[str
     """Precompute the per-stage constants of `deployment` (see the module docstring for the formulas)."""
     stages = deployment.stages
     tp, pp = deployment.tp, len(stages)
-    effs = [efficiency_of(efficiency, cluster.gpu(s.gpus[0]).name) for s in stages]
-    gpus = [cluster.gpu(s.gpus[0]) for s in stages]
+    index = host_index(cluster)
+    hosts = [index.host_of[s.gpus[0]] for s in stages]
+    gpus = [h.gpu for h in hosts]
+    effs = [efficiency_of(efficiency, g.name) for g in gpus]
     num_layers = _col([s.layers[1] - s.layers[0] for s in stages])
     is_last = _col([0.0] * (pp - 1) + [1.0])
     head_bytes = model.vocab_size * model.hidden_size * model.dtype_bytes
     send_bps, send_lat = [], []
     for i in range(pp - 1):
-        a, b = stages[i].gpus[0], stages[i + 1].gpus[0]
-        send_bps.append(cluster.gbps(a, b) * 1e9 / 8 * effs[i].network)
-        same_host = cluster.host_of(a).name == cluster.host_of(b).name
-        send_lat.append(INTRA_HOST_LATENCY_S if same_host else cluster.latency_s)
+        a, b = hosts[i].name, hosts[i + 1].name
+        send_bps.append(index.host_gbps(a, b) * 1e9 / 8 * effs[i].network)
+        send_lat.append(INTRA_HOST_LATENCY_S if a == b else cluster.latency_s)
     pairs = list(zip(gpus, effs, strict=True))
     return GroupCost(
         model=model, tp=tp, pp=pp, num_layers=num_layers, is_last=is_last,
@@ -208,8 +240,7 @@ def build_group_cost(cluster: Cluster, model: ModelSpec, efficiency: Mapping[str
         bytes_per_s=_col([tp * g.memory_bandwidth_gbs * 1e9 * e.memory for g, e in pairs]),
         weight_bytes=num_layers * model.layer_bytes + is_last * head_bytes,
         overhead_s=_col([e.layer_overhead_s for e in effs]) * num_layers,
-        allreduce_bps=_col([cluster.host_of(s.gpus[0]).intra_gbps * 1e9 / 8 * e.network
-                            for s, e in zip(stages, effs, strict=True)]),
+        allreduce_bps=_col([h.intra_gbps * 1e9 / 8 * e.network for h, e in zip(hosts, effs, strict=True)]),
         send_bps=_col(send_bps + [np.inf]), send_latency_s=_col(send_lat + [0.0]),
         max_kv_tokens=_kv_capacity(model, tp, gpus, stages))
 
@@ -289,17 +320,19 @@ def kv_route(problem: Problem, prefill: Deployment, decode: Deployment) -> KvRou
     pairs move their share in parallel, so the pair with the largest share / bandwidth decides.
     """
     cluster, num_layers = problem.cluster, problem.model.num_layers
+    index = host_index(cluster)
     share: dict[tuple[str, str], float] = {}
     for ps in prefill.stages:
+        src = index.host_of[ps.gpus[0]].name
         for ds in decode.stages:
             overlap = min(ps.layers[1], ds.layers[1]) - max(ps.layers[0], ds.layers[0])
             if overlap > 0:
-                key = (cluster.host_of(ps.gpus[0]).name, cluster.host_of(ds.gpus[0]).name)
+                key = (src, index.host_of[ds.gpus[0]].name)
                 share[key] = share.get(key, 0.0) + overlap / num_layers
-    (src, dst), frac = max(share.items(), key=lambda kv: (kv[1] / cluster.host_gbps(*kv[0]), kv[0]))
-    network = efficiency_of(problem.efficiency, cluster.host(src).gpu.name).network
+    (src, dst), frac = max(share.items(), key=lambda kv: (kv[1] / index.host_gbps(*kv[0]), kv[0]))
+    network = efficiency_of(problem.efficiency, index.by_name[src].gpu.name).network
     latency_s = INTRA_HOST_LATENCY_S if src == dst else cluster.latency_s
-    return KvRoute(src, dst, frac, cluster.host_gbps(src, dst) * network, latency_s)
+    return KvRoute(src, dst, frac, index.host_gbps(src, dst) * network, latency_s)
 
 
 def kv_link(problem: Problem, prefill: Deployment, decode: Deployment) -> tuple[float, float]:

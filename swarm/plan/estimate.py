@@ -193,10 +193,6 @@ class Scenario:
         return bool(self.is_both.any())
 
     @cached_property
-    def rows(self) -> np.ndarray:
-        return np.arange(len(self.ids))
-
-    @cached_property
     def outputs(self) -> np.ndarray:
         return request_sample(self.problem)[1]
 
@@ -255,25 +251,62 @@ class Scenario:
         return Estimate(attained, ttft_p90, tpot_p90)
 
     def _decode(self, rate_rps: np.ndarray, stretch: np.ndarray) -> _DecodeState:
-        """Per group: the Little's-law batch (steps stretched by colocated prefills), step and slope there."""
-        grid, rows = self.batch_grid, self.rows
-        demand = (rate_rps * self.mean_output_tokens * stretch)[:, None] * self.step_grid_s - grid
-        k = np.argmax(demand <= 0, axis=1)  # first grid batch at or past the fixed point (0 if none)
-        stable = (k > 0) & (demand[rows, k] <= 0)
+        """Per group: the Little's-law batch (steps stretched by colocated prefills), step and slope there.
+
+        `rate_rps` and `stretch` are (groups,) or (rates, groups); the result has the same shape."""
+        shape = rate_rps.shape + self.batch_grid.shape[-1:]
+        grid = np.broadcast_to(self.batch_grid, shape)
+        steps = np.broadcast_to(self.step_grid_s, shape)
+        demand = (rate_rps * self.mean_output_tokens * stretch)[..., None] * steps - grid
+        k = np.argmax(demand <= 0, axis=-1)[..., None]  # first grid batch at or past the fixed point (0 if none)
+        stable = (k[..., 0] > 0) & (_at(demand, k) <= 0)
         k = np.maximum(k, 1)
-        d_lo, d_hi = demand[rows, k - 1], demand[rows, k]
+        d_lo, d_hi = _at(demand, k - 1), _at(demand, k)
         frac = d_lo / np.where(stable, d_lo - d_hi, 1.0)
         idle = rate_rps <= 0
-        batch = np.where(idle, 0.0, grid[rows, k - 1] + (grid[rows, k] - grid[rows, k - 1]) * frac)
-        lo_s, hi_s = self.step_grid_s[rows, k - 1], self.step_grid_s[rows, k]
-        step_s = np.where(idle, self.step_grid_s[:, 0], lo_s + (hi_s - lo_s) * frac)
-        slope = (hi_s - lo_s) / (grid[rows, k] - grid[rows, k - 1])
-        context_slope = self.context_slope_grid[rows, k]
+        g_lo, g_hi = _at(grid, k - 1), _at(grid, k)
+        batch = np.where(idle, 0.0, g_lo + (g_hi - g_lo) * frac)
+        lo_s, hi_s = _at(steps, k - 1), _at(steps, k)
+        step_s = np.where(idle, steps[..., 0], lo_s + (hi_s - lo_s) * frac)
+        slope = (hi_s - lo_s) / (g_hi - g_lo)
+        context_slope = _at(np.broadcast_to(self.context_slope_grid, shape), k)
         # N ~ Poisson, contexts iid: var(step) = N (slope^2 + (d step / d context)^2 var(context))
         spread = np.sqrt(batch * (slope ** 2 + context_slope ** 2 * self.problem.decode_context_variance))
         stable = (stable | idle) & (batch <= self.max_batch)
         memory_ok = _phi(_ratio(self.max_batch - batch, np.sqrt(batch)))
         return _DecodeState(batch=batch, step_s=step_s, spread_s=spread, ok=np.where(stable, memory_ok, 0.0))
+
+    def attainments(self, rates_rps: np.ndarray, kv_shares: np.ndarray) -> np.ndarray:
+        """(rates,) attainment at each rates_rps[i] when pair k carries kv_shares[i, k]: `estimate` for
+        many rates in one pass over (rates, pairs, requests) arrays (the goodput search probes a grid)."""
+        rates = np.asarray(rates_rps, dtype=np.float64)
+        if self.has_both:  # colocated groups: the stall model is per rate
+            return np.array([self.estimate(float(r), s, with_p90=False).slo_attainment
+                             for r, s in zip(rates, kv_shares, strict=True)])
+        slo, n = self.problem.slo, len(self.ids)
+        active = np.flatnonzero((kv_shares > 0).any(axis=0))
+        shares, pair_p, pair_d = kv_shares[:, active], self.pair_p[active], self.pair_d[active]
+        flow = rates[:, None] * shares  # (rates, active)
+        to_p, to_d = _one_hot(pair_p, n), _one_hot(pair_d, n)  # (active, groups)
+        prefill_rate, decode_rate = flow @ to_p, flow @ to_d  # (rates, groups)
+        rho = prefill_rate * self.mean_service_s
+        links = _one_hot(self.pair_link[active], len(self.pairs))  # (active, links)
+        link_rho = ((flow / self.link_rps[active]) @ links) @ links.T  # (rates, active)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wait_s = np.where(rho < 1, prefill_rate * self.moment2_s2 / (2 * (1 - rho)), np.inf)
+            wait2_s2 = 2 * wait_s ** 2 + prefill_rate * self.moment3_s3 / (3 * (1 - rho))
+            wait_mu, wait_sigma = _lognormal(wait_s / rho, wait2_s2 / rho)
+            link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s[active] / (2 * (1 - link_rho)), np.inf)
+        decode = self._decode(decode_rate, np.ones_like(rho))
+        delay_s = (self.kv_s[active] + link_wait_s[..., None]) * self.per_token  # (rates, active, requests)
+        senders, sender_of_pair = np.unique(pair_p, return_inverse=True)  # TTFT depends on the prefill group only
+        ttft_ok = _wait_cdf(rho[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
+                            slo.ttft_s - self.prefill_s[senders])[:, sender_of_pair]  # (rates, active, requests)
+        inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
+        z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
+        tpot_ok = _phi(z) * decode.ok[:, pair_d, None]
+        per_pair = np.nan_to_num((ttft_ok * tpot_ok).mean(axis=-1))  # (rates, active)
+        return np.minimum((np.where(shares > 0, shares, 0.0) * per_pair).sum(axis=-1), 1.0)
 
     def _stalls_ok(self, prefill_rate: np.ndarray, rho: np.ndarray, wait_s: np.ndarray, step_s: np.ndarray,
                    stretch: np.ndarray) -> np.ndarray:
@@ -317,6 +350,20 @@ def _link_index(links: list[tuple[str, str] | None]) -> np.ndarray:
                      for k, link in enumerate(links)], dtype=np.int64)
 
 
+def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """values[..., index[..., 0]] along the last axis (`index` keeps a trailing axis of 1)."""
+    width = values.shape[-1]
+    flat = index[..., 0] + width * np.arange(index[..., 0].size).reshape(index.shape[:-1])
+    return values.reshape(-1)[flat]
+
+
+def _one_hot(index: np.ndarray, size: int) -> np.ndarray:
+    """(len(index), size) matrix with a 1 at (i, index[i]): sums by group as a matrix product."""
+    matrix = np.zeros((len(index), size))
+    matrix[np.arange(len(index)), index] = 1.0
+    return matrix
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator for a normal z-score; a zero spread gives +-a huge z (a step)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -337,7 +384,7 @@ def _wait_cdf(rho: np.ndarray, mu: np.ndarray, sigma: np.ndarray, slack_s: np.nd
     Wq = lam E[S^2] / 2(1 - rho) and E[W^2] = 2 Wq^2 + lam E[S^3] / 3(1 - rho) (Takacs); a lognormal
     with those moments keeps the heavy tail that long prompts give the queue.
     """
-    rho, mu, sigma = rho[:, None], mu[:, None], sigma[:, None]
+    rho, mu, sigma = rho[..., None], mu[..., None], sigma[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (np.log(np.maximum(slack_s, 1e-300)) - mu) / sigma
     waited_ok = np.where(rho > 0, _phi(z), 1.0)
@@ -368,11 +415,18 @@ _PHI_TABLE = _phi_exact(_PHI_Z)
 
 def _phi(z: np.ndarray) -> np.ndarray:
     """Standard normal CDF from a uniform table (linear interpolation, error below 1e-6; NaN gives 0)."""
-    z = np.asarray(z, dtype=np.float64)
-    position = (np.minimum(np.fmax(z, -8.0), 8.0) + 8.0) / _PHI_STEP  # fmax turns NaN into -8
-    index = np.minimum(position.astype(np.int64), len(_PHI_TABLE) - 2)
-    frac = position - index
-    return _PHI_TABLE[index] * (1.0 - frac) + _PHI_TABLE[index + 1] * frac
+    position = np.fmax(z, -8.0, out=np.empty(np.shape(z)))  # fmax turns NaN into -8
+    np.minimum(position, 8.0, out=position)
+    position += 8.0
+    position *= 1.0 / _PHI_STEP
+    index = np.minimum(position.astype(np.intp), len(_PHI_TABLE) - 2)
+    position -= index  # the fraction of a table step
+    position *= _PHI_RISE[index]
+    position += _PHI_TABLE[index]
+    return position
+
+
+_PHI_RISE = np.diff(_PHI_TABLE)
 
 
 def _weighted_p90(values: np.ndarray, weights: np.ndarray) -> float:

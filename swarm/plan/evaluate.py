@@ -29,6 +29,8 @@ ATTAINMENT_WEIGHT = 1e-3
 CAPACITY_WEIGHT = 1e-6
 GOODPUT_FLOOR = 1e-4
 GOODPUT_TOLERANCE = 0.01  # width of the final bracket in log(rate): 1%
+GOODPUT_GRID = 8  # rates probed by the batched goodput search's first pass (then just enough to finish)
+MAX_GOODPUT_GRID = 16
 MAX_REPORTED_S = 1e6  # an unbounded latency (overloaded group) is reported as this in the plan
 
 
@@ -90,10 +92,20 @@ def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluati
         routing = routing_at(problem.rate_rps)
     except InfeasibleError:
         return Evaluation(0.0, 0.0, 0.0, None, deployments)
-    kv_array = lambda shares: np.array([shares.kv.get(pair, 0.0) for pair in pairs])  # noqa: E731
-    goodput = goodput_rps(problem, lambda r: scenario.estimate(r, kv_array(routing_at(r)), with_p90=False)
-                          .slo_attainment, routing.capacity_rps)
-    at_rate = scenario.estimate(problem.rate_rps, kv_array(routing))
+    arrays: dict[int, np.ndarray] = {}  # per routing object (the router keeps one per utilisation bound)
+
+    def kv_at(rate_rps: float) -> np.ndarray:
+        shares = routing_at(rate_rps)
+        if id(shares) not in arrays:
+            arrays[id(shares)] = np.array([shares.kv.get(pair, 0.0) for pair in pairs])
+        return arrays[id(shares)]
+
+    def attainments_at(rates_rps: np.ndarray) -> np.ndarray:
+        shares = np.array([kv_at(r) for r in rates_rps])
+        return scenario.attainments(rates_rps, shares)
+
+    goodput = goodput_grid_rps(problem, attainments_at, routing.capacity_rps)
+    at_rate = scenario.estimate(problem.rate_rps, kv_at(problem.rate_rps))
     capacity = routing.capacity_rps
     score = (goodput + ATTAINMENT_WEIGHT * at_rate.slo_attainment
              + CAPACITY_WEIGHT * min(capacity, 1e3))
@@ -137,6 +149,41 @@ def goodput_rps(problem: Problem, attainment_at: Callable[[float], float], capac
         else:
             hi = mid
     return lo
+
+
+def goodput_grid_rps(problem: Problem, attainments_at: Callable[[np.ndarray], np.ndarray],
+                     capacity_rps: float) -> float:
+    """`goodput_rps` with a batched `attainments_at` (rates -> attainments), probing GOODPUT_GRID rates
+    per call: [0.6, 1.2] x capacity first (then [1.2, 9.6] x or [GOODPUT_FLOOR, 0.6] x capacity if the
+    crossing lies outside), then the grid step that holds the first miss, until it is narrower than
+    GOODPUT_TOLERANCE: two or three calls against about nine sequential probes. Returns the feasible
+    end of the final bracket (0 if even GOODPUT_FLOOR x capacity misses the target)."""
+    target = problem.slo.attainment
+    if not math.isfinite(capacity_rps):
+        capacity_rps = 1e3
+    rates = np.geomspace(0.6 * capacity_rps, 1.2 * capacity_rps, GOODPUT_GRID)
+    met = attainments_at(rates) >= target
+    if met.all():
+        rates = np.geomspace(1.2 * capacity_rps, 9.6 * capacity_rps, GOODPUT_GRID)
+        met = attainments_at(rates) >= target
+        if met.all():
+            return float(rates[-1])
+    elif not met[0]:
+        rates = np.geomspace(GOODPUT_FLOOR * capacity_rps, 0.6 * capacity_rps, GOODPUT_GRID)
+        met = attainments_at(rates) >= target
+        if not met[0]:
+            return 0.0
+    while True:
+        first_miss = int(np.argmin(met))
+        lo, hi = rates[first_miss - 1], rates[first_miss]
+        width = math.log(hi / lo)
+        if width <= GOODPUT_TOLERANCE:
+            return float(lo)
+        # just enough inner rates for the next bracket to meet the tolerance (at most MAX_GOODPUT_GRID)
+        num_inner = max(1, min(MAX_GOODPUT_GRID, math.ceil(width / GOODPUT_TOLERANCE * (1 - 1e-9)) - 1))
+        inner = np.geomspace(lo, hi, num_inner + 2)[1:-1]
+        rates = np.concatenate(([lo], inner, [hi]))
+        met = np.concatenate(([True], attainments_at(inner) >= target, [False]))
 
 
 def wire_routing(shares: RoutingShares) -> Routing:

@@ -18,7 +18,8 @@ LP 2, routing at a rate r: the same rows, each tier's utilisation capped at U / 
 U = max(RHO_TARGET, 1.01 r v*) (queueing room, or what the rate needs), maximising
 sum y_pd a_pd - beta sum v, where a_pd is the share of requests pair (p, d) serves within both SLOs
 with no queueing (from the estimator): short prompts over slow links are fine, long ones are not.
-LP 2 is re-solved warm for each rate (bounds only). Past capacity, LP 1's routing is used.
+LP 2 is re-solved warm for each rate (bounds only); every rate with 1.01 r v* >= RHO_TARGET has the same
+bound, hence one solve (kept per bound). Past capacity, LP 1's routing is used.
 `problem.orchestrate = False` gives uniform routing instead (the ablation baseline).
 """
 
@@ -150,6 +151,9 @@ class Router:
     highs: highspy.Highs
     capacity_shares: RoutingShares
     unit_utilisation: float  # v* of LP 1
+    solved: dict[float, RoutingShares] = field(default_factory=dict)  # LP 2's routing by utilisation bound
+    free_utilisation: float = math.inf  # largest tier utilisation of LP 2 without the cap
+    _tier_max: float = math.inf
 
     @classmethod
     def build(cls, network: FlowNetwork, pair_attainment: Mapping[tuple[int, int], float] | None = None) -> Router:
@@ -178,13 +182,29 @@ class Router:
         load = rate_rps * self.unit_utilisation
         if not rate_rps > 0 or load >= 1:
             return self.capacity_shares
-        bound = max(RHO_TARGET, load * (1 + UTILISATION_SLACK)) / rate_rps
+        if load * (1 + UTILISATION_SLACK) >= RHO_TARGET:  # every such rate has the same bound: one solve
+            bound = self.unit_utilisation * (1 + UTILISATION_SLACK)
+        else:
+            bound = RHO_TARGET / rate_rps
+        free = self.solved.get(math.inf)
+        if free is None:
+            free = self.solved[math.inf] = self._solve_at(math.inf)
+            self.free_utilisation = self._tier_max
+        if bound >= self.free_utilisation:  # the cap does not bind: the uncapped optimum stays optimal
+            return free
+        if bound not in self.solved:
+            self.solved[bound] = self._solve_at(bound)
+        return self.solved[bound]
+
+    def _solve_at(self, bound: float) -> RoutingShares:
         tiers = np.arange(self.layout.v(0), self.layout.v(4), dtype=np.int32)
         self.highs.changeColsBounds(len(tiers), tiers, np.zeros(len(tiers)), np.full(len(tiers), bound))
         try:
             values = _solve(self.highs, None)
         except InfeasibleError:
+            self._tier_max = math.inf
             return self.capacity_shares
+        self._tier_max = float(values[self.layout.v(0):self.layout.v(4)].max())
         return _normalised(*self.layout.unpack(values), self.capacity_rps)
 
 
@@ -249,6 +269,7 @@ def _new_highs(num_cols: int, rows: list[tuple[list[int], list[float], float, fl
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", LP_TIME_LIMIT_S)
+    h.setOptionValue("presolve", "off")  # the LPs are tiny: presolve costs more than it saves
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = num_cols, len(rows)
     lp.col_cost_ = np.zeros(num_cols)

@@ -21,7 +21,14 @@ import weakref
 from dataclasses import dataclass, replace
 
 from swarm.hardware import Cluster
-from swarm.plan.cost import MEMORY_UTILISATION, MIN_KV_TOKENS, GroupCost, activation_reserve_bytes, group_cost
+from swarm.plan.cost import (
+    MEMORY_UTILISATION,
+    MIN_KV_TOKENS,
+    GroupCost,
+    activation_reserve_bytes,
+    group_cost,
+    host_index,
+)
 from swarm.plan.errors import PlanError
 from swarm.plan.problem import Problem
 from swarm.wire.plan import ROLES, Group, Stage
@@ -137,11 +144,12 @@ def host_chain(cluster: Cluster, hosts: list[str]) -> list[str]:
     """Hosts in pipeline order, greedily maximising the weakest link of the chain."""
     if len(hosts) <= 2:
         return list(hosts)
+    gbps = host_index(cluster).host_gbps
     pairs = [(a, b) for i, a in enumerate(hosts) for b in hosts[i + 1:]]
-    first = max(pairs, key=lambda p: cluster.host_gbps(*p))  # max keeps the first of equals
+    first = max(pairs, key=lambda p: gbps(*p))  # max keeps the first of equals
     chain, left = list(first), [h for h in hosts if h not in first]
     while left:
-        options = [(cluster.host_gbps(end, h), -left.index(h), at, h)
+        options = [(gbps(end, h), -left.index(h), at, h)
                    for at, end in ((len(chain), chain[-1]), (0, chain[0])) for h in left]
         _, _, at, host = max(options)
         chain.insert(at, host)
@@ -186,12 +194,12 @@ def _water_fill(total: float, weights: list[float], caps: list[int]) -> list[flo
 
 def _layer_caps(problem: Problem, stage_gpus: list[tuple[str, ...]]) -> list[int]:
     """Layers each stage can hold with room for one MIN_KV_TOKENS sequence (embedding/head included)."""
-    model, cluster = problem.model, problem.cluster
+    model, index = problem.model, host_index(problem.cluster)
     per_layer = model.layer_bytes + MIN_KV_TOKENS * model.kv_bytes_per_token_layer
     caps = []
     for i, gpus in enumerate(stage_gpus):
         tp = len(gpus)
-        usable = tp * (cluster.gpu(gpus[0]).memory_bytes * MEMORY_UTILISATION - activation_reserve_bytes(model, tp))
+        usable = tp * (index.gpu(gpus[0]).memory_bytes * MEMORY_UTILISATION - activation_reserve_bytes(model, tp))
         extra = model.embedding_params * model.dtype_bytes if i == 0 else 0
         extra += model.head_params * model.dtype_bytes if i == len(stage_gpus) - 1 else 0
         caps.append(max(0, int((usable - extra) // per_layer)))
@@ -199,7 +207,7 @@ def _layer_caps(problem: Problem, stage_gpus: list[tuple[str, ...]]) -> list[int
 
 
 def _speed_weights(problem: Problem, stage_gpus: list[tuple[str, ...]], role: str) -> list[float]:
-    specs = [problem.cluster.gpu(g[0]) for g in stage_gpus]
+    specs = [host_index(problem.cluster).gpu(g[0]) for g in stage_gpus]
     flops = [len(g) * s.tflops for g, s in zip(stage_gpus, specs, strict=True)]
     bandwidth = [len(g) * s.memory_bandwidth_gbs for g, s in zip(stage_gpus, specs, strict=True)]
     if role == "prefill":
@@ -210,7 +218,8 @@ def _speed_weights(problem: Problem, stage_gpus: list[tuple[str, ...]], role: st
 
 
 def _memory_weights(problem: Problem, stage_gpus: list[tuple[str, ...]]) -> list[float]:
-    return [len(g) * problem.cluster.gpu(g[0]).memory_gb for g in stage_gpus]
+    index = host_index(problem.cluster)
+    return [len(g) * index.gpu(g[0]).memory_gb for g in stage_gpus]
 
 
 def _deployment(stage_gpus: list[tuple[str, ...]], layers: list[int], role: str, tp: int) -> Deployment:
@@ -223,9 +232,10 @@ def _deployment(stage_gpus: list[tuple[str, ...]], layers: list[int], role: str,
 
 
 def _by_host(cluster: Cluster, gpu_ids: list[str]) -> dict[str, list[str]]:
+    host_of = host_index(cluster).host_of
     by_host: dict[str, list[str]] = {}
     for gpu_id in gpu_ids:
-        by_host.setdefault(cluster.host_of(gpu_id).name, []).append(gpu_id)
+        by_host.setdefault(host_of[gpu_id].name, []).append(gpu_id)
     return by_host
 
 

@@ -110,8 +110,7 @@ def plan(problem: Problem, *, budget_s: float = 2.0, seed: int = 0,
     if not budget_s > 0:
         raise PlanError(f"the planning budget must be a positive number of seconds, got {budget_s!r}")
     num_gpus = problem.cluster.num_gpus
-    if num_gpus <= problem.model.num_layers:  # it configures one replica over the whole cluster, which
-        check_problem(problem)                # cannot work with more pipeline stages than layers
+    check_problem(problem)
     started, left_s = time.perf_counter(), budget_s
     if initial is None and num_gpus > DECOMPOSE_GPUS:
         initial = _plan_zones(problem, ZONE_SHARE * budget_s, seed, allowed_roles)

@@ -95,11 +95,11 @@ def check_problem(problem: Problem) -> None:
         raise InfeasibleError(
             f"{model.name} needs {model.weight_bytes / 1e9:.0f} GB of weights; the whole cluster {cluster.name!r} "
             f"offers {usable / 1e9:.0f} GB after activations: add GPUs or use a smaller model")
-    if configure(problem, cluster.gpu_ids, "decode") is None:
+    if not any(configure(problem, ids, "decode", tp=tp) is not None for tp, ids in largest_groups(problem)):
         raise InfeasibleError(
-            f"{model.name} ({model.weight_bytes / 1e9:.0f} GB) does not fit even one replica spread over all "
-            f"{cluster.num_gpus} GPUs of {cluster.name!r} with room for a {MIN_KV_TOKENS}-token KV cache: "
-            "add GPUs or use a smaller model")
+            f"{model.name} ({model.weight_bytes / 1e9:.0f} GB) does not fit any group of GPUs of {cluster.name!r} "
+            f"({cluster.num_gpus} GPUs) with room for a {MIN_KV_TOKENS}-token KV cache, even the one with the "
+            f"most memory that a {model.num_layers}-layer pipeline can use: add larger GPUs or use a smaller model")
     floor_tpot_s, floor_ttft_s = _latency_floors(problem)
     if problem.slo.tpot_s < floor_tpot_s:
         raise InfeasibleError(
@@ -111,6 +111,29 @@ def check_problem(problem: Problem) -> None:
             f"TTFT target {problem.slo.ttft_s:.3f} s is below the fastest possible prefill of the workload's "
             f"shortest prompt on {cluster.name!r} ({floor_ttft_s:.3f} s at the whole cluster's FLOP/s): raise "
             "the TTFT target (SLO scale) or add GPUs")
+
+
+def largest_groups(problem: Problem) -> list[tuple[int, list[str]]]:
+    """Per TP degree, the group of GPUs with the most memory that one replica can use: hosts by GPU
+    memory (largest first, leaving out GPUs whose stage cannot hold one layer), `tp` GPUs a stage, at
+    most one stage per layer. If none of these holds the model, no group does (a stage's layer capacity
+    grows with its GPUs' memory)."""
+    cluster, model = problem.cluster, problem.model
+    hosts = sorted(cluster.hosts, key=lambda h: -h.gpu.memory_bytes)  # stable: cluster order among equals
+    per_layer = model.layer_bytes + MIN_KV_TOKENS * model.kv_bytes_per_token_layer
+    found, tp = [], 1
+    while tp <= max(h.num_gpus for h in hosts):
+        if model.num_heads % tp == 0 and model.num_kv_heads % tp == 0:
+            ids: list[str] = []
+            for h in hosts:
+                if tp * (h.gpu.memory_bytes * MEMORY_UTILISATION - activation_reserve_bytes(model, tp)) < per_layer:
+                    continue
+                take = min(h.num_gpus // tp * tp, model.num_layers * tp - len(ids))
+                ids += h.gpu_ids[:take]
+            if ids:
+                found.append((tp, ids))
+        tp *= 2
+    return found
 
 
 def _latency_floors(problem: Problem) -> tuple[float, float]:
