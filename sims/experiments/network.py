@@ -51,7 +51,7 @@ def run(ctx) -> dict:
             row = _measure(planned, num_requests, ctx.seed)
             rows.append(dict(row, link_gbps=gbps, system=label))
             figures[f"{label}@{gbps:g}Gbps"] = {
-                k: row[k] for k in ("tokens_per_s", "slo_tokens_per_s", "kv_share")
+                k: row[k] for k in ("tokens_per_s", "slo_tokens_per_s", "kv_share_4bit", "kv_share_16bit")
             }
     write_csv(ctx.path("network.csv"), rows)
     groups = {
@@ -74,13 +74,13 @@ def run(ctx) -> dict:
         ylabel="output tokens/s at goodput (90% within SLO)",
         title="LLaMA-13B on 4xA40 + 4xRTX 3090 Ti: throughput within the SLO",
     )
-    kv = {
-        f"{g:g} Gbit/s": {
-            r["system"]: 100 * r["kv_share"]
-            for r in rows
-            if r["link_gbps"] == g and r["system"] != "colocated"
+    kv = {  # each disaggregated plan with both KV formats on the wire
+        f"{r['system']} plan, {r['link_gbps']:g} Gbit/s": {
+            "16-bit KV": 100 * r["kv_share_16bit"],
+            "4-bit KV": 100 * r["kv_share_4bit"],
         }
-        for g in LINKS_GBPS
+        for r in rows
+        if r["system"] != "colocated"
     }
     plots.bars(
         ctx.path("kv_share.png"),
@@ -103,7 +103,8 @@ def run(ctx) -> dict:
                         "tokens_per_s",
                         "slo_tokens_per_s",
                         "goodput_rps",
-                        "kv_share",
+                        "kv_share_4bit",
+                        "kv_share_16bit",
                         "groups",
                         "moderate_rps",
                         "e2e_p50_s",
@@ -125,9 +126,12 @@ def _measure(planned, num_requests: int, seed: int) -> dict:
     makespan_s = float(np.nanmax(ledger.done_s[done])) if done.any() else float("inf")
     tokens_per_s = float(ledger.output_tokens[done].sum()) / makespan_s
     moderate = max(0.5 * float(done.sum()) / makespan_s, 0.05)
-    light = simulate(
-        problem, plan, resample(problem.workload, moderate, num_requests / moderate, seed), seed=seed
-    ).metrics
+    moderate_load = resample(problem.workload, moderate, num_requests / moderate, seed)
+    light = simulate(problem, plan, moderate_load, seed=seed).metrics
+    # the same deployment with the other KV format isolates what compression does to the KV share
+    other_bits = 16 if problem.kv_bits == 4 else 4
+    other_load = resample(problem.workload, moderate, num_requests / moderate, seed)
+    other = simulate(replace(problem, kv_bits=other_bits), plan, other_load, seed=seed).metrics
     rates = np.geomspace(0.25, 8.0, 5) if num_requests < 500 else np.geomspace(0.5, 24.0, 10)
     sweep = rate_sweep(problem, plan, rates, SWEEP_S[num_requests < 500], seed)
     goodput_rps = crossing(rates, [m.slo_attainment for m in sweep], 0.9)
@@ -137,6 +141,8 @@ def _measure(planned, num_requests: int, seed: int) -> dict:
         "slo_tokens_per_s": goodput_rps * problem.workload.mean_output_tokens,
         "goodput_rps": goodput_rps,
         "kv_share": light.kv_share,
+        "kv_share_4bit": light.kv_share if problem.kv_bits == 4 else other.kv_share,
+        "kv_share_16bit": light.kv_share if problem.kv_bits == 16 else other.kv_share,
         "num_requests": int(done.sum()),
         "groups": "+".join(
             f"{roles.count(r)}{r[0].upper()}" for r in ("prefill", "decode", "both") if r in roles
