@@ -1,7 +1,8 @@
 """Swarm overhead: TTFT and TPOT through a local swarm vs the same engine called in this process, same run.
 
-How it works. A bootstrap node and two peers (emulated A40 prefill, RTX 3090 Ti decode) start as
-processes on 127.0.0.1 with the default SmolLM2 model; the client submits each prompt through the
+How it works. A bootstrap node and two peers (emulated A40 prefill, RTX 3090 Ti decode, the plan pinned
+with `--plan` so the measured path is always the disaggregated one) start as processes on 127.0.0.1 with
+the default SmolLM2 model; the client submits each prompt through the
 bootstrap node (entry peer -> prefill peer -> KV push -> decode peer -> entry -> client). The baseline is
 one engine in this process (role `both`, one torch thread, as each peer runs) given the same prompt.
 Local and swarm runs alternate, so load on this shared machine hits both alike; the medians and their
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 PROMPTS = ("What is the capital of France?", "Name three primary colors.",
@@ -46,17 +49,39 @@ def swarm_run(client, prompt: str, max_tokens: int) -> tuple[float, float, int]:
     return completion.ttft_s, completion.tpot_s, completion.num_tokens
 
 
+def disaggregated_plan(num_layers: int):
+    """The path being measured, pinned: peer-a40 prefills, peer-3090ti decodes, KV between them."""
+    from swarm.models import model_spec
+    from swarm.modelstore import resolve_model
+    from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Routing, Stage
+
+    groups = (Group(0, "prefill", 1, 1, (Stage(("peer-a40/0",), (0, num_layers)),)),
+              Group(1, "decode", 1, 1, (Stage(("peer-3090ti/0",), (0, num_layers)),)))
+    return Plan(PLAN_FORMAT, 0, model_spec(resolve_model(None)).name, groups, Routing({0: 1.0}, ((0, 1, 1.0),)))
+
+
 def measure(num_prompts: int, max_tokens: int, repeats: int, kv_bits: int) -> dict:
     import torch
 
     from peers.engine import Engine, EngineConfig
-    from swarm.client.localswarm import LocalSwarm, PeerSpec
+    from swarm.client.localswarm import PeerSpec
 
     torch.set_num_threads(1)
     engine = Engine.load(None, EngineConfig(kv_cache_bytes=256 << 20))
     samples: dict[str, list[float]] = {"local_ttft_s": [], "local_tpot_s": [], "swarm_ttft_s": [], "swarm_tpot_s": []}
     peers = [PeerSpec("peer-a40", "A40"), PeerSpec("peer-3090ti", "RTX3090Ti")]
-    with LocalSwarm(peers, kv_bits=kv_bits) as swarm:
+    with tempfile.TemporaryDirectory() as tmp:
+        plan_path = os.path.join(tmp, "plan.json")
+        with open(plan_path, "w") as f:
+            f.write(disaggregated_plan(engine.model_config.num_layers).to_json())
+        return _run(engine, peers, plan_path, kv_bits, num_prompts, max_tokens, repeats, samples)
+
+
+def _run(engine, peers, plan_path: str, kv_bits: int, num_prompts: int, max_tokens: int, repeats: int,
+         samples: dict[str, list[float]]) -> dict:
+    from swarm.client.localswarm import LocalSwarm
+
+    with LocalSwarm(peers, kv_bits=kv_bits, extra_args=("--plan", plan_path)) as swarm:
         startup_s = time.perf_counter()
         swarm.wait_for_plan(180)
         client = swarm.client()
