@@ -37,6 +37,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -146,24 +147,29 @@ class GroupCost:
 
     def stage_times_s(self, new_tokens, logit_tokens, attention_flops_layer, kv_bytes_layer) -> np.ndarray:
         """Per-stage time (pp, ...) for the given per-stage work; inputs broadcast against (1, ...)."""
-        model, tp = self.model, self.tp
-        n = np.asarray(new_tokens, dtype=np.float64)[None, ...]
-        g = np.asarray(logit_tokens, dtype=np.float64)[None, ...]
-        a = np.asarray(attention_flops_layer, dtype=np.float64)[None, ...]
-        k = np.asarray(kv_bytes_layer, dtype=np.float64)[None, ...]
-        layers = self.num_layers.reshape((self.pp,) + (1,) * (n.ndim - 1))
-        shape = layers.shape
-        flops = (n * _layer_flops(model) * layers + g * self.is_last.reshape(shape) * _head_flops(model)
-                 + a * layers)
-        compute_s = flops / self.flops_per_s.reshape(shape)
-        memory_s = (self.weight_bytes.reshape(shape) + k * layers) / self.bytes_per_s.reshape(shape)
-        hidden_bytes = n * model.hidden_size * model.dtype_bytes
-        allreduce_s = 0.0
+        n, g, a, k = (np.asarray(x, dtype=np.float64)
+                      for x in (new_tokens, logit_tokens, attention_flops_layer, kv_bytes_layer))
+        shape = (self.pp,) + (1,) * max(n.ndim, g.ndim, a.ndim, k.ndim)
+        per_token, per_logit, per_attention, weights_s, per_kv, per_hidden, fixed_s = (
+            c.reshape(shape) for c in self._coefficients)
+        compute_s = n * per_token + g * per_logit + a * per_attention
+        memory_s = weights_s + k * per_kv
+        return np.maximum(compute_s, memory_s) + (n * per_hidden + fixed_s)
+
+    @cached_property
+    def _coefficients(self) -> tuple[np.ndarray, ...]:
+        """The module docstring's t_stage as max(n a + g b + A c, d + K e) + n f + h, per stage (pp,):
+        computed once per deployment, so a call costs a dozen array operations."""
+        model, tp, layers = self.model, self.tp, self.num_layers.ravel()
+        flops, bandwidth = self.flops_per_s.ravel(), self.bytes_per_s.ravel()
+        hidden_bytes = model.hidden_size * model.dtype_bytes
+        per_hidden = hidden_bytes / self.send_bps.ravel()
+        fixed_s = self.send_latency_s.ravel() + self.overhead_s.ravel()
         if tp > 1:
-            ring = 2 * (tp - 1) / tp * hidden_bytes / self.allreduce_bps.reshape(shape) + INTRA_HOST_LATENCY_S
-            allreduce_s = 2 * layers * ring
-        send_s = hidden_bytes / self.send_bps.reshape(shape) + self.send_latency_s.reshape(shape)
-        return np.maximum(compute_s, memory_s) + allreduce_s + send_s + self.overhead_s.reshape(shape)
+            per_hidden = per_hidden + 2 * layers * 2 * (tp - 1) / tp * hidden_bytes / self.allreduce_bps.ravel()
+            fixed_s = fixed_s + 2 * layers * INTRA_HOST_LATENCY_S
+        return (_layer_flops(model) * layers / flops, self.is_last.ravel() * _head_flops(model) / flops,
+                layers / flops, self.weight_bytes.ravel() / bandwidth, layers / bandwidth, per_hidden, fixed_s)
 
     def _prefill_stages(self, num_tokens, num_seqs) -> np.ndarray:
         n = np.asarray(num_tokens, dtype=np.float64)

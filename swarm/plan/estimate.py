@@ -193,6 +193,10 @@ class Scenario:
         return bool(self.is_both.any())
 
     @cached_property
+    def group_rows(self) -> np.ndarray:
+        return np.arange(len(self.ids))
+
+    @cached_property
     def outputs(self) -> np.ndarray:
         return request_sample(self.problem)[1]
 
@@ -254,22 +258,19 @@ class Scenario:
         """Per group: the Little's-law batch (steps stretched by colocated prefills), step and slope there.
 
         `rate_rps` and `stretch` are (groups,) or (rates, groups); the result has the same shape."""
-        shape = rate_rps.shape + self.batch_grid.shape[-1:]
-        grid = np.broadcast_to(self.batch_grid, shape)
-        steps = np.broadcast_to(self.step_grid_s, shape)
-        demand = (rate_rps * self.mean_output_tokens * stretch)[..., None] * steps - grid
-        k = np.argmax(demand <= 0, axis=-1)[..., None]  # first grid batch at or past the fixed point (0 if none)
-        stable = (k[..., 0] > 0) & (_at(demand, k) <= 0)
+        grid, steps, rows = self.batch_grid, self.step_grid_s, self.group_rows
+        coef = rate_rps * self.mean_output_tokens * stretch  # demand(N) = coef step(N) - N
+        k = np.argmax(coef[..., None] * steps <= grid, axis=-1)  # first grid batch at or past the fixed point
+        stable = (k > 0) & (coef * steps[rows, k] - grid[rows, k] <= 0)
         k = np.maximum(k, 1)
-        d_lo, d_hi = _at(demand, k - 1), _at(demand, k)
+        g_lo, g_hi, lo_s, hi_s = grid[rows, k - 1], grid[rows, k], steps[rows, k - 1], steps[rows, k]
+        d_lo, d_hi = coef * lo_s - g_lo, coef * hi_s - g_hi
         frac = d_lo / np.where(stable, d_lo - d_hi, 1.0)
         idle = rate_rps <= 0
-        g_lo, g_hi = _at(grid, k - 1), _at(grid, k)
         batch = np.where(idle, 0.0, g_lo + (g_hi - g_lo) * frac)
-        lo_s, hi_s = _at(steps, k - 1), _at(steps, k)
-        step_s = np.where(idle, steps[..., 0], lo_s + (hi_s - lo_s) * frac)
+        step_s = np.where(idle, steps[:, 0], lo_s + (hi_s - lo_s) * frac)
         slope = (hi_s - lo_s) / (g_hi - g_lo)
-        context_slope = _at(np.broadcast_to(self.context_slope_grid, shape), k)
+        context_slope = self.context_slope_grid[rows, k]
         # N ~ Poisson, contexts iid: var(step) = N (slope^2 + (d step / d context)^2 var(context))
         spread = np.sqrt(batch * (slope ** 2 + context_slope ** 2 * self.problem.decode_context_variance))
         stable = (stable | idle) & (batch <= self.max_batch)
@@ -305,7 +306,8 @@ class Scenario:
         inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
         z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
         tpot_ok = _phi(z) * decode.ok[:, pair_d, None]
-        per_pair = np.nan_to_num((ttft_ok * tpot_ok).mean(axis=-1))  # (rates, active)
+        per_pair = (ttft_ok * tpot_ok).mean(axis=-1)  # (rates, active)
+        per_pair[np.isnan(per_pair)] = 0.0
         return np.minimum((np.where(shares > 0, shares, 0.0) * per_pair).sum(axis=-1), 1.0)
 
     def _stalls_ok(self, prefill_rate: np.ndarray, rho: np.ndarray, wait_s: np.ndarray, step_s: np.ndarray,
@@ -348,13 +350,6 @@ def _link_index(links: list[tuple[str, str] | None]) -> np.ndarray:
     index: dict[object, int] = {}
     return np.array([index.setdefault(link if link is not None else ("pair", k), len(index))
                      for k, link in enumerate(links)], dtype=np.int64)
-
-
-def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """values[..., index[..., 0]] along the last axis (`index` keeps a trailing axis of 1)."""
-    width = values.shape[-1]
-    flat = index[..., 0] + width * np.arange(index[..., 0].size).reshape(index.shape[:-1])
-    return values.reshape(-1)[flat]
 
 
 def _one_hot(index: np.ndarray, size: int) -> np.ndarray:

@@ -161,15 +161,15 @@ def goodput_grid_rps(problem: Problem, attainments_at: Callable[[np.ndarray], np
     target = problem.slo.attainment
     if not math.isfinite(capacity_rps):
         capacity_rps = 1e3
-    rates = np.geomspace(0.6 * capacity_rps, 1.2 * capacity_rps, GOODPUT_GRID)
+    rates = _geomspace(0.6 * capacity_rps, 1.2 * capacity_rps, GOODPUT_GRID)
     met = attainments_at(rates) >= target
     if met.all():
-        rates = np.geomspace(1.2 * capacity_rps, 9.6 * capacity_rps, GOODPUT_GRID)
+        rates = _geomspace(1.2 * capacity_rps, 9.6 * capacity_rps, GOODPUT_GRID)
         met = attainments_at(rates) >= target
         if met.all():
             return float(rates[-1])
     elif not met[0]:
-        rates = np.geomspace(GOODPUT_FLOOR * capacity_rps, 0.6 * capacity_rps, GOODPUT_GRID)
+        rates = _geomspace(GOODPUT_FLOOR * capacity_rps, 0.6 * capacity_rps, GOODPUT_GRID)
         met = attainments_at(rates) >= target
         if not met[0]:
             return 0.0
@@ -181,9 +181,14 @@ def goodput_grid_rps(problem: Problem, attainments_at: Callable[[np.ndarray], np
             return float(lo)
         # just enough inner rates for the next bracket to meet the tolerance (at most MAX_GOODPUT_GRID)
         num_inner = max(1, min(MAX_GOODPUT_GRID, math.ceil(width / GOODPUT_TOLERANCE * (1 - 1e-9)) - 1))
-        inner = np.geomspace(lo, hi, num_inner + 2)[1:-1]
+        inner = _geomspace(lo, hi, num_inner + 2)[1:-1]
         rates = np.concatenate(([lo], inner, [hi]))
         met = np.concatenate(([True], attainments_at(inner) >= target, [False]))
+
+
+def _geomspace(start: float, stop: float, num: int) -> np.ndarray:
+    """np.geomspace without its argument handling (it runs a few times per evaluation)."""
+    return np.exp(np.linspace(math.log(start), math.log(stop), num))
 
 
 def wire_routing(shares: RoutingShares) -> Routing:
