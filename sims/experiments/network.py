@@ -75,7 +75,7 @@ def run(ctx) -> dict:
         title="LLaMA-13B on 4xA40 + 4xRTX 3090 Ti: throughput within the SLO",
     )
     kv = {  # each disaggregated plan with both KV formats on the wire
-        f"{r['system']} plan, {r['link_gbps']:g} Gbit/s": {
+        f"{r['system']} plan\n{r['link_gbps']:g} Gbit/s": {
             "16-bit KV": 100 * r["kv_share_16bit"],
             "4-bit KV": 100 * r["kv_share_4bit"],
         }
