@@ -220,12 +220,16 @@ def check_finite(section: KvSection, dtype: torch.dtype) -> None:
 def materialize(section: KvSection, dtype: torch.dtype, device: torch.device | str) -> Tensor:
     """One of K or V as a dense (L, H, T, D) tensor in `dtype` on `device`, after check_finite."""
     check_finite(section, dtype)
-    parts = [section.sinks.to(device=device, dtype=dtype)] if section.sinks.shape[2] else []
-    if isinstance(section.body, QuantizedTensor):
-        parts.append(dequantize(to_device(section.body, torch.device(device)), dtype))
-    elif section.body is not None:
-        parts.append(section.body.to(device=device, dtype=dtype))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (L, H, T, D)
+    num_layers, kv_heads, num_sinks, head_dim = section.sinks.shape
+    body = section.body
+    num_tokens = num_sinks + (0 if body is None else body.shape[2])
+    out = torch.empty(num_layers, kv_heads, num_tokens, head_dim, dtype=dtype, device=device)
+    out[:, :, :num_sinks] = section.sinks  # (L, H, S, D)
+    if isinstance(body, QuantizedTensor):  # straight into the token slice: no concatenation afterwards
+        dequantize(to_device(body, torch.device(device)), dtype, out=out[:, :, num_sinks:])
+    elif body is not None:
+        out[:, :, num_sinks:] = body
+    return out  # (L, H, T, D)
 
 
 def decode_kv_blob(

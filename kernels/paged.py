@@ -101,8 +101,9 @@ def dequantize_into_paged(
     """Dequantise (num_layers, kv_heads, num_tokens, head_dim) K or V — the sequence's tokens from
     `first_token` on — into per-layer paged caches.
 
-    Works one layer at a time, so the only temporary is one layer's dense K or V in the cache dtype (none
-    with Triton, which writes the blocks directly). A plain tensor is converted and scattered the same way.
+    Works one layer at a time, so the only temporary is one layer's dense K or V in the cache dtype, laid
+    out (tokens, kv_heads, head_dim) like the cache's slots (none with Triton, which writes the blocks
+    directly). A plain tensor is converted and scattered the same way.
     """
     if not isinstance(q, QuantizedTensor):
         write_paged(q, caches, block_ids, first_token)
@@ -116,4 +117,7 @@ def dequantize_into_paged(
 
             quant_triton.dequantize_paged(part, cache, slots)
         else:
-            write_layer(dequantize(part, cache.dtype), cache, slots)  # (kv_heads, num_tokens, head_dim)
+            num_blocks, block_size, kv_heads, head_dim = cache.shape
+            rows = torch.empty(q.shape[2], kv_heads, head_dim, dtype=cache.dtype, device=cache.device)
+            dequantize(part, out=rows.transpose(0, 1))  # through a (kv_heads, num_tokens, head_dim) view
+            cache.view(num_blocks * block_size, kv_heads, head_dim).index_copy_(0, slots, rows)

@@ -28,12 +28,15 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
     return quant_ref.quantize(x, bits, group_size, axis)
 
 
-def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
-    """Reconstruct the (..., num_tokens, head_dim) tensor of q in `dtype` on q's device."""
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16, out: Tensor | None = None) -> Tensor:
+    """Reconstruct the (..., num_tokens, head_dim) tensor of q in `dtype` on q's device (into `out`, of
+    shape q.shape, when given; its dtype then wins)."""
+    if q.data.device.type == "cpu" and (out is None or out.device.type == "cpu"):
+        return quant_cpu.dequantize(q, dtype, out)
     if q.data.is_cuda and has_triton():
         from kernels import quant_triton
 
-        return quant_triton.dequantize(q, dtype)
-    if q.data.device.type == "cpu":
-        return quant_cpu.dequantize(q, dtype)
-    return quant_ref.dequantize(q, dtype)
+        values = quant_triton.dequantize(q, dtype if out is None else out.dtype)
+    else:
+        values = quant_ref.dequantize(q, dtype if out is None else out.dtype)
+    return values if out is None else out.copy_(values)

@@ -130,13 +130,23 @@ def quantize(x: Tensor, bits: int, group_size: int, axis: str) -> QuantizedTenso
     return QuantizedTensor(data, scale, minimum, shape, bits, group_size, axis)
 
 
-def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16) -> Tensor:
-    """CPU version of kernels.quant_ref.dequantize: the same values, bit for bit."""
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float16, out: Tensor | None = None) -> Tensor:
+    """CPU version of kernels.quant_ref.dequantize: the same values, bit for bit.
+
+    Args:
+        out: where to write, of shape q.shape and any float dtype (`dtype` is then ignored); returned.
+            Written in place when its strides merge into (leads, row_len, width), e.g. a token slice of
+            a dense tensor, or per-channel keys into a (tokens, heads, head_dim) buffer; else filled by
+            one extra copy.
+    """
     _, row_len = row_layout(q.shape, q.axis)
     num_leads, num_groups, width = q.scale.shape
     group_size = q.group_size
-    out = torch.empty(q.shape, dtype=dtype)
-    target = lead_view(out, q.axis)  # (leads, row_len, width)
+    out = torch.empty(q.shape, dtype=dtype) if out is None else out
+    try:
+        target = out.view(num_leads, row_len, width)  # (leads, row_len, width)
+    except RuntimeError:  # strides that do not merge
+        return out.copy_(dequantize(q, out.dtype))
     scale, minimum = q.scale.float(), q.minimum.float()  # (leads, num_groups, width)
     buffer = torch.empty(BLOCK_ELEMENTS + group_size * width)
     for leads, groups in blocks(num_leads, num_groups, group_size * width):

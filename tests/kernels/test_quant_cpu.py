@@ -78,3 +78,18 @@ def test_cpu_tensors_dispatch_to_the_fast_kernels(monkeypatch):
     quantize(torch.zeros(1, 8, 8), 4, 8, "token")
     dequantize(quant_ref.quantize(torch.zeros(1, 8, 8), 4, 8, "token"))
     assert calls == ["quantize", "dequantize"]
+
+
+@pytest.mark.parametrize("axis", ["token", "channel"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantize_into_a_token_slice_or_a_tokens_first_buffer_writes_the_reference_values(axis, bits):
+    x = torch.randn(2, 3, 41, 16, generator=torch.Generator().manual_seed(3))
+    q = quant_ref.quantize(x[:, :, 1:], bits, 16, axis)
+    want = quant_ref.dequantize(q, torch.float16)  # (2, 3, 40, 16)
+    dense = torch.full((2, 3, 41, 16), 7.0, dtype=torch.float16)
+    assert dequantize(q, out=dense[:, :, 1:]) is not None
+    assert torch.equal(dense[:, :, 1:], want) and bool((dense[:, :, 0] == 7.0).all())
+    layer = quant_ref.quantize(x[0], bits, 16, axis)  # (kv_heads, tokens, head_dim)
+    rows = torch.empty(41, 3, 16, dtype=torch.bfloat16)  # (tokens, kv_heads, head_dim), as cache slots
+    quant_cpu.dequantize(layer, out=rows.transpose(0, 1))
+    assert torch.equal(rows.transpose(0, 1), quant_ref.dequantize(layer, torch.bfloat16))
