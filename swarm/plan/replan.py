@@ -52,7 +52,7 @@ def replan(problem: Problem, current: Plan, *, max_evaluations: int = MAX_REPLAN
                               "re-route; run a full re-plan (swarm.plan.plan)")
     search = _RoleSearch(problem, deployments, max_evaluations, budget_s)
     best = search.run()
-    if not best.is_feasible:
+    if best is None or not best.is_feasible:
         raise InfeasibleError(f"the {len(deployments)} surviving group(s) of the epoch-{current.epoch} plan cannot "
                               "serve requests in any phase assignment; run a full re-plan (swarm.plan.plan)")
     return replace(best, plan=best.plan.with_epoch(current.epoch + 1))
@@ -87,13 +87,16 @@ class _RoleSearch:
         prefill = set(self.ranked[:k])
         return tuple("prefill" if i in prefill else "decode" for i in range(len(self.deployments)))
 
-    def run(self) -> Evaluation:
+    def run(self) -> Evaluation | None:
+        """The best assignment scored, or None if no servable assignment was found."""
         current = tuple(d.role for d in self.deployments)
         self.score(current)
-        if "both" not in current and len(current) > 1:
+        if len(current) == 1:
+            self.score(("both",))  # a lone survivor can still serve both phases, with its weights in place
+        elif "both" not in current:
             self._ternary(1, len(current) - 1)
             self._flips()
-        return self.scored[self.best()]
+        return self.scored[self.best()] if self.scored else None
 
     def _ternary(self, lo: int, hi: int) -> None:
         """Integer ternary search for the best number of prefill groups in [lo, hi]."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from swarm.plan.errors import InfeasibleError, PlanError
@@ -50,13 +48,6 @@ def test_workload_shift_rechooses_roles_without_moving_weights(make_problem, clo
     assert result.score >= kept_roles.score  # never worse than keeping the old roles
 
 
-def test_replan_of_32_gpus_is_fast(make_problem, cloud32, llama30b, conv, current):
-    problem = make_problem(cloud32, llama30b, conv, rate_rps=conv.rate_rps)
-    started = time.perf_counter()
-    replan(problem, current)
-    assert time.perf_counter() - started < 1.0  # target 100 ms (bench/bench_planner.py); loose on a busy CI box
-
-
 def test_surviving_groups_are_the_untouched_ones(cloud32, current, make_problem, llama30b, conv):
     first = current.groups[0]
     problem = make_problem(cloud32.without(first.gpu_ids[:1]), llama30b, conv)
@@ -74,3 +65,11 @@ def test_nothing_left_is_a_clear_error(make_problem, cloud32, llama30b, conv, cu
 def test_plan_for_another_model_is_rejected(make_problem, cloud32, llama7b, conv, current):
     with pytest.raises(PlanError, match="llama-30b"):
         replan(make_problem(cloud32, llama7b, conv), current)
+
+
+def test_a_lone_surviving_decode_group_serves_both_phases(make_problem, cloud32, llama30b, conv, current):
+    survivor = next(g for g in current.groups if g.role == "decode")
+    lost = [g.gpu_ids[0] for g in current.groups if g.id != survivor.id]
+    problem = make_problem(cloud32.without(lost), llama30b, conv, rate_rps=0.2)
+    after = replan(problem, current).plan
+    assert [(g.role, _layout(g)) for g in after.groups] == [("both", _layout(survivor))]
