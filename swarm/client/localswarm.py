@@ -128,7 +128,11 @@ class LocalSwarm:
                 if time.monotonic() - since[1] >= UNUSED_PEER_WAIT_S:
                     return last
             time.sleep(0.3)
-        raise ClientError(f"no ready plan within {timeout_s:g} s; last status: {last}")
+        from swarm.client.status import format_status
+
+        seen = format_status(last) if last is not None else "(no peer answered a status request)"
+        raise ClientError(f"no ready plan within {timeout_s:g} s; the swarm as last seen:\n{seen}\n"
+                          f"peer logs are in {self.workdir}")
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():
