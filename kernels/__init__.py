@@ -1,7 +1,8 @@
 """KV-cache kernels: group-wise asymmetric 4/8-bit quantisation, the KV wire blob, paged-cache helpers.
 
-Every op has a pure-torch reference (kernels.quant_ref); on CUDA with triton installed, quantize and
-dequantize run the Triton kernels (kernels.quant_triton), imported only then.
+Every op has a pure-torch reference (kernels.quant_ref); on the CPU, quantize and dequantize run the
+bit-exact fast versions (kernels.quant_cpu); on CUDA with triton installed, the Triton kernels
+(kernels.quant_triton), imported only then.
 """
 
 from kernels.errors import KvConfigError, KvFormatError
