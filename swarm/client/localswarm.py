@@ -9,6 +9,7 @@ stopped on exit: SIGTERM, then SIGKILL after a grace period. Every wait has a de
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,17 +48,18 @@ class LocalSwarm:
     addrs: dict[str, list[str]] = field(default_factory=dict)
 
     def __enter__(self) -> LocalSwarm:
-        self._tmp = tempfile.TemporaryDirectory(prefix="swarm-local-")
-        self.workdir = Path(self._tmp.name)
+        self.workdir = Path(tempfile.mkdtemp(prefix="swarm-local-"))
+        self.is_workdir_ours = True
         try:
             self.start()
-        except BaseException:
-            self.stop()
+        except BaseException as e:
+            self.stop(keep_logs=not isinstance(e, KeyboardInterrupt))
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # after a failure the logs are what explains it: keep the directory (identities are throw-away)
+        self.stop(keep_logs=exc_type is not None and not issubclass(exc_type, KeyboardInterrupt))
 
     @property
     def bootstrap_addr(self) -> str:
@@ -149,8 +151,8 @@ class LocalSwarm:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.is_file() else ""
 
-    def stop(self) -> None:
-        """Stop every child (SIGTERM, then SIGKILL), then remove the temporary directory."""
+    def stop(self, *, keep_logs: bool = False) -> None:
+        """Stop every child (SIGTERM, then SIGKILL), then remove the temporary directory unless `keep_logs`."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -161,9 +163,10 @@ class LocalSwarm:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=STOP_GRACE_S)
-        if getattr(self, "_tmp", None) is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        if getattr(self, "is_workdir_ours", False):
+            if not keep_logs:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self.is_workdir_ours = False
 
 
 def is_settled(status: StatusReply, num_serving: int, min_epoch: int = 0) -> bool:

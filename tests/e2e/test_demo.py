@@ -101,3 +101,18 @@ def test_children_stop_when_their_launcher_dies_without_cleaning_up():
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_local_swarm_that_fails_to_start_says_why_and_keeps_its_logs():
+    from swarm.client.errors import ClientError
+    from swarm.client.localswarm import LocalSwarm, PeerSpec
+
+    swarm = LocalSwarm([PeerSpec("p-bad", "NoSuchGPU")])
+    with pytest.raises(ClientError, match="unknown GPU 'NoSuchGPU'"):
+        swarm.__enter__()
+    try:
+        assert "unknown GPU" in swarm.log("p-bad") and processes_mentioning(str(swarm.workdir)) == []
+    finally:
+        import shutil
+
+        shutil.rmtree(swarm.workdir, ignore_errors=True)
