@@ -4,8 +4,12 @@ How it works (DistServe, OSDI 2024, section 4: per-phase queueing models), over 
 NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
   * Prefill group p receives Poisson arrivals at rate * x_p; it is an M/G/1 queue whose service time is
     the pipeline's prefill interval: no wait with probability 1 - rho, else a lognormal wait with the
-    M/G/1 moments (Pollaczek-Khinchine, Takacs). TTFT = wait + prefill latency: the prefill replica computes
-    the first token and sends it to the entry peer itself (as in DistServe, and as the simulator counts).
+    M/G/1 moments (Pollaczek-Khinchine, Takacs). TTFT = wait + prefill latency (+ blocking): the prefill
+    replica computes the first token and sends it to the entry peer itself (as in DistServe, and as the
+    simulator counts). Blocking: prompts cannot overtake each other in a pipeline, so one that enters
+    behind a longer prompt (latency T) is held (T - t)(pp - 1)/pp at the stages; with probability
+    min(1, lam E[latency]) (Little's law) a prompt is inside when it enters, so a request's TTFT gains
+    min(1, lam E[latency]) E[(T - t)+] (pp - 1)/pp. Zero for one stage, at zero load, and when colocated.
   * Decode group d holds N sequences on average, by Little's law the fixed point
     N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context);
     the number decoding is about Poisson (sd sqrt N). A request's mean TPOT is step(N) plus its KV
@@ -57,6 +61,7 @@ class GroupProfile:
     max_batch: float  # KV memory limit on the batch
     prefill_rps: float  # prefill capacity (of a prefill group)
     decode_rps: float  # decode capacity within the TPOT target
+    blocked_s: np.ndarray | None = None  # (NUM_REQUESTS,) delay behind a longer prompt ahead in the pipeline
 
     def service(self, role: str) -> tuple[float, float, float]:
         """(E[S], E[S^2], E[S^3]) of a prefill: the pipeline interval, or the whole latency when colocated."""
@@ -116,7 +121,24 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
         step_grid_s=steps, context_slope_grid=(more - steps) / np.maximum(grid * context * 0.25, 1.0),
         max_batch=max_batch,
         prefill_rps=1.0 / mean_service,
-        decode_rps=cost.decode_tokens_per_s(problem.slo.tpot_s, context) / float(outputs.mean()))
+        decode_rps=cost.decode_tokens_per_s(problem.slo.tpot_s, context) / float(outputs.mean()),
+        blocked_s=_blocked_s(latency, latency[:NUM_REQUESTS], cost.pp))
+
+
+def _blocked_s(latencies: np.ndarray, own: np.ndarray, pp: int) -> np.ndarray:
+    """Per request of latency t: E[(T - t)+] (pp - 1) / pp over the sample's latencies T.
+
+    A pipeline keeps prompts in order: a prompt that enters right behind a longer one (latency T)
+    catches up with it and leaves each stage only after it, finishing (T - t)(pp - 1) / pp later
+    than alone (balanced stages). One stage: no effect."""
+    if pp <= 1:
+        return np.zeros_like(own)
+    ordered = np.sort(latencies)
+    above_sum = np.concatenate((np.cumsum(ordered[::-1])[::-1], [0.0]))  # sum of ordered[i:]
+    first_above = np.searchsorted(ordered, own, side="right")
+    count_above = len(ordered) - first_above
+    excess = (above_sum[first_above] - own * count_above) / len(ordered)
+    return excess * (pp - 1) / pp
 
 
 def pair_profile(problem: Problem, prefill: Deployment, decode: Deployment) -> PairProfile:
@@ -158,6 +180,8 @@ class Scenario:
     context_slope_grid: np.ndarray  # (groups, GRID_POINTS)
     max_batch: np.ndarray  # (groups,)
     prefill_s: np.ndarray  # (groups, requests)
+    blocked_s: np.ndarray  # (groups, requests) delay behind a longer prompt ahead (0 when colocated)
+    mean_latency_s: np.ndarray  # (groups,) E[prefill latency]: Little's law for prompts in the pipeline
     kv_s: np.ndarray  # (pairs, requests)
     link_rps: np.ndarray  # (pairs,)
     mean_kv_s: np.ndarray  # (pairs,)
@@ -183,6 +207,9 @@ class Scenario:
             context_slope_grid=np.stack([pr.context_slope_grid for pr in profiles]),
             max_batch=np.array([pr.max_batch for pr in profiles]),
             prefill_s=np.stack([pr.prefill_s for pr in profiles]),
+            blocked_s=np.stack([pr.blocked_s if deployments[g].role != "both" else np.zeros_like(pr.prefill_s)
+                                for g, pr in zip(ids, profiles, strict=True)]),
+            mean_latency_s=np.array([pr.mean_latency_s for pr in profiles]),
             kv_s=np.stack([pp.kv_s for pp in pair_profiles]),
             link_rps=np.array([pp.link_rps for pp in pair_profiles]),
             mean_kv_s=np.array([pp.mean_kv_s for pp in pair_profiles]),
@@ -235,7 +262,7 @@ class Scenario:
             stretch = np.where(self.is_both, 1.0 / np.maximum(1.0 - rho, 1e-12), 1.0)
         decode = self._decode(decode_rate, stretch)
         delay_s = (self.kv_s[active] + link_wait_s[:, None]) * self.per_token  # (active, requests)
-        ttft_fixed_s = self.prefill_s[pair_p]
+        ttft_fixed_s = self.prefill_s[pair_p] + self._queued_ahead(prefill_rate)[pair_p, None] * self.blocked_s[pair_p]
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
         ttft_ok = _wait_cdf(rho[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
@@ -253,6 +280,10 @@ class Scenario:
         tpot_values = (decode.step_s * stretch + _Z90 * spread)[pair_d, None] + delay_s
         tpot_p90 = _weighted_p90(np.where(decode.ok[pair_d, None] > 0, tpot_values, np.inf).ravel(), weights)
         return Estimate(attained, ttft_p90, tpot_p90)
+
+    def _queued_ahead(self, prefill_rate: np.ndarray) -> np.ndarray:
+        """P(another prompt is inside the pipeline when one enters): Little's law, lam E[latency], capped at 1."""
+        return np.minimum(prefill_rate * self.mean_latency_s, 1.0)
 
     def _decode(self, rate_rps: np.ndarray, stretch: np.ndarray) -> _DecodeState:
         """Per group: the Little's-law batch (steps stretched by colocated prefills), step and slope there.
@@ -301,8 +332,9 @@ class Scenario:
         decode = self._decode(decode_rate, np.ones_like(rho))
         delay_s = (self.kv_s[active] + link_wait_s[..., None]) * self.per_token  # (rates, active, requests)
         senders, sender_of_pair = np.unique(pair_p, return_inverse=True)  # TTFT depends on the prefill group only
+        ttft_fixed_s = self.prefill_s[senders] + self._queued_ahead(prefill_rate)[:, senders, None] * self.blocked_s[senders]
         ttft_ok = _wait_cdf(rho[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
-                            slo.ttft_s - self.prefill_s[senders])[:, sender_of_pair]  # (rates, active, requests)
+                            slo.ttft_s - ttft_fixed_s)[:, sender_of_pair]  # (rates, active, requests)
         inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
         z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
         tpot_ok = _phi(z) * decode.ok[:, pair_d, None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,3 +104,28 @@ def test_colocated_prefills_stall_decoding(cloud32, llama30b, conv, make_problem
     assert all(b.slo_attainment <= a.slo_attainment + 1e-9 for a, b in zip(colocated, colocated[1:], strict=False))
     disaggregated = estimate(problem, split, {(0, 1): 1.0}, 0.9)
     assert colocated[3].tpot_p90_s > disaggregated.tpot_p90_s  # its decode waits for prefills
+
+
+def test_a_prompt_behind_a_longer_one_waits_for_it_at_every_stage():
+    from swarm.plan.estimate import _blocked_s
+
+    latencies = np.array([1.0, 2.0, 3.0, 4.0])
+    # E[(T - t)+] over the four latencies, times (pp - 1) / pp
+    assert _blocked_s(latencies, np.array([1.0, 2.5, 4.0]), pp=2) == pytest.approx([0.75, 0.25, 0.0])
+    assert _blocked_s(latencies, np.array([0.0]), pp=4) == pytest.approx([2.5 * 3 / 4])
+    assert not _blocked_s(latencies, latencies, pp=1).any()  # one stage: nothing to catch up with
+
+
+def test_blocking_in_a_pipeline_lengthens_ttft_only_under_load(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    hosts = hosts_of(cloud32)
+    prefill = configure(problem, hosts["a40-0"] + hosts["a40-1"] + hosts["a6000-0"], "prefill", tp=2)
+    assert prefill.pp == 6
+    deployments = {0: prefill, 1: configure(problem, hosts["a6000-1"], "decode")}
+    scenario = Scenario.build(problem, deployments, [(0, 1)])
+    assert scenario.blocked_s[0].mean() > 0 and scenario.blocked_s[1].max() == 0  # decode side: one stage
+    light = scenario.estimate(1e-6, np.array([1.0]))
+    busy = scenario.estimate(3.0, np.array([1.0]))
+    unblocked = replace(scenario, blocked_s=np.zeros_like(scenario.blocked_s)).estimate(3.0, np.array([1.0]))
+    assert light.slo_attainment == pytest.approx(float(scenario.zero_load_attainment()[0]), abs=1e-3)
+    assert busy.ttft_p90_s > unblocked.ttft_p90_s and busy.slo_attainment <= unblocked.slo_attainment
