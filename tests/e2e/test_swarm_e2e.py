@@ -70,6 +70,17 @@ def test_greedy_answers_equal_a_local_engine_with_fp16_kv(swarm, tiny_model_dir,
         assert completion.finish_reason == "length" and completion.ttft_s > 0
 
 
+def test_client_fails_over_to_the_next_listed_peer(swarm):
+    from swarm.client import SwarmClient, UnreachableError
+
+    dead = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWMVBQ5jUKVE7oJza4DiNRKrhwA4zygowkvmro7vin3soh"
+    start = time.monotonic()
+    completion = SwarmClient([dead, swarm.addrs["p-3090-0"][0]], connect_timeout_s=3.0).generate("x", max_tokens=2)
+    assert completion.num_tokens >= 1 and time.monotonic() - start < 30
+    with pytest.raises(UnreachableError, match="no peer reachable"):
+        SwarmClient([dead], connect_timeout_s=2.0).generate("x", max_tokens=2)
+
+
 def test_stream_delivers_every_index_once_in_order(swarm):
     chunks = list(swarm.client("p-3090-1").stream("count", max_tokens=MAX_TOKENS, ignore_eos=True))
     indices = [c.index + i for c in chunks for i in range(len(c.token_ids))]
