@@ -1,9 +1,14 @@
 """Replica engines: a pipelined prefill replica, and a decode (or colocated) replica with continuous batching.
 
 How it works (one event per batch step, never per token):
-  * Prefill (DistServe, OSDI'24 section 4): FIFO prompt batching up to `max_batch_tokens`; a batch takes
-    `prefill_s(tokens, seqs)` and the pipeline accepts the next batch after `prefill_interval_s` (its
-    busiest stage). A recovered request re-prefills its prompt plus the tokens already delivered.
+  * Prefill (DistServe, OSDI'24 section 4): FIFO prompt batching up to `max_batch_tokens`. A pipeline is
+    a flow shop: each stage is a server, and a batch moves stage to stage in order, starting a stage once
+    it has left the previous one and the stage is free; a stage's time (`GroupCost`) includes sending the
+    hidden states to the next stage's host. The entry stage takes the next batch as soon as it is free
+    (at most `pp` batches in flight), so stages work on different batches at once: a saturated pipeline
+    finishes one batch per busiest-stage time (`prefill_interval_s`), a lone batch takes
+    `prefill_s` (the sum), and a short prompt behind a long one waits for it at each stage. A recovered
+    request re-prefills its prompt plus the tokens already delivered.
   * Decode (Orca/vLLM continuous batching): sequences whose KV has arrived wait FIFO and are admitted
     between steps while their KV fits under WATERMARK of the replica's capacity (and fewer than
     MAX_BATCH_SEQS run). A step advances every running sequence by one token and takes
@@ -22,6 +27,8 @@ import heapq
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
+
 from sims.core import Simulator
 from sims.ledger import Ledger
 from swarm.plan.cost import GroupCost
@@ -34,6 +41,11 @@ MAX_BATCH_TOKENS = 4096  # prompt tokens in one prefill batch (at least one whol
 def need_tokens(ledger: Ledger, rid: int) -> int:
     """Tokens a (re)prefill of `rid` computes: its prompt plus the tokens already delivered."""
     return int(ledger.prompt_tokens[rid] + ledger.tokens_done[rid])
+
+
+def stage_times_s(cost: GroupCost, num_tokens: int, num_seqs: int) -> list[float]:
+    """Per-stage times of one prefill batch: the terms whose sum is `cost.prefill_s` (same formula)."""
+    return [float(t) for t in np.ravel(cost._prefill_stages(num_tokens, num_seqs))]
 
 
 def take_batch(queue: deque, ledger: Ledger, max_tokens: int, room_tokens: float) -> tuple[list[int], int]:
@@ -67,7 +79,9 @@ class PrefillReplica:
         self.batches: dict[int, tuple[list, list[int], int]] = {}
         self.load_tokens = 0  # queued and in-flight prompt tokens (what the router balances)
         self.is_alive = True
-        self.busy_s = 0.0
+        self.busy_s = 0.0  # of its busiest stage
+        self.stage_free_s = [0.0] * cost.pp  # when each stage finishes the batches it has been given
+        self._stage_busy_s = [0.0] * cost.pp
         self._entry = None
         self._next_batch = 0
 
@@ -81,6 +95,11 @@ class PrefillReplica:
         self._entry = None
         if not self.queue or not self.is_alive:
             return
+        if len(self.batches) >= len(self.stage_free_s):  # every stage has a batch: wait for one to leave
+            return
+        if self.stage_free_s[0] > self.sim.now_s + 1e-12:
+            self._entry = self.sim.at(self.stage_free_s[0], self._start)
+            return
         batch, tokens = take_batch(self.queue, self.ledger, MAX_BATCH_TOKENS, max(self.cost.max_kv_tokens, 1))
         if not batch:  # a prompt longer than the replica's KV capacity can never run here
             rid = self.queue.popleft()
@@ -88,12 +107,19 @@ class PrefillReplica:
             self.ledger.fail(rid, self.sim.now_s)
             self._entry = self.sim.after(0.0, self._start)
             return
-        latency_s = self.cost.prefill_s(tokens, len(batch))
-        interval_s = self.cost.prefill_interval_s(tokens, len(batch))
-        self.busy_s += interval_s
+        done_s = self._through_stages(stage_times_s(self.cost, tokens, len(batch)))
         key = self._next_batch = self._next_batch + 1
-        self.batches[key] = (self.sim.after(latency_s, self._done, key), batch, tokens)
-        self._entry = self.sim.after(interval_s, self._start)
+        self.batches[key] = (self.sim.at(done_s, self._done, key), batch, tokens)
+        self._entry = self.sim.at(self.stage_free_s[0], self._start)
+
+    def _through_stages(self, times_s) -> float:
+        """Book the batch on each stage in turn (FIFO per stage); returns when it leaves the last."""
+        ready_s = self.sim.now_s
+        for s, t in enumerate(times_s):
+            ready_s = self.stage_free_s[s] = max(ready_s, self.stage_free_s[s]) + float(t)
+            self._stage_busy_s[s] += float(t)
+        self.busy_s = max(self._stage_busy_s)
+        return ready_s
 
     def _done(self, key: int) -> None:
         _, batch, tokens = self.batches.pop(key)
@@ -101,6 +127,8 @@ class PrefillReplica:
         for rid in batch:
             self.ledger.first_token(rid, self.sim.now_s)
         self.on_done(self, batch)
+        if self._entry is None:
+            self._start()
 
     def stop(self) -> list[int]:
         """Fail or retire: every request it held (queued or mid-prefill), for re-routing."""

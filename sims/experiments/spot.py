@@ -11,7 +11,8 @@ Policies, each on the same trace and requests:
                    recovery); when instances arrive: a full re-plan with Kuhn-Munkres migration,
                    installed only if it predicts FULL_GAIN more goodput (reloads cost capacity);
   * reroute-only — no re-plan: the dead replicas' requests restart on the survivors; new instances idle;
-  * restart-all  — every change re-plans and reloads every replica; in-flight requests start over;
+  * restart-all  — every change re-plans and reloads every replica; in-flight requests start over; a
+                   preemption is acted on once the membership (`sims.detection`) drops the silent node;
   * on-demand    — the initial instances at on-demand prices, never preempted.
 P99 latency counts an unfinished request at its age when the run stops; with Azure's spread of output
 lengths the P99 of E2E is dominated by the longest outputs, so the P99 of E2E per output token is
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sims import plots, recovery, spot
+from sims import detection, plots, recovery, spot
 from sims.baselines import plan_system
 from sims.calibrate import calibrated_efficiency
 from sims.cluster_sim import ClusterSim
@@ -190,13 +191,16 @@ def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, see
         if e.time_s == 0:
             continue
         gpus = [f"{n}/{i}" for n in e.nodes for i in range(per_node)]
+        before = alive
         alive = alive + list(e.nodes) if e.op == "add" else [n for n in alive if n not in e.nodes]
         problem = _problem(full, alive, problem0.model, problem0.workload, per_node, problem0.slo)
         if e.op == "remove":
             sim.fail_at(e.time_s + spot.GRACE_S, gpus, grace_s=0.0)
         if policy == "reroute-only" or not alive:
             continue
-        at_s = e.time_s if policy == "swarm" else e.time_s + (spot.GRACE_S if e.op == "remove" else 0.0)
+        at_s = e.time_s  # swarm acts on the notice; restart only once the membership drops the node
+        if policy != "swarm" and e.op == "remove":
+            at_s = detection.detected_at_s(before, e.nodes, e.time_s + spot.GRACE_S, seed=seed)
         try:
             new = (
                 _swarm_step(sim, e, problem, current, at_s, budget_s, seed)
@@ -214,7 +218,7 @@ def _swarm_step(sim, event, problem, current, at_s, budget_s, seed):
     if event.op == "remove":
         try:
             replanned = recovery.lightweight(problem, current)
-        except (InfeasibleError, ValueError):  # ValueError: swarm.plan.replan with no role candidates
+        except InfeasibleError:  # the survivors cannot hold the model as they stand: search afresh
             replanned = recovery.full(problem, current, budget_s=budget_s, seed=seed)
     else:
         replanned = recovery.full(problem, current, budget_s=budget_s, seed=seed)
