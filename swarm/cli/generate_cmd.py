@@ -1,7 +1,10 @@
-"""`swarm generate --local`: run the engine in this process and print the answer with TTFT and TPOT.
+"""`swarm generate`: an answer with TTFT and TPOT, from a local engine or through a swarm.
 
     swarm generate --local [--model NAME|PATH] [--max-tokens N] [--kv-bits 16|8|4] [--chat]
                    [--temperature T --top-p P --top-k K --seed S] [--stop STR ...] PROMPT
+    swarm generate --peer MULTIADDR [--swarm-key FILE] [same sampling flags] PROMPT
+
+Without --local or --peer, the peer addresses that `swarm join` wrote locally are used.
 
 With --kv-bits 8 or 4 the prompt is prefilled by a prefill-role engine, its KV exported in that format,
 imported by a decode-role engine, which continues: the real hand-off path, in one process.
@@ -13,12 +16,13 @@ import argparse
 import sys
 import time
 
+from swarm.client.cli import add_swarm_arguments, cli_generate
 from swarm.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt (with --chat: the user's message)")
-    parser.add_argument("--local", action="store_true", help="run the engine in this process (required for now)")
+    parser.add_argument("--local", action="store_true", help="run the engine in this process, without a swarm")
     parser.add_argument("--model", default=None, help="a prepared model name or a model folder (default smollm2-135m-instruct)")
     parser.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
     parser.add_argument("--kv-bits", type=int, choices=(16, 8, 4), default=16,
@@ -32,11 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+    add_swarm_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.local:
-        raise ConfigError("only --local is supported in this version: `swarm generate --local PROMPT`")
+        if args.peer is None and args.kv_bits != 16:
+            raise ConfigError("--kv-bits applies to --local; a swarm uses the KV format its peers were started with")
+        return cli_generate(args)
+    if args.peer:
+        raise ConfigError("--local and --peer exclude each other: run the engine here, or ask a swarm")
     import torch
 
     from peers.engine import Engine, EngineConfig, SamplingParams
