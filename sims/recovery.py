@@ -80,27 +80,37 @@ def recovery_time_s(
     share: float = 0.9,
     before_s: float = 60.0,
     end_s: float | None = None,
+    reference: Ledger | None = None,
 ) -> tuple[float, float]:
     """(seconds after `event_s` from which every `window_s` window of arrivals meets the SLO at `share`
     of the pre-event attainment (over the `before_s` before the event), that pre-event attainment).
 
     Windows start at each arrival after the event and must end by `end_s` (default: the last arrival);
-    0 if no window after the event falls short, inf if the last one still does.
+    0 if no window after the event falls short, inf if the last one still does. With `reference` (the same
+    arrivals run without the event) each window must reach `share` of the reference's attainment over
+    the same arrivals, and the pre-event attainment is the reference's: the workload's own ups and downs
+    then cancel out, and requests still running when the event struck do not lower the baseline.
     """
     ok = meets_slo(ledger, ttft_s, tpot_s).astype(np.float64)
+    base_ok = ok if reference is None else meets_slo(reference, ttft_s, tpot_s).astype(np.float64)
     t = ledger.arrival_s
     end_s = float(t[-1]) if end_s is None else end_s
     pre = (t >= event_s - before_s) & (t < event_s)
-    baseline = float(ok[pre].mean()) if pre.any() else 1.0
+    baseline = float(base_ok[pre].mean()) if pre.any() else 1.0
     after = np.flatnonzero((t >= event_s) & (t + window_s <= end_s))
     if len(after) == 0:
         return 0.0, baseline
-    cum = np.concatenate(([0.0], np.cumsum(ok)))
     ends = np.searchsorted(t, t[after] + window_s)
-    attainment = (cum[ends] - cum[after]) / np.maximum(ends - after, 1)
-    bad = np.flatnonzero(attainment < share * baseline)
+    attainment = _window_means(ok, after, ends)
+    target = share * (baseline if reference is None else _window_means(base_ok, after, ends))
+    bad = np.flatnonzero(attainment < target - 1e-12)
     if len(bad) == 0:
         return 0.0, baseline
     if bad[-1] == len(after) - 1:
         return float("inf"), baseline
     return float(t[after[bad[-1] + 1]] - event_s), baseline
+
+
+def _window_means(ok: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    cum = np.concatenate(([0.0], np.cumsum(ok)))
+    return (cum[ends] - cum[starts]) / np.maximum(ends - starts, 1)

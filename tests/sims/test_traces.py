@@ -85,3 +85,19 @@ def test_recovery_time_is_after_the_last_bad_window():
 def test_recovery_is_infinite_if_attainment_never_returns():
     ledger = _ledger([True] * 60 + [False] * 60)
     assert recovery_time_s(ledger, 1.0, 1.0, 60.0, window_s=10.0)[0] == float("inf")
+
+
+def test_recovery_against_a_reference_ignores_the_workloads_own_dips():
+    arrival = np.arange(0.0, 40.0, 1.0)
+    ledger = Ledger(arrival, np.full(40, 10), np.full(40, 2))
+    ledger.state[:] = DONE
+    ledger.first_token_s[:] = arrival + 0.1
+    ledger.done_s[:] = arrival + 0.2
+    ledger.first_token_s[[12, 13, 30, 31]] += 10.0  # misses at 12-13 (the event) and 30-31 (the workload)
+    reference = Ledger(arrival, np.full(40, 10), np.full(40, 2))
+    reference.state[:] = DONE
+    reference.first_token_s[:], reference.done_s[:] = ledger.first_token_s, ledger.done_s
+    reference.first_token_s[[12, 13]] = arrival[[12, 13]] + 0.1  # without the event only 30-31 miss
+    kwargs = {"window_s": 5.0, "end_s": 40.0}
+    assert recovery_time_s(ledger, 1.0, 1.0, 10.0, **kwargs)[0] == pytest.approx(22.0)  # 30-31 look bad
+    assert recovery_time_s(ledger, 1.0, 1.0, 10.0, reference=reference, **kwargs)[0] == pytest.approx(4.0)
