@@ -92,11 +92,10 @@ def test_swarm_generate_cli_streams_through_the_swarm(swarm, capsys):
     import argparse
 
     from swarm.cli import generate_cmd
-    from swarm.client.cli import add_swarm_arguments, cli_generate
+    from swarm.client.cli import cli_generate
 
     parser = argparse.ArgumentParser()
-    generate_cmd.add_arguments(parser)
-    add_swarm_arguments(parser)
+    generate_cmd.add_arguments(parser)  # it adds the SDK's --peer/--swarm-key itself
     args = parser.parse_args(["--peer", swarm.addrs["p-3090-0"][0], "--max-tokens", "5", "--stop", "zzz", "Hi"])
     assert cli_generate(args) == 0
     captured = capsys.readouterr()
