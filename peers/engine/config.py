@@ -1,5 +1,5 @@
 """The engine's two configs: the model's shape read from a Hugging Face config.json, and the engine's
-own settings (role, layer range, dtype, KV cache size, batch limits), both validated on construction.
+own settings (role, layer range, device, dtype, KV cache size, batch limits), both validated on construction.
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from peers.errors import EngineConfigError
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 ROLES = ("both", "prefill", "decode")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,8 @@ class EngineConfig:
     role: str = "both"
     first_layer: int = 0
     last_layer: int | None = None
-    dtype: str = "float32"
+    device: str = "auto"  # "auto": cuda when torch sees a GPU, else cpu; or "cpu", "cuda", "cuda:N"
+    dtype: str = "auto"  # "auto": float32 on the CPU; bfloat16 on CUDA (float16 where the GPU lacks bf16)
     block_size_tokens: int = 16
     num_kv_blocks: int | None = None  # None: as many as `kv_cache_bytes` allows
     kv_cache_bytes: int = 1 << 30
@@ -184,6 +187,7 @@ class EngineConfig:
             raise EngineConfigError(f"role {self.role!r} is not one of {ROLES}")
         if self.dtype not in DTYPES:
             raise EngineConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        self.torch_device()  # raises if the device is malformed or absent
         if self.first_layer < 0 or (self.last_layer is not None and self.last_layer <= self.first_layer):
             raise EngineConfigError(f"layer range [{self.first_layer}, {self.last_layer}) is empty or negative")
         for name in ("block_size_tokens", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens"):
@@ -191,3 +195,32 @@ class EngineConfig:
                 raise EngineConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_kv_blocks is not None and self.num_kv_blocks <= 0:
             raise EngineConfigError(f"num_kv_blocks must be positive, got {self.num_kv_blocks}")
+
+    def torch_device(self) -> torch.device:
+        """The device this engine runs on, with "auto" resolved and a CUDA index filled in.
+
+        Raises:
+            EngineConfigError: a malformed device, or a CUDA device this machine does not have.
+        """
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise EngineConfigError(f"device {self.device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise EngineConfigError(f"device {self.device!r} was requested but torch sees no CUDA device (torch "
+                                    f"{torch.__version__}, CUDA build: {torch.version.cuda}): use device 'cpu' or "
+                                    "'auto', or install a CUDA build of torch on a machine with an NVIDIA GPU")
+        index = torch.cuda.current_device() if self.device in ("auto", "cuda") else int(self.device.split(":")[1])
+        if index >= torch.cuda.device_count():
+            raise EngineConfigError(f"device {self.device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                    f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return torch.device("cuda", index)
+
+    def torch_dtype(self) -> torch.dtype:
+        """Weights' and activations' dtype, with "auto" resolved for this engine's device."""
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        device = self.torch_device()
+        if device.type == "cpu":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16

@@ -4,7 +4,8 @@
 lock makes calls from several threads safe, not fast). Roles: `both` prefills and decodes; `prefill`
 prefills, returns the first token and parks the KV until `export_kv`; `decode` takes requests only
 through `import_kv`. An engine holding layers [a, b) of a longer model is a pipeline stage: the first
-stage drives with `step_hidden` / `accept_tokens`, later stages answer `run_hidden`.
+stage drives with `step_hidden` / `accept_tokens`, later stages answer `run_hidden`. Weights, the KV
+cache and every step's tensors live on `EngineConfig.device`; only blobs and sampled tokens cross to the host.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Engine:
         self.released_ids: list[str] = []  # pipeline: finished or aborted since the last hidden blob
         self.remote_blocks: dict[str, list[int]] = {}  # later pipeline stages: blocks per request id
         self.lock = threading.RLock()
+        self.device = cache.device
 
     @classmethod
     def load(cls, model: str | Path | None = None, config: EngineConfig | None = None) -> Engine:
@@ -77,15 +79,15 @@ class Engine:
         if last_layer > model_config.num_layers:
             raise EngineConfigError(f"layer range [{config.first_layer}, {last_layer}) is outside the model's "
                                     f"{model_config.num_layers} layers")
-        dtype = getattr(torch, config.dtype)
-        stage = LlamaStage.load(folder, model_config, config.first_layer, last_layer, dtype)
+        device, dtype = config.torch_device(), config.torch_dtype()
+        stage = LlamaStage.load(folder, model_config, config.first_layer, last_layer, dtype, device)
         num_layers = last_layer - config.first_layer
         shape = (num_layers, config.block_size_tokens, model_config.num_kv_heads, model_config.head_dim)
         num_blocks = config.num_kv_blocks or config.kv_cache_bytes // PagedKvCache.bytes_per_block(*shape, dtype)
         if num_blocks < 1:
             raise EngineConfigError(f"kv_cache_bytes {config.kv_cache_bytes} is smaller than one KV block")
         cache = PagedKvCache(num_layers, num_blocks, config.block_size_tokens, model_config.num_kv_heads,
-                             model_config.head_dim, dtype)
+                             model_config.head_dim, dtype, device)
         scheduler = Scheduler(BlockManager(num_blocks, config.block_size_tokens), config.max_num_seqs,
                               config.max_num_batched_tokens)
         codec = TextCodec.load(folder) if config.first_layer == 0 and (folder / "tokenizer.json").is_file() else None
@@ -176,7 +178,7 @@ class Engine:
             self._check_token_ids(token_ids)
             seq = self._new_sequence(request_id, token_ids, params, num_prompt_tokens=len(prompt_token_ids))
             keys, values = handoff.decode_kv(blob, self.model_config, self.stage.first_layer, len(self.stage.layers),
-                                             len(token_ids) - 1, self.cache.keys[0].dtype)
+                                             len(token_ids) - 1, self.cache.keys[0].dtype, self.device)
             if not self.scheduler.blocks.can_grow([], len(token_ids)):
                 raise CapacityError(f"no free KV blocks for request {request_id!r} ({len(token_ids)} tokens) "
                                     "right now: retry after running requests finish")
@@ -221,7 +223,7 @@ class Engine:
         with self.lock:
             if self.stage.is_first:
                 raise RequestError("run_hidden is for later pipeline stages; the first stage uses step_hidden")
-            header, hidden = handoff.blob_to_hidden(blob, self.model_config, self.stage.first_layer)
+            header, hidden = handoff.blob_to_hidden(blob, self.model_config, self.stage.first_layer, self.device)
             self._free_remote(header.released_ids)
             step = self._remote_step(header)
             out = self.stage.forward(step, self.cache, hidden=hidden)
@@ -262,11 +264,11 @@ class Engine:
     def _forward(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
         tables = [s.block_ids for s in seqs]
         if is_prefill:
-            step = prefill_input(tables, [s.num_tokens for s in seqs], self.config.block_size_tokens)
-            ids = torch.tensor([t for s in seqs for t in s.token_ids])
+            step = prefill_input(tables, [s.num_tokens for s in seqs], self.config.block_size_tokens, self.device)
+            ids = torch.tensor([t for s in seqs for t in s.token_ids], device=self.device)
         else:
-            step = decode_input(tables, [s.num_tokens for s in seqs], self.config.block_size_tokens)
-            ids = torch.tensor([s.token_ids[-1] for s in seqs])
+            step = decode_input(tables, [s.num_tokens for s in seqs], self.config.block_size_tokens, self.device)
+            ids = torch.tensor([s.token_ids[-1] for s in seqs], device=self.device)
         out = self.stage.forward(step, self.cache, token_ids=ids)
         for s in seqs:
             s.num_cached_tokens = s.num_tokens
@@ -289,8 +291,8 @@ class Engine:
             tables.append(blocks)
         lens = [s + n for s, n in zip(header.start_positions, header.query_lens, strict=True)]
         if header.is_prefill:
-            return prefill_input(tables, lens, self.config.block_size_tokens)
-        return decode_input(tables, lens, self.config.block_size_tokens)
+            return prefill_input(tables, lens, self.config.block_size_tokens, self.device)
+        return decode_input(tables, lens, self.config.block_size_tokens, self.device)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
         return sample(logits, [s.params for s in seqs], [s.num_generated for s in seqs])

@@ -1,5 +1,6 @@
 """What crosses between engines: a sequence's KV cache (via the kernels' KV blob) and a micro-batch's
 hidden states (via swarm.wire.hidden), each turned into tensors here with errors that say what to fix.
+Blobs are host bytes; tensors come from and go to the engine's device (the kernels quantise on it).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ def encode_kv(keys: list[torch.Tensor], values: list[torch.Tensor], fmt: KvForma
 
 
 def decode_kv(blob: bytes, config: ModelConfig, first_layer: int, num_layers: int, num_tokens: int,
-              dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-layer K/V (kv_heads, num_tokens, head_dim) from a blob, checked against this engine's model."""
+              dtype: torch.dtype, device: torch.device = torch.device("cpu")) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-layer K/V (kv_heads, num_tokens, head_dim) on `device` from a blob, checked against this engine's model."""
     expected = KvExpectation(config.fingerprint, first_layer, num_layers, config.num_kv_heads, config.head_dim)
     try:
-        keys, values = decode_kv_blob(blob, expected, dtype=dtype)
+        keys, values = decode_kv_blob(blob, expected, dtype=dtype, device=device)
     except KvFormatError as e:
         raise HandoffError(f"cannot import this KV cache: {e} (export it from an engine serving the same model "
                            f"folder and layers [{first_layer}, {first_layer + num_layers}))") from e
@@ -40,15 +41,16 @@ def decode_kv(blob: bytes, config: ModelConfig, first_layer: int, num_layers: in
 
 
 def hidden_to_blob(hidden: torch.Tensor, header_fields: dict) -> bytes:
-    """A hidden-state blob of activations (tokens, hidden) and the other header fields."""
-    payload = hidden.contiguous().view(torch.uint8).numpy().tobytes()
+    """A hidden-state blob of activations (tokens, hidden), on any device, and the other header fields."""
+    payload = hidden.contiguous().view(torch.uint8).cpu().numpy().tobytes()  # one copy to the host
     header = HiddenHeader(dtype=DTYPE_NAMES[hidden.dtype], hidden_size=hidden.shape[1], payload_bytes=len(payload),
                           payload_crc32=zlib.crc32(payload), **header_fields)
     return pack_hidden(header, payload)
 
 
-def blob_to_hidden(blob: bytes, config: ModelConfig, first_layer: int) -> tuple[HiddenHeader, torch.Tensor]:
-    """The header and activations (tokens, hidden) of a blob meant for a stage starting at `first_layer`."""
+def blob_to_hidden(blob: bytes, config: ModelConfig, first_layer: int,
+                   device: torch.device = torch.device("cpu")) -> tuple[HiddenHeader, torch.Tensor]:
+    """The header and activations (tokens, hidden) on `device` of a blob for a stage starting at `first_layer`."""
     try:
         header, payload = unpack_hidden(blob)
     except WireError as e:
@@ -61,7 +63,7 @@ def blob_to_hidden(blob: bytes, config: ModelConfig, first_layer: int) -> tuple[
                            f"stage starts at layer {first_layer} (hidden {config.hidden_size})")
     dtype = {v: k for k, v in DTYPE_NAMES.items()}[header.dtype]
     hidden = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(dtype).view(header.num_tokens, -1)
-    return header, hidden
+    return header, hidden.to(device)
 
 
 def sampling_fields(params: list[SamplingParams], num_generated: list[int]) -> dict:

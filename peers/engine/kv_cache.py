@@ -53,11 +53,12 @@ class PagedKvCache:
     """K and V tensors for the layers one engine holds, addressed by block tables and token slots."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size_tokens: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, device: torch.device = torch.device("cpu")):
         shape = (kv_heads, num_blocks, block_size_tokens, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.block_size_tokens = block_size_tokens
+        self.device = device
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size_tokens: int, kv_heads: int, head_dim: int,
@@ -81,7 +82,7 @@ class PagedKvCache:
 
     def read_sequence(self, block_ids: list[int], num_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One sequence's K/V per layer, each (kv_heads, num_tokens, head_dim), contiguous copies."""
-        table = torch.tensor([block_ids], dtype=torch.long)
+        table = torch.tensor([block_ids], dtype=torch.long, device=self.device)
         keys, values = [], []
         for layer in range(len(self.keys)):
             k, v = self.gather(layer, table)  # (kv_heads, 1, blocks * block_size, head_dim)
@@ -91,14 +92,15 @@ class PagedKvCache:
 
     def write_sequence(self, block_ids: list[int], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         """Scatter one sequence's K/V per layer, each (kv_heads, num_tokens, head_dim), into its blocks."""
-        slots = slots_of(block_ids, 0, keys[0].shape[1], self.block_size_tokens)
+        slots = torch.tensor(slots_of(block_ids, 0, keys[0].shape[1], self.block_size_tokens), device=self.device)
         for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
             dtype = self.keys[layer].dtype
-            self.write(layer, slots, k.to(dtype), v.to(dtype))
+            self.write(layer, slots, k.to(self.device, dtype), v.to(self.device, dtype))
 
 
-def slots_of(block_ids: list[int], start: int, end: int, block_size_tokens: int) -> torch.Tensor:
-    """Cache slots (end - start,) of token positions [start, end) of a sequence with blocks `block_ids`."""
-    positions = torch.arange(start, end)
-    blocks = torch.tensor(block_ids, dtype=torch.long)[positions // block_size_tokens]
-    return blocks * block_size_tokens + positions % block_size_tokens
+def slots_of(block_ids: list[int], start: int, end: int, block_size_tokens: int) -> list[int]:
+    """Cache slots of token positions [start, end) of a sequence with blocks `block_ids`.
+
+    Plain ints: a step's slots are built on the host and copied to the device once.
+    """
+    return [block_ids[p // block_size_tokens] * block_size_tokens + p % block_size_tokens for p in range(start, end)]

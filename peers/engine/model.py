@@ -3,7 +3,8 @@
 RMSNorm, RoPE (default, linear or llama3 scaling), grouped-query attention over the paged KV cache,
 SwiGLU; Llama 2/3, SmolLM2, Mistral and Qwen2 (q/k/v biases) folders load. Only the tensors of layers
 [first, last) are read; the first stage also reads the embedding, the last the final norm and the head
-(the embedding again when they are tied). Tokens of a step are packed: (tokens, hidden).
+(the embedding again when they are tied), each straight onto the engine's device. Tokens of a step are
+packed: (tokens, hidden).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class LlamaStage:
         self.first_layer = first_layer
         self.last_layer = last_layer
         self.dtype = dtype
+        self.device = (embed if embed is not None else head if head is not None else layers[0].qkv).device
         self.embed = embed
         self.layers = layers
         self.norm = norm
@@ -66,8 +68,8 @@ class LlamaStage:
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = positions[:, None] * config.inv_freq()[None, :]  # (max_positions, head_dim // 2)
         angles = torch.cat((freqs, freqs), dim=-1)  # (max_positions, head_dim)
-        self.cos = angles.cos().to(dtype)
-        self.sin = angles.sin().to(dtype)
+        self.cos = angles.cos().to(self.device, dtype)
+        self.sin = angles.sin().to(self.device, dtype)
 
     @property
     def is_first(self) -> bool:
@@ -78,9 +80,10 @@ class LlamaStage:
         return self.last_layer == self.config.num_layers
 
     @classmethod
-    def load(cls, folder: Path, config: ModelConfig, first_layer: int, last_layer: int, dtype: torch.dtype) -> LlamaStage:
-        """Read only the tensors this stage needs from the folder's safetensors files."""
-        reader = _TensorReader(folder, dtype)
+    def load(cls, folder: Path, config: ModelConfig, first_layer: int, last_layer: int, dtype: torch.dtype,
+             device: torch.device = torch.device("cpu")) -> LlamaStage:
+        """Read only the tensors this stage needs from the folder's safetensors files, onto `device`."""
+        reader = _TensorReader(folder, dtype, device)
         try:
             layers = [_load_layer(reader, config, i) for i in range(first_layer, last_layer)]
             is_first, is_last = first_layer == 0, last_layer == config.num_layers
@@ -103,14 +106,14 @@ class LlamaStage:
         (tokens, hidden) otherwise. Returns fp32 logits (sequences, vocab) of each sequence's last token on
         the last stage, else the hidden states (tokens, hidden) for the next stage.
         """
-        x = F.embedding(token_ids, self.embed) if self.is_first else hidden.to(self.dtype)
+        x = F.embedding(token_ids, self.embed) if self.is_first else hidden.to(self.device, self.dtype)
         cos, sin = self.cos[step.positions], self.sin[step.positions]  # (tokens, head_dim)
         for i, layer in enumerate(self.layers):
             x = x + self._attention(i, layer, _rms_norm(x, layer.input_norm, self.config.rms_norm_eps), cos, sin, step, cache)
             x = x + _mlp(layer, _rms_norm(x, layer.post_norm, self.config.rms_norm_eps))
         if not self.is_last:
             return x
-        ends = torch.tensor(step.query_lens).cumsum(0) - 1
+        ends = torch.tensor(step.query_lens, device=self.device).cumsum(0) - 1
         last = _rms_norm(x[ends], self.norm, self.config.rms_norm_eps)  # (sequences, hidden)
         return F.linear(last, self.head).float()
 
@@ -177,14 +180,16 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
 
 
 class _TensorReader:
-    """Which safetensors file holds which tensor; reads single tensors in the engine's dtype.
+    """Which safetensors file holds which tensor; reads single tensors in the engine's dtype and device.
 
-    Each file is opened once (memory-mapped) for the whole load; `close` releases them.
+    Each file is opened once (memory-mapped) for the whole load; `close` releases them. safetensors puts
+    each tensor straight on the device, so the model never sits whole in host memory as well.
     """
 
-    def __init__(self, folder: Path, dtype: torch.dtype):
+    def __init__(self, folder: Path, dtype: torch.dtype, device: torch.device):
         self.dtype = dtype
-        self.files = [safe_open(path, framework="pt") for path in sorted(folder.glob("*.safetensors"))]
+        self.files = [safe_open(path, framework="pt", device=str(device))
+                      for path in sorted(folder.glob("*.safetensors"))]
         self.file_of = {name: f for f in self.files for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
 
     def has(self, name: str) -> bool:

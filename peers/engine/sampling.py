@@ -2,7 +2,8 @@
 
 A seeded request draws token n with a generator seeded from (seed, n), so the same request gives the
 same tokens whether it ran in one engine, was handed from a prefill to a decode engine, or was
-pre-empted and recomputed.
+pre-empted and recomputed. The generator lives on the logits' device: seeded draws repeat exactly on one
+kind of device, while a CPU and a GPU draw differently from the same seed.
 """
 
 from __future__ import annotations
@@ -49,15 +50,18 @@ class SamplingParams:
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], num_generated: list[int]) -> list[int]:
-    """One token per row of fp32 logits (batch, vocab); `num_generated[i]` seeds row i's draw."""
-    tokens = logits.argmax(dim=-1).tolist()
+    """One token per row of fp32 logits (batch, vocab); `num_generated[i]` seeds row i's draw.
+
+    Tokens stay on the logits' device until one copy to the host at the end (one sync per step).
+    """
+    tokens = logits.argmax(dim=-1)  # (batch,)
     for i, p in enumerate(params):
         if not p.is_greedy:
             tokens[i] = _sample_row(logits[i], p, num_generated[i])
-    return tokens
+    return tokens.tolist()
 
 
-def _sample_row(logits: torch.Tensor, p: SamplingParams, index: int) -> int:
+def _sample_row(logits: torch.Tensor, p: SamplingParams, index: int) -> torch.Tensor:
     logits = logits / p.temperature
     if p.top_k and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k).values[-1]
@@ -70,5 +74,5 @@ def _sample_row(logits: torch.Tensor, p: SamplingParams, index: int) -> int:
         probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
     generator = None
     if p.seed is not None:
-        generator = torch.Generator().manual_seed((p.seed * 1_000_003 + index) % (MAX_SEED + 1))
-    return int(torch.multinomial(probs, 1, generator=generator))
+        generator = torch.Generator(device=logits.device).manual_seed((p.seed * 1_000_003 + index) % (MAX_SEED + 1))
+    return torch.multinomial(probs, 1, generator=generator)[0]  # 0-dim, on the logits' device

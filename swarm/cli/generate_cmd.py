@@ -1,6 +1,6 @@
 """`swarm generate`: an answer with TTFT and TPOT, from a local engine or through a swarm.
 
-    swarm generate --local [--model NAME|PATH] [--max-tokens N] [--kv-bits 16|8|4] [--chat]
+    swarm generate --local [--model NAME|PATH] [--device auto|cpu|cuda] [--max-tokens N] [--kv-bits 16|8|4] [--chat]
                    [--temperature T --top-p P --top-k K --seed S] [--stop STR ...] PROMPT
     swarm generate --peer MULTIADDR [--swarm-key FILE] [same sampling flags] PROMPT
 
@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt (with --chat: the user's message)")
     parser.add_argument("--local", action="store_true", help="run the engine in this process, without a swarm")
     parser.add_argument("--model", default=None, help="a prepared model name or a model folder (default smollm2-135m-instruct)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="with --local: where the engine runs (default auto: cuda when torch sees a GPU, else cpu)")
     parser.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
     parser.add_argument("--kv-bits", type=int, choices=(16, 8, 4), default=16,
                         help="8 or 4: prefill and decode in two engines with the KV handed over in that format")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                             max_tokens=args.max_tokens, stop=tuple(args.stop))
     prompt = {"messages": [{"role": "user", "content": args.prompt}]} if args.chat else {"prompt": args.prompt}
-    settings = {"dtype": args.dtype, "kv_cache_bytes": 256 << 20}
+    settings = {"device": args.device, "dtype": args.dtype, "kv_cache_bytes": 256 << 20}
     role = "both" if args.kv_bits == 16 else "prefill"
     engine = Engine.load(args.model, EngineConfig(role=role, **settings))
     start = time.perf_counter()

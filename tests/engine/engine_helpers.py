@@ -80,8 +80,10 @@ def _bytes_to_unicode() -> list[str]:
 
 
 def make_engine(folder: Path, **settings) -> Engine:
-    """An engine on `folder` with a small KV cache (zeroing the default 1 GiB per engine is slow)."""
+    """An engine on `folder` with a small KV cache (zeroing the default 1 GiB per engine is slow), on the CPU
+    unless `device` says otherwise."""
     settings.setdefault("num_kv_blocks", 256)
+    settings.setdefault("device", "cpu")  # the reference tokens are CPU fp32 ones, GPU or not
     return Engine.load(folder, EngineConfig(**settings))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from swarm.cli import main
 
@@ -20,7 +21,7 @@ def test_generate_local_prints_text_and_timings(tiny_model_dir, capsys, kv_bits)
 
 def test_generate_without_local_and_with_bad_values_fails_clearly(tiny_model_dir, capsys):
     assert main(["generate", "hi"]) == 1
-    assert "only --local is supported" in capsys.readouterr().err
+    assert "--peer" in capsys.readouterr().err  # neither --local nor a peer: says how to name one
     assert main(["generate", "--local", "--model", str(tiny_model_dir), "--top-p", "2", "hi"]) == 1
     assert "top_p" in capsys.readouterr().err
 
@@ -32,3 +33,14 @@ def test_models_lists_given_folders(tiny_model_dir, capsys, tmp_path, monkeypatc
     assert "LlamaForCausalLM" in out and str(tiny_model_dir) in out
     assert main(["models"]) == 0
     assert "swarm models prepare" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a CUDA GPU")
+def test_generate_local_on_cuda_without_a_gpu_fails_clearly(tiny_model_dir, capsys):
+    assert main(["generate", "--local", "--device", "cuda", "--model", str(tiny_model_dir), "hi"]) == 1
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_generate_local_on_the_cpu_answers(tiny_model_dir, capsys):
+    code = main(["generate", "--local", "--device", "cpu", "--model", str(tiny_model_dir), "--max-tokens", "3", "hi"])
+    assert code == 0 and "TTFT" in capsys.readouterr().err

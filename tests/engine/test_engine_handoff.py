@@ -12,16 +12,19 @@ from peers.errors import HandoffError, RequestError
 PARAMS = SamplingParams(max_tokens=16, ignore_eos=True)
 
 
-def both_outputs(folder, prompts, params=PARAMS) -> list[list[int]]:
-    engine = make_engine(folder)
+def both_outputs(folder, prompts, params=PARAMS, **settings) -> list[list[int]]:
+    engine = make_engine(folder, **settings)
     for i, p in enumerate(prompts):
         engine.add(f"r{i}", p, params=params)
     outputs = run_all(engine)
     return [outputs[f"r{i}"] for i in range(len(prompts))]
 
 
-def prefill_then_decode(folder, prompts, fmt: KvFormat, params=PARAMS) -> list[list[int]]:
-    prefill, decode = make_engine(folder, role="prefill"), make_engine(folder, role="decode")
+def prefill_then_decode(folder, prompts, fmt: KvFormat, params=PARAMS, decode_settings: dict | None = None,
+                        **settings) -> list[list[int]]:
+    """Prefill in one engine, export, import into a decode engine (settings as the prefill's unless given)."""
+    prefill = make_engine(folder, role="prefill", **settings)
+    decode = make_engine(folder, role="decode", **(settings if decode_settings is None else decode_settings))
     for i, p in enumerate(prompts):
         prefill.add(f"r{i}", p, params=params)
     firsts = {}

@@ -23,7 +23,7 @@ def smollm2():
 
 class TestSmolLM2:
     def test_answers_the_capital_of_france(self, smollm2):
-        engine = Engine.load(smollm2, EngineConfig(num_kv_blocks=64))
+        engine = Engine.load(smollm2, EngineConfig(device="cpu", num_kv_blocks=64))
         engine.add("france", messages=FRANCE, params=SamplingParams(max_tokens=12))
         text = ""
         while engine.has_work():
@@ -34,7 +34,7 @@ class TestSmolLM2:
         from transformers import AutoModelForCausalLM
 
         hf = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
-        engine = Engine.load(smollm2, EngineConfig(num_kv_blocks=64))
+        engine = Engine.load(smollm2, EngineConfig(device="cpu", num_kv_blocks=64))
         prompts = ["The quick brown fox", "def fibonacci(n):", "Once upon a time, in a land far away,"]
         ids = [engine.add(f"r{i}", p, params=SamplingParams(max_tokens=16, ignore_eos=True)) for i, p in enumerate(prompts)]
         outputs: dict[str, list[int]] = {}
@@ -48,8 +48,8 @@ class TestSmolLM2:
             assert outputs[f"r{i}"] == ref
 
     def test_four_bit_handoff_still_answers(self, smollm2):
-        prefill = Engine.load(smollm2, EngineConfig(role="prefill", num_kv_blocks=64))
-        decode = Engine.load(smollm2, EngineConfig(role="decode", num_kv_blocks=64))
+        prefill = Engine.load(smollm2, EngineConfig(role="prefill", device="cpu", num_kv_blocks=64))
+        decode = Engine.load(smollm2, EngineConfig(role="decode", device="cpu", num_kv_blocks=64))
         prefill.add("france", messages=FRANCE, params=SamplingParams(max_tokens=12))
         (first,) = prefill.step()
         blob = prefill.export_kv("france", KvFormat(bits=4))
