@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from peers.errors import EngineConfigError
     from swarm.errors import ModelError
 
     try:
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as e:
         print(json.dumps({"bench": "engine", "skipped": str(e)}))
         return 0
+    except EngineConfigError as e:  # e.g. --device cuda on a machine without a GPU
+        print(f"bench_engine: {e}", file=sys.stderr)
+        return 1
     if not args.json:
         _print_table(figures)
     print(json.dumps(figures))

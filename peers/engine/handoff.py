@@ -5,6 +5,7 @@ Blobs are host bytes; tensors come from and go to the engine's device (the kerne
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import torch
@@ -22,7 +23,8 @@ DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float
 def encode_kv(keys: list[torch.Tensor], values: list[torch.Tensor], fmt: KvFormat, config: ModelConfig,
               first_layer: int) -> bytes:
     """One sequence's KV, per layer (kv_heads, tokens, head_dim), as a KV blob in `fmt`."""
-    return encode_kv_blob(keys, values, fmt, model_fingerprint=config.fingerprint, first_layer=first_layer)
+    with _current(keys[0].device):
+        return encode_kv_blob(keys, values, fmt, model_fingerprint=config.fingerprint, first_layer=first_layer)
 
 
 def decode_kv(blob: bytes, config: ModelConfig, first_layer: int, num_layers: int, num_tokens: int,
@@ -30,7 +32,8 @@ def decode_kv(blob: bytes, config: ModelConfig, first_layer: int, num_layers: in
     """Per-layer K/V (kv_heads, num_tokens, head_dim) on `device` from a blob, checked against this engine's model."""
     expected = KvExpectation(config.fingerprint, first_layer, num_layers, config.num_kv_heads, config.head_dim)
     try:
-        keys, values = decode_kv_blob(blob, expected, dtype=dtype, device=device)
+        with _current(device):
+            keys, values = decode_kv_blob(blob, expected, dtype=dtype, device=device)
     except KvFormatError as e:
         raise HandoffError(f"cannot import this KV cache: {e} (export it from an engine serving the same model "
                            f"folder and layers [{first_layer}, {first_layer + num_layers}))") from e
@@ -38,6 +41,11 @@ def decode_kv(blob: bytes, config: ModelConfig, first_layer: int, num_layers: in
         raise HandoffError(f"the KV cache holds {keys[0].shape[1]} tokens but the request has {num_tokens} tokens "
                            "with cached KV (all but the last token): send the token ids the KV was exported with")
     return keys, values
+
+
+def _current(device: torch.device):
+    """Make a CUDA device current while the kernels run on it: Triton launches on the current device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def hidden_to_blob(hidden: torch.Tensor, header_fields: dict) -> bytes:
