@@ -7,27 +7,36 @@ tp=1 deployment of the same model on a "GPU" whose peak figures are this CPU's m
 matmul rate and memory bandwidth (`swarm.hardware.probe`). (compute, memory, per-layer overhead)
 are grid-searched to minimise the mean squared relative error; the cost model counts 2-byte weights,
 the engine reads 4-byte ones, which the fitted memory efficiency absorbs (about halved).
+One thread (OMP and torch) for the probe and the engine alike, so step times do not depend on how many
+cores other processes leave free; each point is the median of `repeats` steps after a warm-up step. The
+load average is printed with the fit: on a shared machine above a load of about the core count the
+medians are not trustworthy.
 
     python -m bench.calibrate_cpu [--quick] [--json]
 """
 
-import argparse
-import json
-import statistics
-import time
+import os
 
-import numpy as np
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
-from peers.engine import Engine
-from peers.engine.config import EngineConfig
-from swarm.hardware import Cluster
-from swarm.hardware.catalog import GpuSpec
-from swarm.hardware.cluster import Host
-from swarm.hardware.probe import probe
-from swarm.models import model_spec
-from swarm.plan.cost import Efficiency, build_group_cost
-from swarm.plan.parallel import Deployment
-from swarm.wire.plan import Stage
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from peers.engine import Engine  # noqa: E402
+from peers.engine.config import EngineConfig  # noqa: E402
+from swarm.hardware import Cluster  # noqa: E402
+from swarm.hardware.catalog import GpuSpec  # noqa: E402
+from swarm.hardware.cluster import Host  # noqa: E402
+from swarm.hardware.probe import probe  # noqa: E402
+from swarm.models import model_spec  # noqa: E402
+from swarm.plan.cost import Efficiency, build_group_cost  # noqa: E402
+from swarm.plan.parallel import Deployment  # noqa: E402
+from swarm.wire.plan import Stage  # noqa: E402
 
 MODEL = "smollm2-135m"
 PREFILL_TOKENS = (16, 64, 256, 512)
@@ -41,14 +50,14 @@ def measure(engine: Engine, repeats: int) -> tuple[list[tuple], list[tuple]]:
     prefill, decode, counter = [], [], iter(range(10**9))
     for n in PREFILL_TOKENS:
         times = []
-        for _ in range(repeats):
+        for _ in range(repeats + 1):  # the first is a warm-up
             rid = f"p{next(counter)}"
             engine.add(rid, [int(t) for t in rng.integers(10, vocab - 10, n)])
             start = time.perf_counter()
             engine.step()
             times.append(time.perf_counter() - start)
             engine.abort(rid)
-        prefill.append((n, statistics.median(times)))
+        prefill.append((n, statistics.median(times[1:])))
     for batch, context in DECODE_POINTS:
         ids = [f"d{next(counter)}" for _ in range(batch)]
         for rid in ids:
@@ -112,11 +121,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     engine = Engine.load(None, EngineConfig(max_num_batched_tokens=4096))
-    prefill, decode = measure(engine, 3 if args.quick else 7)
+    prefill, decode = measure(engine, 3 if args.quick else 15)
     profile = probe()
+    load_after = os.getloadavg()[0]
     eff, error, rows = fit(prefill, decode, profile)
-    print(f"CPU peak (probe): {profile.tflops:.3f} TFLOPS fp32, {profile.memory_bandwidth_gbs:.1f} GB/s")
+    print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} cores")
+    print(
+        f"CPU peak (probe, 1 thread): {profile.tflops:.3f} TFLOPS fp32, {profile.memory_bandwidth_gbs:.1f} GB/s"
+    )
     print(
         f"fit: compute {eff.compute:.2f}, memory {eff.memory:.2f}, "
         f"overhead {eff.layer_overhead_s * 1e6:.0f} us/layer;"
@@ -136,6 +151,7 @@ def main() -> None:
                     "memory": eff.memory,
                     "layer_overhead_s": eff.layer_overhead_s,
                     "mean_abs_error": error,
+                    "load_average": [load_before, load_after],
                 }
             )
         )

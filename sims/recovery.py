@@ -81,6 +81,7 @@ def recovery_time_s(
     before_s: float = 60.0,
     end_s: float | None = None,
     reference: Ledger | None = None,
+    first: bool = False,
 ) -> tuple[float, float]:
     """(seconds after `event_s` from which every `window_s` window of arrivals meets the SLO at `share`
     of the pre-event attainment (over the `before_s` before the event), that pre-event attainment).
@@ -90,6 +91,7 @@ def recovery_time_s(
     arrivals run without the event) each window must reach `share` of the reference's attainment over
     the same arrivals, and the pre-event attainment is the reference's: the workload's own ups and downs
     then cancel out, and requests still running when the event struck do not lower the baseline.
+    `first=True`: the start of the first window that meets it instead (inf if none does).
     """
     ok = meets_slo(ledger, ttft_s, tpot_s).astype(np.float64)
     base_ok = ok if reference is None else meets_slo(reference, ttft_s, tpot_s).astype(np.float64)
@@ -103,6 +105,9 @@ def recovery_time_s(
     ends = np.searchsorted(t, t[after] + window_s)
     attainment = _window_means(ok, after, ends)
     target = share * (baseline if reference is None else _window_means(base_ok, after, ends))
+    if first:
+        good = np.flatnonzero(attainment >= target - 1e-12)
+        return (float(t[after[good[0]]] - event_s) if len(good) else float("inf")), baseline
     bad = np.flatnonzero(attainment < target - 1e-12)
     if len(bad) == 0:
         return 0.0, baseline

@@ -101,3 +101,4 @@ def test_recovery_against_a_reference_ignores_the_workloads_own_dips():
     kwargs = {"window_s": 5.0, "end_s": 40.0}
     assert recovery_time_s(ledger, 1.0, 1.0, 10.0, **kwargs)[0] == pytest.approx(22.0)  # 30-31 look bad
     assert recovery_time_s(ledger, 1.0, 1.0, 10.0, reference=reference, **kwargs)[0] == pytest.approx(4.0)
+    assert recovery_time_s(ledger, 1.0, 1.0, 10.0, first=True, **kwargs)[0] == pytest.approx(4.0)
