@@ -18,8 +18,9 @@ LP 2, routing at a rate r: the same rows, each tier's utilisation capped at U / 
 U = max(RHO_TARGET, 1.01 r v*) (queueing room, or what the rate needs), maximising
 sum y_pd a_pd - beta sum v, where a_pd is the share of requests pair (p, d) serves within both SLOs
 with no queueing (from the estimator): short prompts over slow links are fine, long ones are not.
-LP 2 is re-solved warm for each rate (bounds only); every rate with 1.01 r v* >= RHO_TARGET has the same
-bound, hence one solve (kept per bound). Past capacity, LP 1's routing is used.
+LP 2 is re-solved warm for each rate (bounds only), once per bound: every rate with 1.01 r v* >= RHO_TARGET
+has the same bound, and a bound at or above the busiest tier of LP 2 solved without caps does not bind,
+so that uncapped optimum is optimal there too. Past capacity, LP 1's routing is used.
 `problem.orchestrate = False` gives uniform routing instead (the ablation baseline).
 """
 
@@ -153,7 +154,6 @@ class Router:
     unit_utilisation: float  # v* of LP 1
     solved: dict[float, RoutingShares] = field(default_factory=dict)  # LP 2's routing by utilisation bound
     free_utilisation: float = math.inf  # largest tier utilisation of LP 2 without the cap
-    _tier_max: float = math.inf
 
     @classmethod
     def build(cls, network: FlowNetwork, pair_attainment: Mapping[tuple[int, int], float] | None = None) -> Router:
@@ -186,26 +186,24 @@ class Router:
             bound = self.unit_utilisation * (1 + UTILISATION_SLACK)
         else:
             bound = RHO_TARGET / rate_rps
-        free = self.solved.get(math.inf)
-        if free is None:
-            free = self.solved[math.inf] = self._solve_at(math.inf)
-            self.free_utilisation = self._tier_max
+        if math.inf not in self.solved:
+            self.solved[math.inf], self.free_utilisation = self._solve_at(math.inf)
         if bound >= self.free_utilisation:  # the cap does not bind: the uncapped optimum stays optimal
-            return free
+            return self.solved[math.inf]
         if bound not in self.solved:
-            self.solved[bound] = self._solve_at(bound)
+            self.solved[bound] = self._solve_at(bound)[0]
         return self.solved[bound]
 
-    def _solve_at(self, bound: float) -> RoutingShares:
+    def _solve_at(self, bound: float) -> tuple[RoutingShares, float]:
+        """LP 2 with every tier's utilisation capped at `bound`: the routing and its busiest tier."""
         tiers = np.arange(self.layout.v(0), self.layout.v(4), dtype=np.int32)
         self.highs.changeColsBounds(len(tiers), tiers, np.zeros(len(tiers)), np.full(len(tiers), bound))
         try:
             values = _solve(self.highs, None)
         except InfeasibleError:
-            self._tier_max = math.inf
-            return self.capacity_shares
-        self._tier_max = float(values[self.layout.v(0):self.layout.v(4)].max())
-        return _normalised(*self.layout.unpack(values), self.capacity_rps)
+            return self.capacity_shares, math.inf
+        busiest = float(values[self.layout.v(0):self.layout.v(4)].max())
+        return _normalised(*self.layout.unpack(values), self.capacity_rps), busiest
 
 
 @dataclass(frozen=True)
