@@ -45,7 +45,8 @@ def engine_config(node, group: Group, stages: list[tuple[str, int, int]], stage_
         raise PlanApplyError(f"group {group.id} is a {group.role} pipeline across {len(stages)} peers; only "
                              "colocated (both) replicas may span peers (the coordinator does not publish these)")
     _, first, last = stages[stage_index]
-    return EngineConfig(role=group.role, first_layer=first, last_layer=last, dtype=node.config.dtype,
+    return EngineConfig(role=group.role, first_layer=first, last_layer=last, device=node.config.device,
+                        dtype=node.config.dtype,
                         kv_cache_bytes=node.config.kv_cache_bytes, max_num_seqs=node.config.max_num_seqs)
 
 

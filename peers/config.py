@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -18,7 +19,8 @@ from pathlib import Path
 from peers.daemon_errors import PeerConfigError
 
 KV_BITS = (4, 8, 16)
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bfloat16 on a GPU (float16 without bf16), float32 on the CPU
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # auto: cuda when torch sees a GPU, else cpu
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class PeerConfig:
     is_serving: bool = True  # False: a bootstrap node (membership only, no model)
     model: str | None = None  # a prepared model name or a folder; None = the default model
     profile: str | None = None  # declared emulated GPU, e.g. "A40" or "RTX3090Tix2"; None = probe
-    dtype: str = "float32"
+    device: str = "auto"  # the engine's device: "auto", "cpu", "cuda" or "cuda:N"
+    dtype: str = "auto"  # the engine's weights and KV cache dtype; "auto" follows the device
     torch_threads: int = 0  # 0: torch's default; several peers on one small box run best with 1 each
     kv_bits: int = 4
     kv_cache_bytes: int = 256 << 20
@@ -58,6 +61,8 @@ class PeerConfig:
             raise PeerConfigError(f"kv_bits must be one of {KV_BITS} (16 = uncompressed), got {self.kv_bits!r}")
         if self.dtype not in DTYPES:
             raise PeerConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device)):
+            raise PeerConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if not self.listen:
             raise PeerConfigError("listen needs at least one multiaddr, e.g. /ip4/0.0.0.0/tcp/4001")
         for text in (*self.listen, *self.bootstrap):

@@ -10,10 +10,12 @@ more. `Node` holds the state they share.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -24,7 +26,15 @@ from peers.coordinator import run_coordinator
 from peers.daemon_errors import PeerConfigError
 from peers.dispatch import DECODE_PROTOCOL, GENERATE_PROTOCOL, PREFILL_PROTOCOL, Ledger, serve_generate
 from peers.gossip import MEMBER_PROTOCOL, run_gossip, run_link_probes, serve_member
-from peers.kvlink import BANDWIDTH_PROTOCOL, KV_PROTOCOL, serve_bandwidth, serve_kv
+from peers.kvlink import (
+    BANDWIDTH_PROTOCOL,
+    FRAME_TIMEOUT_S,
+    KV_PROTOCOL,
+    KvLinks,
+    serve_bandwidth,
+    serve_kv,
+    serve_kv_channel,
+)
 from peers.loopback import loopback_pair
 from peers.membership import PlanHolder, SwarmView
 from peers.pipeline import HIDDEN_PROTOCOL, serve_hidden
@@ -32,6 +42,7 @@ from peers.replica import serve_decode, serve_prefill
 from peers.status import STATUS_PROTOCOL, serve_status
 from peers.worker import EngineWorker, WorkerLoad
 from swarm.errors import SwarmError
+from swarm.net.fastpath import run_fastpath_server
 from swarm.net.host import Host, HostConfig, open_host, reset_quietly
 from swarm.net.identity import load_or_create_identity, peer_id_of, read_swarm_key
 from swarm.net.signed import sign_record
@@ -68,6 +79,8 @@ class Node:
         self.pipeline_stage = 0  # index of this peer's stage in a multi-peer pipeline replica
         self.pipeline_next: str | None = None  # the next stage's peer, None on the last (or only) stage
         self.links_gbps: dict[str, float] = {}
+        self.kv_links = KvLinks()  # fast-path KV connections this peer opened (as a prefill replica)
+        self.fastpath = None  # the FastPathServer decode replicas receive KV on
         self.sequence = 0
         self.changed = trio.Event()
         self.gossip_soon = trio.Event()
@@ -142,7 +155,8 @@ class Node:
 
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
-        config = EngineConfig(role="both", dtype=self.config.dtype, kv_cache_bytes=self.config.kv_cache_bytes,
+        config = EngineConfig(role="both", device=self.config.device, dtype=self.config.dtype,
+                              kv_cache_bytes=self.config.kv_cache_bytes,
                               max_num_seqs=self.config.max_num_seqs)
         start = time.perf_counter()
         engine = await trio.to_thread.run_sync(Engine.load, self.model_path, config)
@@ -229,8 +243,33 @@ def describe_self(config: PeerConfig, peer_id: str):
     host = config.host_name
     profile = (declared_profile(config.profile, peer_id=peer_id, host=host) if config.profile
                else probe(peer_id=peer_id, host=host))
+    profile = dataclasses.replace(profile, device=engine_device(config))
     model_path = resolve_model(config.model)
     return profile, model_path, model_spec(model_path).name
+
+
+def engine_device(config: PeerConfig) -> str:
+    """"cpu" or "cuda": where this peer's engine will run (config.device with "auto" resolved); raises
+    EngineConfigError, before anything starts, if a CUDA device was asked for and is absent."""
+    from peers.engine import EngineConfig
+
+    return EngineConfig(device=config.device, dtype=config.dtype).torch_device().type
+
+
+def fastpath_bind_host(listen: tuple[str, ...] | list[str]) -> str:
+    """The IPv4 address the KV fast path listens on: the first /ip4 listen address's (all if none)."""
+    for addr in listen:
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[1] == "ip4":
+            return parts[2]
+    return "0.0.0.0"
+
+
+async def _close_links_at_exit(node: Node) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        await node.kv_links.aclose()
 
 
 async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -252,8 +291,12 @@ async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
             node.signed_profile = sign_record(host.key_pair, node.profile, 1)
         for protocol, handler in HANDLERS.items():
             host.set_handler(protocol, lambda stream, handler=handler: handler(node, stream))
+        nursery.start_soon(_close_links_at_exit, node)
         await nursery.start(run_gossip, node)
         if node.profile is not None:
+            node.fastpath = await nursery.start(partial(
+                run_fastpath_server, host, on_channel=partial(serve_kv_channel, node),
+                bind_host=fastpath_bind_host(config.listen), timeout_s=FRAME_TIMEOUT_S))
             await nursery.start(run_applier, node)
             await nursery.start(run_coordinator, node)
             await nursery.start(run_link_probes, node)

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve no model: a bootstrap and entry node (membership, status, dispatch)")
     parser.add_argument("--kv-bits", type=int, choices=(4, 8, 16), default=None,
                         help="KV format on the prefill->decode wire (default 4; 16 = fp16)")
+    parser.add_argument("--device", default=None, help="engine device: auto (default; cuda if torch sees a GPU), "
+                        "cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                        help="engine dtype (default auto: bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--rate", type=float, default=None, dest="rate_rps",
                         help="request rate the coordinator plans for (req/s, default 1)")
     parser.add_argument("--workload", default=None, help="workload the coordinator plans for (default azure-conv)")
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         "listen": tuple(args.listen) if args.listen else None, "identity_path": args.identity,
         "name": args.name, "is_serving": False if args.no_model else None, "kv_bits": args.kv_bits,
         "rate_rps": args.rate_rps, "workload": args.workload, "addrs_file": args.addrs_file,
-        "plan_file": args.plan_file,
+        "plan_file": args.plan_file, "device": args.device, "dtype": args.dtype,
     }
     if flags["addrs_file"] is None:
         from swarm.client.status import DEFAULT_ADDRS_FILE

@@ -54,6 +54,7 @@ ACK = struct.Struct(">Q")
 MAX_BLOB_BYTES = 8 << 30
 TO_RECEIVER, TO_SENDER = 0, 1
 BlobHandler = Callable[[str, FrameHeader, bytes], Awaitable[None]]
+ChannelHandler = Callable[[str, "SealedChannel"], Awaitable[None]]
 
 
 class Sealer:
@@ -217,14 +218,16 @@ class SealedChannel:
             await self.open_frame(pending)
         return offset
 
-    async def receive_blob(self) -> tuple[FrameHeader, bytearray]:
-        """The next blob, checked frame by frame, acknowledged to the sender."""
+    async def receive_blob(self, max_bytes: int | None = None) -> tuple[FrameHeader, bytearray]:
+        """The next blob, checked frame by frame, acknowledged to the sender; WireError (before anything
+        is allocated) if it announces more than `max_bytes` (or the channel's cap)."""
         first, announce = await self.receive_frame_into(None, None)
         if first.payload_bytes != ACK.size or first.sequence != 0:
             raise WireError("fast path: a blob must start with its 8-byte length announcement")
         (total,) = ACK.unpack(announce)
-        if total > self.max_blob_bytes:
-            raise WireError(f"fast path: announced blob of {total} bytes exceeds {self.max_blob_bytes}")
+        cap = self.max_blob_bytes if max_bytes is None else min(max_bytes, self.max_blob_bytes)
+        if total > cap:
+            raise WireError(f"fast path: announced blob of {total} bytes exceeds {cap}")
         blob = bytearray(total)
         offset = await self._receive_data_frames(first, memoryview(blob)) if not first.is_last else 0
         if offset != total:
@@ -233,6 +236,9 @@ class SealedChannel:
         await self.send_frame(frame_header(first.request_id, first.epoch, first.kind, 0, ack, is_last=True,
                                            is_sealed=True), ack)
         return first, blob
+
+    async def aclose(self) -> None:
+        await self.sock.aclose()
 
 
 async def _concurrently(main, side) -> tuple:
@@ -263,11 +269,15 @@ class _Failed:
 
 
 class FastPathServer:
-    """Grants sessions over libp2p and serves the TCP side; blobs go to `on_blob(peer_id, header, data)`."""
+    """Grants sessions over libp2p and serves the TCP side; blobs go to `on_blob(peer_id, header, data)`,
+    or, with `on_channel`, each granted connection is handed whole to `on_channel(peer_id, channel)`
+    (a request/response protocol of its own; the channel is closed when it returns)."""
 
-    def __init__(self, host: Host, on_blob: BlobHandler, port: int, timeout_s: float) -> None:
+    def __init__(self, host: Host, on_blob: BlobHandler | None, port: int, timeout_s: float,
+                 on_channel: ChannelHandler | None = None) -> None:
         self.host = host
         self.on_blob = on_blob
+        self.on_channel = on_channel
         self.port = port
         self.timeout_s = timeout_s
         self.grants: dict[bytes, tuple[str, bytes, bool, float]] = {}  # session id -> peer, key, mode, expiry
@@ -289,6 +299,9 @@ class FastPathServer:
                 raise WireError("unknown or expired session id")
             peer, key, is_encrypted, _ = grant
             channel = SealedChannel(sock, key, is_sender=False, is_encrypted=is_encrypted, timeout_s=self.timeout_s)
+            if self.on_channel is not None:
+                await self.on_channel(peer, channel)
+                return
             while True:
                 with trio.fail_after(self.timeout_s):
                     header, blob = await channel.receive_blob()
@@ -301,11 +314,14 @@ class FastPathServer:
             await sock.aclose()
 
 
-async def run_fastpath_server(host: Host, on_blob: BlobHandler, *, bind_host: str = "0.0.0.0", timeout_s: float = 10.0,
+async def run_fastpath_server(host: Host, on_blob: BlobHandler | None = None, *, on_channel: ChannelHandler | None = None,
+                              bind_host: str = "0.0.0.0", timeout_s: float = 10.0,
                               task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the fast path until cancelled; `task_status.started(server)`."""
+    if (on_blob is None) == (on_channel is None):
+        raise ValueError("run_fastpath_server needs exactly one of on_blob and on_channel")
     listeners = await trio.open_tcp_listeners(0, host=bind_host)
-    server = FastPathServer(host, on_blob, listeners[0].socket.getsockname()[1], timeout_s)
+    server = FastPathServer(host, on_blob, listeners[0].socket.getsockname()[1], timeout_s, on_channel)
     serve_rpc(host, FASTPATH_PROTOCOL, server.grant, request_types=(FastPathRequest,))
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, server.handle, listeners)
@@ -315,6 +331,14 @@ async def run_fastpath_server(host: Host, on_blob: BlobHandler, *, bind_host: st
 @asynccontextmanager
 async def open_fastpath(host: Host, peer_id: str, *, is_encrypted: bool = True, timeout_s: float = 10.0):
     """A `SealedChannel` to `peer_id` (which runs `run_fastpath_server`); use its `send_blob`."""
+    channel = await connect_fastpath(host, peer_id, is_encrypted=is_encrypted, timeout_s=timeout_s)
+    async with channel.sock:
+        yield channel
+
+
+async def connect_fastpath(host: Host, peer_id: str, *, is_encrypted: bool = True,
+                           timeout_s: float = 10.0) -> SealedChannel:
+    """Negotiate a session with `peer_id` and connect; the caller owns (and closes) the channel."""
     with trio.fail_after(timeout_s):
         stream = await host.open_stream(peer_id, FASTPATH_PROTOCOL)
         try:
@@ -328,7 +352,10 @@ async def open_fastpath(host: Host, peer_id: str, *, is_encrypted: bool = True, 
         if address is None:
             raise StreamError(f"peer {peer_id}: no IP address known for the fast path")
         sock = await trio.open_tcp_stream(address[0], grant.port)
-        await sock.send_all(grant.session_id)
-    async with sock:
-        yield SealedChannel(sock, grant.session_key, is_sender=True, is_encrypted=grant.is_encrypted,
-                            timeout_s=timeout_s)
+        try:
+            await sock.send_all(grant.session_id)
+        except BaseException:
+            await sock.aclose()
+            raise
+    return SealedChannel(sock, grant.session_key, is_sender=True, is_encrypted=grant.is_encrypted,
+                         timeout_s=timeout_s)

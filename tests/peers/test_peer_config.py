@@ -65,3 +65,27 @@ def test_join_says_what_is_wrong_without_a_traceback(tmp_path, flags, message):
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert done.returncode == 1
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_device_and_dtype_default_to_auto_and_are_validated():
+    from peers.config import PeerConfig, load_peer_config
+    from peers.daemon_errors import PeerConfigError
+
+    config = PeerConfig()
+    assert (config.device, config.dtype) == ("auto", "auto")
+    assert load_peer_config(env={"SWARM_DEVICE": "cuda:1", "SWARM_DTYPE": "bfloat16"}).device == "cuda:1"
+    for bad in ({"device": "gpu"}, {"device": "cuda:x"}, {"dtype": "int8"}):
+        with pytest.raises(PeerConfigError, match=next(iter(bad))):
+            PeerConfig(**bad)
+
+
+def test_the_profile_says_which_device_the_engine_uses(tiny_model_dir):
+    import torch
+
+    from peers.config import PeerConfig
+    from peers.daemon import describe_self
+
+    profile, _, _ = describe_self(PeerConfig(profile="A40", model=str(tiny_model_dir)), "peer")
+    assert profile.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    profile, _, _ = describe_self(PeerConfig(profile="A40", model=str(tiny_model_dir), device="cpu"), "peer")
+    assert profile.device == "cpu" and profile.is_emulated
