@@ -7,8 +7,9 @@ Azure conversation lengths, SLO_SCALE x the base SLO, at a Poisson rate of RATE_
 initial plan's predicted goodput.
 Policies, each on the same trace and requests:
   * swarm        — at a preemption notice: lightweight re-plan at once (surviving groups keep their
-                   weights), the doomed replicas' KV migrated within the 30 s grace period (stateful
-                   recovery); when instances arrive: a full re-plan with Kuhn-Munkres migration,
+                   weights; a full re-plan instead if it predicts FULL_GAIN more goodput, as when a
+                   single group would be left), the doomed replicas' KV migrated within the 30 s
+                   grace period (stateful recovery); when instances arrive: a full re-plan with Kuhn-Munkres migration,
                    installed only if it predicts FULL_GAIN more goodput (reloads cost capacity);
   * reroute-only — no re-plan: the dead replicas' requests restart on the survivors; new instances idle;
   * restart-all  — every change re-plans and reloads every replica; in-flight requests start over; a
@@ -20,6 +21,8 @@ reported too. Cost: instance-hours paid.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -220,6 +223,11 @@ def _swarm_step(sim, event, problem, current, at_s, budget_s, seed):
             replanned = recovery.lightweight(problem, current)
         except InfeasibleError:  # the survivors cannot hold the model as they stand: search afresh
             replanned = recovery.full(problem, current, budget_s=budget_s, seed=seed)
+        else:  # the survivors as they stand may be far worse than new groups (e.g. one group left)
+            fresh = recovery.full(problem, current, budget_s=budget_s, seed=seed)
+            better = fresh.plan.predicted.goodput_rps >= FULL_GAIN * replanned.plan.predicted.goodput_rps
+            planner_s = fresh.planner_s + replanned.planner_s  # both ran before deciding
+            replanned = replace(fresh if better else replanned, planner_s=planner_s)
     else:
         replanned = recovery.full(problem, current, budget_s=budget_s, seed=seed)
         if replanned.plan.predicted.goodput_rps < FULL_GAIN * current.predicted.goodput_rps:
