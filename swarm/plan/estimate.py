@@ -2,9 +2,17 @@
 
 How it works (DistServe, OSDI 2024, section 4: per-phase queueing models), over a fixed sample of
 NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
-  * Prefill group p receives Poisson arrivals at rate * x_p; it is an M/G/1 queue whose service time is
-    the pipeline's prefill interval: no wait with probability 1 - rho, else a lognormal wait with the
-    M/G/1 moments (Pollaczek-Khinchine, Takacs). TTFT = wait + prefill latency (+ blocking): the prefill
+  * Prefill. Each prefill group's service time is its pipeline's prefill interval (a colocated group's:
+    the whole latency). With orchestration (`problem.orchestrate`), the entry peer sends each prompt to
+    the least-loaded prefill replica (as the simulator does), so the groups with a share form ONE pooled
+    M/G/c queue at the total rate lam: capacity mu = sum_g 1/E[S_g], effective servers
+    c = mu^2 / sum_g (1/E[S_g])^2 (the count when alike, fewer when one dominates), service shape
+    E[S^k]/E[S]^k mixed by the routed shares x_g; it is solved as one server c times as fast (T = S/c,
+    E[T^k] = shape_k / mu^k, rho = lam / mu): P(wait) = rho^(sqrt(2(c + 1)) - 1) (Sakasegawa's Erlang-C
+    approximation), else a lognormal wait with the fast server's M/G/1 conditional moments
+    (Pollaczek-Khinchine, Takacs), so E[W] = P(wait) (1 + cs^2)/2 E[S] / (c (1 - rho)) (Allen-Cunneen);
+    c = 1 is the M/G/1 queue exactly. Without orchestration (uniform routing, the ablation) each group
+    is its own M/G/1 queue at rate * x_p. TTFT = wait + own prefill latency (+ blocking): the prefill
     replica computes the first token and sends it to the entry peer itself (as in DistServe, and as the
     simulator counts). Blocking: prompts cannot overtake each other in a pipeline, so one that enters
     behind a longer prompt (latency T) is held (T - t)(pp - 1)/pp at the stages; with probability
@@ -254,10 +262,8 @@ class Scenario:
         link_load = rate_rps * shares / self.link_rps[active]
         link_rho = np.bincount(self.pair_link[active], weights=link_load, minlength=len(self.pairs))[
             self.pair_link[active]]
+        p_wait, wait_s, wait_mu, wait_sigma = self._prefill_wait(prefill_rate)
         with np.errstate(divide="ignore", invalid="ignore"):
-            wait_s = np.where(rho < 1, prefill_rate * self.moment2_s2 / (2 * (1 - rho)), np.inf)
-            wait2_s2 = 2 * wait_s ** 2 + prefill_rate * self.moment3_s3 / (3 * (1 - rho))
-            wait_mu, wait_sigma = _lognormal(wait_s / rho, wait2_s2 / rho)
             link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s[active] / (2 * (1 - link_rho)), np.inf)
             stretch = np.where(self.is_both, 1.0 / np.maximum(1.0 - rho, 1e-12), 1.0)
         decode = self._decode(decode_rate, stretch)
@@ -265,7 +271,7 @@ class Scenario:
         ttft_fixed_s = self.prefill_s[pair_p] + self._queued_ahead(prefill_rate)[pair_p, None] * self.blocked_s[pair_p]
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
-        ttft_ok = _wait_cdf(rho[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
+        ttft_ok = _wait_cdf(p_wait[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
         spread = decode.spread_s
         tpot_ok = _phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
         tpot_ok = tpot_ok * decode.ok[pair_d, None]
@@ -276,10 +282,46 @@ class Scenario:
         if not with_p90:
             return Estimate(attained, math.nan, math.nan)
         weights = np.repeat(shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
-        ttft_p90 = _weighted_p90((ttft_fixed_s + _wait_p90_s(rho, wait_mu, wait_sigma)[pair_p, None]).ravel(), weights)
+        ttft_p90 = _weighted_p90((ttft_fixed_s + _wait_p90_s(p_wait, wait_mu, wait_sigma)[pair_p, None]).ravel(), weights)
         tpot_values = (decode.step_s * stretch + _Z90 * spread)[pair_d, None] + delay_s
         tpot_p90 = _weighted_p90(np.where(decode.ok[pair_d, None] > 0, tpot_values, np.inf).ravel(), weights)
         return Estimate(attained, ttft_p90, tpot_p90)
+
+    @cached_property
+    def pooled(self) -> bool:
+        """Load-aware dispatch (the entry peer sends each prompt to the least-loaded prefill replica) when
+        the plan is orchestrated; uniform routing (the ablation) is fixed shares and independent queues."""
+        return bool(self.problem.orchestrate)
+
+    @cached_property
+    def normalised_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """(groups,) E[S^2] / E[S]^2 and E[S^3] / E[S]^3 of each group's prefill service (its shape)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.moment2_s2 / self.mean_service_s ** 2, self.moment3_s3 / self.mean_service_s ** 3)
+
+    def _prefill_wait(self, prefill_rate: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(P(wait), mean wait, mu, sigma) per group of the prefill queue; `prefill_rate` is (..., groups).
+
+        Independent queues (not pooled): each group is its own M/G/1 queue at its routed rate. Pooled:
+        the groups with a share form one M/G/c queue (`_queue_wait`) at the total rate: capacity
+        mu_tot = sum 1 / E[S_g], c = mu_tot^2 / sum (1 / E[S_g])^2 (the effective number of servers;
+        the count when alike), and the service shape (E[S^k] / E[S]^k) mixed by the routed shares; the
+        pooled T = S / c has E[T^k] = shape_k / mu_tot^k. Every group then sees the pool's wait."""
+        if not self.pooled:
+            return _queue_wait(prefill_rate, self.mean_service_s, self.moment2_s2, self.moment3_s3)
+        used = prefill_rate > 0
+        speed = np.where(used, 1.0 / self.mean_service_s, 0.0)
+        total_rate = prefill_rate.sum(axis=-1, keepdims=True)
+        capacity = speed.sum(axis=-1, keepdims=True)
+        shape2, shape3 = self.normalised_moments
+        with np.errstate(divide="ignore", invalid="ignore"):
+            servers = capacity ** 2 / (speed ** 2).sum(axis=-1, keepdims=True)
+            mix = prefill_rate / total_rate
+            mix2 = np.where(used, mix * shape2, 0.0).sum(axis=-1, keepdims=True)
+            mix3 = np.where(used, mix * shape3, 0.0).sum(axis=-1, keepdims=True)
+            found = _queue_wait(total_rate, 1.0 / capacity, mix2 / capacity ** 2, mix3 / capacity ** 3,
+                                np.nan_to_num(servers, nan=1.0))
+        return tuple(np.broadcast_to(a, prefill_rate.shape) for a in found)
 
     def _queued_ahead(self, prefill_rate: np.ndarray) -> np.ndarray:
         """P(another prompt is inside the pipeline when one enters): Little's law, lam E[latency], capped at 1."""
@@ -324,16 +366,14 @@ class Scenario:
         rho = prefill_rate * self.mean_service_s
         links = _one_hot(self.pair_link[active], len(self.pairs))  # (active, links)
         link_rho = ((flow / self.link_rps[active]) @ links) @ links.T  # (rates, active)
+        p_wait, _, wait_mu, wait_sigma = self._prefill_wait(prefill_rate)
         with np.errstate(divide="ignore", invalid="ignore"):
-            wait_s = np.where(rho < 1, prefill_rate * self.moment2_s2 / (2 * (1 - rho)), np.inf)
-            wait2_s2 = 2 * wait_s ** 2 + prefill_rate * self.moment3_s3 / (3 * (1 - rho))
-            wait_mu, wait_sigma = _lognormal(wait_s / rho, wait2_s2 / rho)
             link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s[active] / (2 * (1 - link_rho)), np.inf)
         decode = self._decode(decode_rate, np.ones_like(rho))
         delay_s = (self.kv_s[active] + link_wait_s[..., None]) * self.per_token  # (rates, active, requests)
         senders, sender_of_pair = np.unique(pair_p, return_inverse=True)  # TTFT depends on the prefill group only
         ttft_fixed_s = self.prefill_s[senders] + self._queued_ahead(prefill_rate)[:, senders, None] * self.blocked_s[senders]
-        ttft_ok = _wait_cdf(rho[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
+        ttft_ok = _wait_cdf(p_wait[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
                             slo.ttft_s - ttft_fixed_s)[:, sender_of_pair]  # (rates, active, requests)
         inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
         z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
@@ -354,7 +394,7 @@ class Scenario:
         later_tokens = 1.0 / self.per_token[None, :]
         lifetime_s = later_tokens * (step_s * stretch)[:, None]
         budget_s = later_tokens * (self.problem.slo.tpot_s - step_s[:, None])
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             backlog_s = np.where(rho < 1, rho * wait_s / (1 - rho), np.inf)[:, None]
         mean_s = (prefill_rate * self.mean_service_s)[:, None] * lifetime_s + backlog_s
         std_s = np.sqrt(prefill_rate[:, None] * self.moment2_s2[:, None] * lifetime_s + backlog_s ** 2)
@@ -404,26 +444,46 @@ def _lognormal(mean_s: np.ndarray, moment2_s2: np.ndarray) -> tuple[np.ndarray, 
         return np.log(mean_s) - variance / 2, np.sqrt(variance)
 
 
-def _wait_cdf(rho: np.ndarray, mu: np.ndarray, sigma: np.ndarray, slack_s: np.ndarray) -> np.ndarray:
-    """P(M/G/1 wait <= slack), rows per pair: no wait with probability 1 - rho, else lognormal.
-
-    The conditional wait W | W > 0 has mean Wq / rho and second moment E[W^2] / rho, with
-    Wq = lam E[S^2] / 2(1 - rho) and E[W^2] = 2 Wq^2 + lam E[S^3] / 3(1 - rho) (Takacs); a lognormal
-    with those moments keeps the heavy tail that long prompts give the queue.
-    """
-    rho, mu, sigma = rho[..., None], mu[..., None], sigma[..., None]
+def _wait_cdf(p_wait: np.ndarray, mu: np.ndarray, sigma: np.ndarray, slack_s: np.ndarray) -> np.ndarray:
+    """P(prefill wait <= slack), rows per pair: no wait with probability 1 - p_wait, else lognormal
+    (mu, sigma from `_queue_wait`); p_wait >= 1 means overloaded (never met)."""
+    p_wait, mu, sigma = p_wait[..., None], mu[..., None], sigma[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (np.log(np.maximum(slack_s, 1e-300)) - mu) / sigma
-    waited_ok = np.where(rho > 0, _phi(z), 1.0)
-    return np.where((slack_s >= 0) & (rho < 1), 1.0 - rho + rho * waited_ok, 0.0)
+        waited_ok = np.where(p_wait > 0, _phi(z), 1.0)
+        return np.where((slack_s >= 0) & (p_wait < 1), 1.0 - p_wait + p_wait * waited_ok, 0.0)
 
 
-def _wait_p90_s(rho: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """90th percentile of the wait under the same model (0 when rho <= 0.1)."""
-    level = np.clip(1.0 - 0.1 / np.maximum(rho, 1e-12), _PHI_TABLE[0], _PHI_TABLE[-1])
+def _wait_p90_s(p_wait: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """90th percentile of the wait under the same model (0 when p_wait <= 0.1)."""
+    level = np.clip(1.0 - 0.1 / np.maximum(p_wait, 1e-12), _PHI_TABLE[0], _PHI_TABLE[-1])
     with np.errstate(invalid="ignore", over="ignore"):
         p90 = np.exp(mu + sigma * np.interp(level, _PHI_TABLE, _PHI_Z))
-    return np.where(rho >= 1, np.inf, np.where(rho <= 0.1, 0.0, p90))
+    return np.where(p_wait >= 1, np.inf, np.where(p_wait <= 0.1, 0.0, p90))
+
+
+def _queue_wait(rate: np.ndarray, moment1: np.ndarray, moment2: np.ndarray, moment3: np.ndarray,
+                servers: np.ndarray | float = 1.0) -> tuple[np.ndarray, ...]:
+    """(P(wait), mean wait, mu, sigma) of an M/G/c queue served as one server c times as fast.
+
+    rho = rate E[T] with T the pooled service time (moments E[T^k]). c = 1 is M/G/1 exactly: P(wait) = rho,
+    Wq = lam E[T^2] / 2(1 - rho) (Pollaczek-Khinchine), E[W^2] = 2 Wq^2 + lam E[T^3] / 3(1 - rho) (Takacs),
+    and the conditional wait W | W > 0 (mean Wq / rho, second moment E[W^2] / rho) is taken as lognormal,
+    which keeps the heavy tail long prompts give the queue. For c servers the conditional wait keeps that
+    shape (in M/M/c it is exactly the fast single server's) and only P(wait) changes, to
+    rho^(sqrt(2 (c + 1)) - 1) (Sakasegawa's Erlang-C approximation; exact at c = 1), so the mean wait is
+    Allen-Cunneen's P(wait) (1 + cs^2) / 2 E[S] / (c (1 - rho)) with E[S] = c E[T].
+    """
+    rho = rate * moment1
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        stable = rho < 1
+        cond_s = np.where(stable, rate * moment2 / (2 * rho * (1 - rho)), np.inf)  # E[W | W > 0]
+        cond2_s2 = 2 * rho * cond_s ** 2 + rate * moment3 / (3 * rho * (1 - rho))
+        mu, sigma = _lognormal(cond_s, cond2_s2)
+        exponent = np.sqrt(2.0 * (np.asarray(servers) + 1.0)) - 1.0
+        p_wait = np.where(stable, np.power(np.maximum(rho, 0.0), exponent), np.inf)
+        wait_s = np.where(stable, p_wait * cond_s, np.inf)
+    return p_wait, np.nan_to_num(wait_s, nan=0.0, posinf=np.inf), mu, sigma
 
 
 def _phi_exact(z: np.ndarray) -> np.ndarray:

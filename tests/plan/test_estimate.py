@@ -129,3 +129,62 @@ def test_blocking_in_a_pipeline_lengthens_ttft_only_under_load(cloud32, llama30b
     unblocked = replace(scenario, blocked_s=np.zeros_like(scenario.blocked_s)).estimate(3.0, np.array([1.0]))
     assert light.slo_attainment == pytest.approx(float(scenario.zero_load_attainment()[0]), abs=1e-3)
     assert busy.ttft_p90_s > unblocked.ttft_p90_s and busy.slo_attainment <= unblocked.slo_attainment
+
+
+def _two_prefill(problem, hosts):
+    """Two prefill replicas (2 GPUs each) sharing the prompts, each with its own decode replica."""
+    a40, a6000 = hosts["a40-0"], hosts["a6000-0"]
+    deployments = {0: configure(problem, a40[:2], "prefill"), 1: configure(problem, a40[2:], "prefill"),
+                   2: configure(problem, a6000, "decode"), 3: configure(problem, hosts["a6000-1"], "decode")}
+    pairs = [(0, 2), (1, 3)]
+    return Scenario.build(problem, deployments, pairs), np.array([0.5, 0.5])
+
+
+def test_m_g_1_when_one_server(cloud32, llama30b, conv, make_problem, hosts_of):
+    """c = 1: the pooled queue is the single-server Pollaczek-Khinchine/Takacs queue exactly."""
+    from swarm.plan.estimate import _queue_wait
+
+    problem = make_problem(cloud32, llama30b, conv)
+    scenario, shares = _disaggregated(problem, hosts_of(cloud32))
+    for rate in (0.1, 0.5, 1.0):
+        prefill_rate = np.array([rate, 0.0, 0.0])
+        pooled = scenario._prefill_wait(prefill_rate)
+        alone = _queue_wait(prefill_rate, scenario.mean_service_s, scenario.moment2_s2, scenario.moment3_s3)
+        rho = rate * scenario.mean_service_s[0]
+        assert pooled[0][0] == pytest.approx(rho)  # P(wait) = rho
+        assert pooled[1][0] == pytest.approx(rate * scenario.moment2_s2[0] / (2 * (1 - rho)))  # P-K
+        for got, want in zip(pooled, alone, strict=True):
+            assert got[0] == pytest.approx(want[0])
+
+
+def test_pooled_wait_is_at_most_the_independent_queues(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv)
+    pooled, shares = _two_prefill(problem, hosts_of(cloud32))
+    alone, _ = _two_prefill(replace(problem, orchestrate=False), hosts_of(cloud32))
+    assert pooled.pooled and not alone.pooled
+    capacity = 1.0 / pooled.mean_service_s[:2]
+    waits = []
+    for rate in np.linspace(0.05, 0.98, 12) * capacity.sum():
+        prefill_rate = rate * np.array([0.5, 0.5, 0.0, 0.0])
+        p_wait, wait_s, _, _ = pooled._prefill_wait(prefill_rate)
+        alone_p, alone_s, _, _ = alone._prefill_wait(prefill_rate)
+        assert p_wait[0] <= alone_p[:2].max() + 1e-12
+        assert wait_s[0] <= alone_s[:2].max() + 1e-12
+        waits.append(wait_s[0])
+    assert all(b >= a for a, b in zip(waits, waits[1:], strict=False))  # monotone in the rate
+    assert math.isinf(pooled._prefill_wait(2 * capacity.sum() * np.array([0.5, 0.5, 0.0, 0.0]))[1][0])
+
+
+def test_pooling_raises_attainment_and_monotone(cloud32, llama30b, conv, make_problem, hosts_of):
+    problem = make_problem(cloud32, llama30b, conv, slo_scale=2.0)
+    pooled, shares = _two_prefill(problem, hosts_of(cloud32))
+    alone, _ = _two_prefill(replace(problem, orchestrate=False), hosts_of(cloud32))
+    rates = np.geomspace(0.05, 10, 30)
+    values = [pooled.estimate(r, shares, with_p90=False).slo_attainment for r in rates]
+    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:], strict=False))
+    batched = pooled.attainments(rates, np.tile(shares, (len(rates), 1)))
+    assert np.allclose(batched, values, atol=1e-9)
+    for r in rates:
+        assert pooled.estimate(r, shares).slo_attainment >= alone.estimate(r, shares).slo_attainment - 1e-9
+    mid = rates[np.argmin(np.abs(np.array(values) - 0.9))]
+    assert pooled.estimate(mid, shares).ttft_p90_s <= alone.estimate(mid, shares).ttft_p90_s
