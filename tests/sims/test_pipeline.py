@@ -80,3 +80,11 @@ def test_silent_failure_is_noticed_by_the_membership_timeouts():
         assert cfg.dead_after_s - HEARTBEAT_S < silent_s <= cfg.dead_after_s + TICK_S + 1e-9
         killed_s = detected_at_s(hosts, ["b"], 60.0, how="killed", seed=seed) - 60.0
         assert cfg.disconnect_grace_s <= killed_s <= cfg.disconnect_grace_s + TICK_S + 1e-9
+
+
+def test_detector_uses_the_daemons_heartbeat_and_tick():
+    from sims.detection import HEARTBEAT_S, TICK_S
+    from swarm.net.liveness import LivenessConfig
+
+    config = LivenessConfig()
+    assert (HEARTBEAT_S, TICK_S) == (config.heartbeat_interval_s, config.tick_s)
