@@ -87,4 +87,4 @@ def test_detector_uses_the_daemons_heartbeat_and_tick():
     from swarm.net.liveness import LivenessConfig
 
     config = LivenessConfig()
-    assert (HEARTBEAT_S, TICK_S) == (config.heartbeat_interval_s, config.tick_s)
+    assert (config.heartbeat_interval_s, config.tick_s) == (HEARTBEAT_S, TICK_S)
