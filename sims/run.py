@@ -76,9 +76,9 @@ def crossing(xs, attainments, target: float, *, increasing: bool = False) -> flo
         if i == 0:
             return float(xs[0])
         return float(xs[i - 1] + (xs[i] - xs[i - 1]) * (target - ys[i - 1]) / (ys[i] - ys[i - 1]))
-    if not ok[0]:
+    if not ok.any():
         return 0.0
-    if ok.all():
+    i = int(np.flatnonzero(ok)[-1]) + 1  # the first miss after the last x meeting it (noisy curves dip early)
+    if i == len(xs):
         return float(xs[-1])
-    i = int(np.argmin(ok))
     return float(xs[i - 1] + (xs[i] - xs[i - 1]) * (ys[i - 1] - target) / (ys[i - 1] - ys[i]))

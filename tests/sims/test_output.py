@@ -49,3 +49,11 @@ def test_figures_are_png_files(tmp_path):
     bar = plots.bars(tmp_path / "b.png", {"g": {"s1": 1.0, "s2": 2.0}}, title="t", ylabel="y")
     for path in (line, bar):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_goodput_is_the_last_rate_meeting_the_target_even_after_an_early_dip():
+    from sims.run import crossing
+
+    assert crossing([1, 2, 4, 8], [0.88, 0.95, 0.91, 0.71], 0.9) == pytest.approx(4 + 4 * 0.01 / 0.2)
+    assert crossing([1, 2], [0.5, 0.4], 0.9) == 0.0
+    assert crossing([1, 2], [0.95, 0.93], 0.9) == 2.0
