@@ -1,16 +1,17 @@
-"""The bootstrap node: a model-less peer that new peers dial first, relays gossip and circuit-relay traffic,
-and answers `/swarm/peers/1.0.0` with the addresses of the peers it knows.
+"""The bootstrap node's own services: the circuit-relay v2 hop and `/swarm/peers/1.0.0` (the addresses of
+the peers it is connected to), installed on a given host.
 
-py-libp2p 0.8.1 ships circuit relay v2; the node enables the hop role (bounded reservations and circuits)
-so a peer behind NAT can be reached through it. It subscribes to every swarm topic so that peers which
-only know the bootstrap node still form one gossip mesh through it.
+`swarm bootstrap` runs the peer daemon with serving off (the daemon's membership digests, so peers that
+only know the bootstrap node learn of each other) and starts `run_bootstrap_services` on the daemon's
+host; `swarm.cli.bootstrap_cmd` composes the two (this package and `peers` do not import each other).
+py-libp2p 0.8.1 ships circuit relay v2; the hop role (bounded reservations and circuits) lets a peer
+behind NAT be reached through the node. `open_bootstrap` is the same services on a bare host with
+GossipSub on every swarm topic (for tools that gossip through `swarm.net.pubsub`).
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -58,37 +59,45 @@ def peer_addrs(host: Host, max_peers: int) -> list[str]:
     return addrs
 
 
+def serve_peer_list(host: Host) -> None:
+    """Answer `/swarm/peers/1.0.0` on `host` with the connected peers' addresses (the asker's left out)."""
+
+    async def list_peers(peer_id: str, request: PeerListRequest) -> PeerList:
+        return PeerList(tuple(a for a in peer_addrs(host, request.max_peers) if f"/p2p/{peer_id}" not in a))
+
+    serve_rpc(host, PEERS_PROTOCOL, list_peers, request_types=(PeerListRequest,))
+
+
+@asynccontextmanager
+async def open_relay(host: Host, *, is_relay: bool = True):
+    """The circuit-relay v2 hop on `host` while the block runs (nothing if not `is_relay`)."""
+    if not is_relay:
+        yield
+        return
+    relay = CircuitV2Protocol(host.libp2p, limits=RELAY_LIMITS, allow_hop=True)
+    async with background_trio_service(relay):
+        yield
+
+
+async def run_bootstrap_services(host: Host, *, is_relay: bool = True,
+                                 task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Peer list and relay hop on an open host (the daemon's) until cancelled."""
+    serve_peer_list(host)
+    async with open_relay(host, is_relay=is_relay):
+        task_status.started()
+        await trio.sleep_forever()
+
+
 @asynccontextmanager
 async def open_bootstrap(config: BootstrapConfig):
-    """A running bootstrap node (host, gossip on every topic, peer list, relay hop)."""
+    """A bootstrap node on a bare host (gossip on every topic, peer list, relay hop), without the daemon."""
     async with open_host(config.host) as host, open_gossip(host) as gossip:
         for topic in TOPICS:
             await gossip.subscribe(topic, _ignore)
-
-        async def list_peers(peer_id: str, request: PeerListRequest) -> PeerList:
-            return PeerList(tuple(a for a in peer_addrs(host, request.max_peers) if f"/p2p/{peer_id}" not in a))
-
-        serve_rpc(host, PEERS_PROTOCOL, list_peers, request_types=(PeerListRequest,))
-        if not config.is_relay:
-            yield host
-            return
-        relay = CircuitV2Protocol(host.libp2p, limits=RELAY_LIMITS, allow_hop=True)
-        async with background_trio_service(relay):
+        serve_peer_list(host)
+        async with open_relay(host, is_relay=config.is_relay):
             yield host
 
 
 def _ignore(sender: str, msg: object) -> None:
     """The bootstrap node only relays gossip; it acts on none of it."""
-
-
-async def run_bootstrap(config: BootstrapConfig, print_line: Callable[[str], None] = print) -> int:
-    """Run until SIGINT or SIGTERM; the first printed line is the node's full multiaddr."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_bootstrap(config) as host:
-            print_line(host.addrs[0])
-            for addr in host.addrs[1:]:
-                logger.info("also listening on %s", addr)
-            async for signum in signals:
-                logger.info("bootstrap node: %s received, shutting down", signal.Signals(signum).name)
-                break
-    return 0

@@ -272,8 +272,11 @@ async def _close_links_at_exit(node: Node) -> None:
         await node.kv_links.aclose()
 
 
-async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Run one peer until cancelled; `task_status.started(node)` once it listens and gossips."""
+async def run_peer(config: PeerConfig, *, services=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one peer until cancelled; `task_status.started(node)` once it listens and gossips.
+
+    `services(host, *, task_status)`, if given, runs on this peer's host for its lifetime, started before
+    the peer reports up (`swarm bootstrap` adds the relay hop and the peer list this way)."""
     host_config = HostConfig(listen_addrs=config.listen, identity_path=config.identity_path,
                              swarm_key_path=config.swarm_key_path)
     # everything a user can get wrong (identity, profile, model) is checked before the host starts
@@ -292,6 +295,8 @@ async def run_peer(config: PeerConfig, *, task_status=trio.TASK_STATUS_IGNORED) 
         for protocol, handler in HANDLERS.items():
             host.set_handler(protocol, lambda stream, handler=handler: handler(node, stream))
         nursery.start_soon(_close_links_at_exit, node)
+        if services is not None:
+            await nursery.start(services, host)
         await nursery.start(run_gossip, node)
         if node.profile is not None:
             node.fastpath = await nursery.start(partial(

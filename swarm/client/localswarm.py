@@ -1,6 +1,6 @@
 """`LocalSwarm`: a whole swarm on this machine, as child processes on 127.0.0.1 (for `swarm demo`, tests, bench).
 
-A bootstrap node (`swarm join --no-model`) starts first; each peer then joins through it with its own
+A bootstrap node (`swarm bootstrap`) starts first; each peer then joins through it with its own
 identity file in a private temporary directory and, if given, a declared GPU profile. Children run in
 their own session (Ctrl-C in the terminal reaches only the parent, which stops them) and are always
 stopped on exit: SIGTERM, then SIGKILL after a grace period. Every wait has a deadline.
@@ -77,20 +77,25 @@ class LocalSwarm:
             self.wait_for_addrs(spec.name, timeout_s)
 
     def spawn(self, spec: PeerSpec, bootstrap: str | None) -> subprocess.Popen:
+        """Start one child: `swarm bootstrap` for the model-less node (no `bootstrap` address to join),
+        `swarm join` otherwise."""
         assert self.workdir is not None
-        args = [sys.executable, "-m", "swarm", "join", "--listen", "/ip4/127.0.0.1/tcp/0",
-                "--identity", str(self.workdir / f"{spec.name}.key"), "--addrs-file",
-                str(self.workdir / f"{spec.name}.addrs"), "--name", spec.name, "--kv-bits", str(self.kv_bits),
-                *self.extra_args, *spec.extra_args]
-        if bootstrap:
-            args += ["--bootstrap", bootstrap]
-        if spec.profile is None:
-            args.append("--no-model")
+        common = ["--listen", "/ip4/127.0.0.1/tcp/0", "--identity", str(self.workdir / f"{spec.name}.key"),
+                  "--addrs-file", str(self.workdir / f"{spec.name}.addrs")]
+        if bootstrap is None:
+            args = [sys.executable, "-m", "swarm", "bootstrap", *common, *spec.extra_args]
         else:
-            args += ["--profile", spec.profile] + (["--model", str(self.model)] if self.model else [])
-        # several torch processes on a few cores: one thread each beats oversubscription by far
+            args = [sys.executable, "-m", "swarm", "join", *common, "--name", spec.name, "--kv-bits",
+                    str(self.kv_bits), "--bootstrap", bootstrap, *self.extra_args, *spec.extra_args]
+            if spec.profile is None:
+                args.append("--no-model")
+            else:
+                args += ["--profile", spec.profile] + (["--model", str(self.model)] if self.model else [])
+        # several torch processes on a few cores: one thread each beats oversubscription by far; the
+        # bootstrap node takes its name and KV format (it is the entry peer) from the environment
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-               "OMP_NUM_THREADS": "1", "SWARM_TORCH_THREADS": "1", "SWARM_IS_EXITING_WITH_PARENT": "1", **self.env}
+               "OMP_NUM_THREADS": "1", "SWARM_TORCH_THREADS": "1", "SWARM_IS_EXITING_WITH_PARENT": "1",
+               "SWARM_NAME": spec.name, "SWARM_KV_BITS": str(self.kv_bits), **self.env}
         log = (self.workdir / f"{spec.name}.log").open("wb")
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
                                    start_new_session=True)

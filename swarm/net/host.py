@@ -164,6 +164,13 @@ class _DisconnectNotifee(INotifee):
         peer = conn.muxed_conn.peer_id
         if network.get_connections(peer):
             return
+        # Forget the addresses of whoever left. libp2p dials from the peerstore whenever one of its parts
+        # opens a stream to a peer id (pubsub on a new peer, identify push, a health-monitor replacement),
+        # so it kept re-dialling clients that had gone, one logged "Failed to open TCP stream" error each
+        # time. Clients are not peers; the daemon re-dials peers itself, with the addresses their digests
+        # carry (`Host.dial` puts them back).
+        with contextlib.suppress(Exception):
+            self.host.libp2p.get_peerstore().clear_addrs(peer)
         for listener in list(self.host.disconnect_listeners):
             listener(peer.to_base58())
 
@@ -186,9 +193,10 @@ class _DisconnectNotifee(INotifee):
 def connection_config(config: HostConfig) -> ConnectionConfig:
     """One connection per peer (the default of 3 costs 250 ms a dial) and fast health checks.
 
-    The auto-connector is off (no minimum connection count): by default it re-dials every peer in the
-    peerstore, dead ones included, whenever a small swarm is below 50 connections; the daemon decides
-    whom to dial instead.
+    No minimum connection count. Zero watermarks alone do not turn libp2p's auto-connector off (it aims at
+    the midpoint of the low and high watermarks, 150 with the default high of 300, and re-dials every
+    peer in the peerstore, departed clients included, every 30 s and after each disconnect): `open_host`
+    stops it, and forgets a departed peer's addresses; the daemon decides whom to dial instead.
     """
     return ConnectionConfig(
         max_connections_per_peer=1, dial_timeout=config.dial_timeout_s, min_connections=0, low_watermark=0,
@@ -217,6 +225,7 @@ async def open_host(config: HostConfig | None = None, *, key_pair: KeyPair | Non
     listen = [multiaddr.Multiaddr(a) for a in config.listen_addrs]
     async with libp2p_host.run(listen_addrs=listen), trio.open_nursery() as nursery:
         host = Host(libp2p_host, config, key_pair, nursery)
+        await libp2p_host.get_network().auto_connector.stop()  # see connection_config
         libp2p_host.get_network().register_notifee(_DisconnectNotifee(host))
         try:
             yield host

@@ -118,3 +118,33 @@ def test_keep_connected_dials_again_after_a_drop(host_config):
                 assert time.monotonic() - start < 3
 
     trio.run(main)
+
+
+def test_a_departed_client_is_not_redialled(host_config):
+    """After a client disconnects, its addresses are forgotten, so libp2p's auto-connector (stopped too)
+    has no candidate to dial and a stream to its peer id fails without a dial; an explicit dial works."""
+    from swarm.net.errors import StreamError
+
+    async def main():
+        with trio.fail_after(30):
+            async with open_host(host_config()) as server:
+                network = server.libp2p.get_network()
+                async with open_host(host_config()) as client:
+                    client_id = client.peer_id
+                    await client.dial(server.addrs[0])
+                    peerstore, client_key = server.libp2p.get_peerstore(), info_from_p2p_addr(
+                        multiaddr.Multiaddr(client.addrs[0])).peer_id
+                    while client_key not in peerstore.peer_ids() or not peerstore.addrs(client_key):
+                        await trio.sleep(0.05)  # identify has told the server where the client listens
+                    await network.close_peer(client_key)  # the client is gone
+                    await trio.sleep(0.1)
+                assert client_key not in await network.auto_connector._get_candidate_peers()
+                assert not network.auto_connector._started
+                assert client_key not in peerstore.peers_with_addrs()
+                with pytest.raises(StreamError):
+                    await server.open_stream(client_id, "/swarm/status/1.0.0", timeout_s=2.0)
+                async with open_host(host_config()) as again:
+                    await server.dial(again.addrs[0])  # an explicit dial still works (addresses given)
+                    assert again.peer_id in server.connected_peer_ids()
+
+    trio.run(main)
