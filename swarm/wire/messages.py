@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swarm.errors import WireError
+from swarm.wire.checks import check_bytes, check_count, check_peer_id, check_text
 from swarm.wire.codec import message
 from swarm.wire.plan import Plan
 
-MAX_PEER_ID_CHARS = 128
 MAX_TEXT_CHARS = 1024
-MAX_U63 = 2**63 - 1
 MAX_RECORD_BYTES = 256 << 10
 MAX_KEY_BYTES = 1024
 MAX_PEERS_LISTED = 1024
@@ -164,26 +163,6 @@ class FastPathGrant:
             raise WireError(f"FastPathGrant.port must be 1..65535, got {self.port!r}")
         if len(self.session_key) != 32 or len(self.session_id) != 16:
             raise WireError("FastPathGrant needs a 32-byte session key and a 16-byte session id")
-
-
-def check_peer_id(name: str, value: object) -> None:
-    if type(value) is not str or not 1 <= len(value) <= MAX_PEER_ID_CHARS or not value.isalnum():
-        raise WireError(f"{name}={value!r}: expected a base58 peer id of 1 to {MAX_PEER_ID_CHARS} characters")
-
-
-def check_count(name: str, value: object) -> None:
-    if type(value) is not int or not 0 <= value <= MAX_U63:
-        raise WireError(f"{name}={value!r}: expected an int in [0, 2**63)")
-
-
-def check_text(name: str, value: object, max_chars: int) -> None:
-    if type(value) is not str or len(value) > max_chars:
-        raise WireError(f"{name}: expected a string of at most {max_chars} characters")
-
-
-def check_bytes(name: str, value: object, max_bytes: int) -> None:
-    if not isinstance(value, bytes) or len(value) > max_bytes:
-        raise WireError(f"{name}: expected at most {max_bytes} bytes")
 
 
 @message(50)

@@ -8,16 +8,15 @@ records (push-pull, every half second) and answer `StatusRequest` with a `Status
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from swarm.errors import WireError
+from swarm.wire.checks import MAX_U63, check_peer_id, check_range, check_request_id, check_text
 from swarm.wire.codec import message
 from swarm.wire.hardware import HardwareProfile
 from swarm.wire.messages import SignedRecord
 from swarm.wire.plan import Plan
 
-MAX_REQUEST_ID_CHARS = 64
 MAX_PROMPT_CHARS = 60_000
 MAX_PROMPT_TOKENS = 32_768
 MAX_OUTPUT_TOKENS = 16_384
@@ -26,32 +25,9 @@ MAX_STOP_STRINGS = 16
 MAX_TEXT_CHARS = 4096
 MAX_ADDRS = 16
 MAX_PEERS = 1024
-MAX_U63 = 2**63 - 1
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 FINISH_REASONS = ("", "stop", "length", "prefilled", "aborted")
 KV_BITS = (4, 8, 16)
-
-
-def _check_id(name: str, value: object) -> None:
-    if type(value) is not str or not 1 <= len(value) <= MAX_REQUEST_ID_CHARS or not value.isprintable():
-        raise WireError(f"{name}={value!r}: expected 1 to {MAX_REQUEST_ID_CHARS} printable characters")
-
-
-def _check_peer(name: str, value: object, *, may_be_empty: bool = False) -> None:
-    if may_be_empty and value == "":
-        return
-    if type(value) is not str or not 1 <= len(value) <= 128 or not value.isalnum():
-        raise WireError(f"{name}={value!r}: expected a base58 peer id")
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise WireError(f"{name} must be in [{low}, {high}], got {value!r}")
-
-
-def _check_text(name: str, value: str, max_chars: int) -> None:
-    if len(value) > max_chars:
-        raise WireError(f"{name} has {len(value)} characters; the limit is {max_chars}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +38,7 @@ class ChatMessage:
     def __post_init__(self) -> None:
         if self.role not in CHAT_ROLES:
             raise WireError(f"ChatMessage.role must be one of {CHAT_ROLES}, got {self.role!r}")
-        _check_text("ChatMessage.content", self.content, MAX_PROMPT_CHARS)
+        check_text("ChatMessage.content", self.content, MAX_PROMPT_CHARS)
 
 
 @message(80)
@@ -83,19 +59,19 @@ class GenerateRequest:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        _check_id("GenerateRequest.request_id", self.request_id)
+        check_request_id("GenerateRequest.request_id", self.request_id)
         given = [bool(self.prompt), bool(self.messages), bool(self.token_ids)]
         if sum(given) != 1:
             raise WireError("GenerateRequest needs exactly one of a non-empty prompt, messages or token_ids")
-        _check_text("GenerateRequest.prompt", self.prompt, MAX_PROMPT_CHARS)
+        check_text("GenerateRequest.prompt", self.prompt, MAX_PROMPT_CHARS)
         if len(self.messages) > MAX_MESSAGES or len(self.token_ids) > MAX_PROMPT_TOKENS:
             raise WireError(f"GenerateRequest: at most {MAX_MESSAGES} messages and {MAX_PROMPT_TOKENS} token ids")
         if any(not 0 <= t < 2**31 for t in self.token_ids):
             raise WireError("GenerateRequest.token_ids must be in [0, 2**31)")
         if not 1 <= self.max_tokens <= MAX_OUTPUT_TOKENS:
             raise WireError(f"GenerateRequest.max_tokens must be in [1, {MAX_OUTPUT_TOKENS}], got {self.max_tokens}")
-        _check_range("GenerateRequest.temperature", self.temperature, 0.0, 100.0)
-        _check_range("GenerateRequest.top_p", self.top_p, 1e-9, 1.0)
+        check_range("GenerateRequest.temperature", self.temperature, 0.0, 100.0)
+        check_range("GenerateRequest.top_p", self.top_p, 1e-9, 1.0)
         if not 0 <= self.top_k <= 1 << 20:
             raise WireError(f"GenerateRequest.top_k must be in [0, 2**20], got {self.top_k}")
         if self.seed is not None and not 0 <= self.seed <= MAX_U63:
@@ -116,12 +92,12 @@ class TokenChunk:
     finish_reason: str = ""
 
     def __post_init__(self) -> None:
-        _check_id("TokenChunk.request_id", self.request_id)
+        check_request_id("TokenChunk.request_id", self.request_id)
         if not 0 <= self.index <= MAX_OUTPUT_TOKENS or len(self.token_ids) > MAX_OUTPUT_TOKENS:
             raise WireError(f"TokenChunk.index must be in [0, {MAX_OUTPUT_TOKENS}], got {self.index}")
         if self.finish_reason not in FINISH_REASONS:
             raise WireError(f"TokenChunk.finish_reason must be one of {FINISH_REASONS}, got {self.finish_reason!r}")
-        _check_text("TokenChunk.text", self.text, MAX_PROMPT_CHARS)
+        check_text("TokenChunk.text", self.text, MAX_PROMPT_CHARS)
 
 
 @message(82)
@@ -134,8 +110,8 @@ class RequestFailure:
     message: str
 
     def __post_init__(self) -> None:
-        _check_text("RequestFailure.code", self.code, 64)
-        _check_text("RequestFailure.message", self.message, MAX_TEXT_CHARS)
+        check_text("RequestFailure.code", self.code, 64)
+        check_text("RequestFailure.message", self.message, MAX_TEXT_CHARS)
 
 
 @message(83)
@@ -193,7 +169,7 @@ class PrefillJob:
     kv_bits: int = 4
 
     def __post_init__(self) -> None:
-        _check_peer("PrefillJob.decode_peer_id", self.decode_peer_id)
+        check_peer_id("PrefillJob.decode_peer_id", self.decode_peer_id)
         if self.kv_bits not in KV_BITS:
             raise WireError(f"PrefillJob.kv_bits must be one of {KV_BITS}, got {self.kv_bits}")
         if not 0 <= self.epoch <= MAX_U63:
@@ -227,7 +203,7 @@ class KvPush:
     blob_bytes: int
 
     def __post_init__(self) -> None:
-        _check_id("KvPush.request_id", self.request_id)
+        check_request_id("KvPush.request_id", self.request_id)
         if not self.output_token_ids or len(self.prompt_token_ids) > MAX_PROMPT_TOKENS:
             raise WireError("KvPush needs the first output token and at most "
                             f"{MAX_PROMPT_TOKENS} prompt tokens")
@@ -241,7 +217,7 @@ class PeerAddress:
     addrs: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        _check_peer("PeerAddress.peer_id", self.peer_id)
+        check_peer_id("PeerAddress.peer_id", self.peer_id)
         if not 1 <= len(self.addrs) <= MAX_ADDRS or any(len(a) > 256 for a in self.addrs):
             raise WireError(f"PeerAddress.addrs: 1 to {MAX_ADDRS} multiaddrs of <= 256 characters")
 
@@ -271,21 +247,21 @@ class MemberDigest:
     links_gbps: dict[str, float] = field(default_factory=dict)  # measured bandwidth to a peer id
 
     def __post_init__(self) -> None:
-        _check_peer("MemberDigest.peer_id", self.peer_id)
+        check_peer_id("MemberDigest.peer_id", self.peer_id)
         if len(self.known) > MAX_PEERS or len(self.plan_hosts) > MAX_PEERS or len(self.links_gbps) > MAX_PEERS:
             raise WireError(f"MemberDigest: at most {MAX_PEERS} known peers, plan hosts and links")
-        _check_peer("MemberDigest.coordinator_id", self.coordinator_id, may_be_empty=True)
-        _check_peer("MemberDigest.plan_coordinator_id", self.plan_coordinator_id, may_be_empty=True)
+        check_peer_id("MemberDigest.coordinator_id", self.coordinator_id, may_be_empty=True)
+        check_peer_id("MemberDigest.plan_coordinator_id", self.plan_coordinator_id, may_be_empty=True)
         for name in ("sequence", "max_epoch", "coordinator_term", "plan_term", "num_queued", "num_running",
                      "kv_tokens_free"):
             if not 0 <= getattr(self, name) <= MAX_U63:
                 raise WireError(f"MemberDigest.{name} must be in [0, 2**63), got {getattr(self, name)}")
         if not -1 <= self.ready_epoch <= MAX_U63:
             raise WireError(f"MemberDigest.ready_epoch must be -1 or an epoch, got {self.ready_epoch}")
-        _check_range("MemberDigest.tokens_per_s", self.tokens_per_s, 0.0, 1e12)
+        check_range("MemberDigest.tokens_per_s", self.tokens_per_s, 0.0, 1e12)
         for peer, gbps in self.links_gbps.items():
-            _check_peer("MemberDigest.links_gbps key", peer)
-            _check_range("MemberDigest.links_gbps value", gbps, 0.0, 1e6)
+            check_peer_id("MemberDigest.links_gbps key", peer)
+            check_range("MemberDigest.links_gbps value", gbps, 0.0, 1e6)
         if self.plan is not None and (self.plan.epoch > self.max_epoch or not self.plan_coordinator_id):
             raise WireError(f"MemberDigest: a plan needs its coordinator and an epoch <= max_epoch {self.max_epoch}")
 
@@ -302,7 +278,7 @@ class StageTokens:
         if len(self.request_ids) != len(self.token_ids):
             raise WireError("StageTokens needs one token per request id")
         for request_id in self.request_ids:
-            _check_id("StageTokens.request_ids", request_id)
+            check_request_id("StageTokens.request_ids", request_id)
         if any(not 0 <= t < 2**31 for t in self.token_ids):
             raise WireError("StageTokens.token_ids must be in [0, 2**31)")
 
