@@ -52,10 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return importlib.import_module(args.module).run(args)
+        try:
+            return importlib.import_module(args.module).run(args)
+        except BaseExceptionGroup as group:
+            raise _sole_error(group) from None
     except SwarmError as e:
         print(f"swarm {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"swarm {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _sole_error(group: BaseExceptionGroup) -> BaseException:
+    """A user's mistake raised inside a trio nursery arrives wrapped: unwrap a lone SwarmError or Ctrl-C."""
+    errors = group.exceptions
+    while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
+        errors = errors[0].exceptions
+    if len(errors) == 1 and isinstance(errors[0], SwarmError | KeyboardInterrupt):
+        return errors[0]
+    return group

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_peer_config(args.config, flags=flags)
     if logging.getLogger().level > logging.INFO:  # an operator wants to see joins and departures
         logging.getLogger("peers").setLevel(logging.INFO)
-    return _run_trio(trio, functools.partial(run_bootstrap_node, config, is_relay=not args.no_relay))
+    return trio.run(functools.partial(run_bootstrap_node, config, is_relay=not args.no_relay))
 
 
 async def run_bootstrap_node(config, *, is_relay: bool, print_line=None) -> int:
@@ -71,17 +71,3 @@ async def run_bootstrap_node(config, *, is_relay: bool, print_line=None) -> int:
                 break
             nursery.cancel_scope.cancel()
     return 0
-
-
-def _run_trio(trio, main) -> int:
-    from swarm.errors import SwarmError
-
-    try:
-        return trio.run(main)
-    except BaseExceptionGroup as group:  # a user-facing error raised inside the nursery: say it plainly
-        errors = group.exceptions
-        while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
-            errors = errors[0].exceptions
-        if len(errors) == 1 and isinstance(errors[0], SwarmError | KeyboardInterrupt):
-            raise errors[0] from None
-        raise

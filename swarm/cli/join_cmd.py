@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
     from peers.config import load_peer_config
     from peers.daemon import run_peer
-    from swarm.errors import SwarmError
 
     flags = {
         "bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
@@ -64,13 +63,5 @@ def run(args: argparse.Namespace) -> int:
     config = load_peer_config(args.config, flags=flags)
     if logging.getLogger().level > logging.INFO:  # an operator wants to see joins, plans and failures
         logging.getLogger("peers").setLevel(logging.INFO)
-    try:
-        trio.run(run_peer, config)
-    except BaseExceptionGroup as group:  # a user-facing error raised inside the nursery: say it plainly
-        errors = group.exceptions
-        while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
-            errors = errors[0].exceptions
-        if len(errors) == 1 and isinstance(errors[0], SwarmError | KeyboardInterrupt):
-            raise errors[0] from None
-        raise
+    trio.run(run_peer, config)
     return 0

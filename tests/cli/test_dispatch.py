@@ -32,3 +32,13 @@ def test_generate_refuses_contradictory_flags(capsys):
 def test_no_command_prints_usage(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_a_user_error_inside_a_nursery_is_printed_plainly(capsys, tmp_path):
+    # The key file is read inside the daemon's trio nursery: the error arrives as an exception group.
+    bad_key = tmp_path / "swarm.key"
+    bad_key.write_text("not a key")
+    code = main(["join", "--no-model", "--listen", "/ip4/127.0.0.1/tcp/0", "--swarm-key", str(bad_key),
+                 "--identity", str(tmp_path / "id.key"), "--addrs-file", str(tmp_path / "addrs")])
+    err = capsys.readouterr().err
+    assert code == 1 and "swarm join: error:" in err and "Traceback" not in err
