@@ -193,6 +193,15 @@ async def _run_on_route(node, request: GenerateRequest, route: Route, forward) -
 
 
 async def _read_chunk(stream, peer_id: str) -> TokenChunk:
+    return await _read_reply(stream, peer_id, TokenChunk, "tokens")
+
+
+async def _expect_ack(stream, peer_id: str) -> None:
+    await _read_reply(stream, peer_id, Ack, "an Ack")
+
+
+async def _read_reply(stream, peer_id: str, expected: type, what: str):
+    """A replica's next message, which must be `expected`; a failure it reports is raised as ours."""
     try:
         answer = await read_message(stream)
     except WireError:
@@ -201,22 +210,9 @@ async def _read_chunk(stream, peer_id: str) -> TokenChunk:
         raise ReplicaFailedError(f"replica {peer_id} went away mid-request: {e or type(e).__name__}") from None
     if isinstance(answer, RequestFailure):
         raise _failure(answer, peer_id)
-    if not isinstance(answer, TokenChunk):
-        raise WireError(f"replica {peer_id} sent a {type(answer).__name__} where tokens were expected")
+    if not isinstance(answer, expected):
+        raise WireError(f"replica {peer_id} sent a {type(answer).__name__} where {what} was expected")
     return answer
-
-
-async def _expect_ack(stream, peer_id: str) -> None:
-    try:
-        answer = await read_message(stream)
-    except WireError:
-        raise
-    except Exception as e:  # libp2p raises several types for a reset or closed stream
-        raise ReplicaFailedError(f"replica {peer_id} went away: {e or type(e).__name__}") from None
-    if isinstance(answer, RequestFailure):
-        raise _failure(answer, peer_id)
-    if not isinstance(answer, Ack):
-        raise WireError(f"replica {peer_id} sent a {type(answer).__name__} where an Ack was expected")
 
 
 def _failure(answer: RequestFailure, peer_id: str) -> SwarmError:
