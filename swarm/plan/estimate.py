@@ -46,6 +46,7 @@ import numpy as np
 from swarm.plan.cost import group_cost, kv_route, kv_wire_bytes
 from swarm.plan.parallel import Deployment
 from swarm.plan.problem import Problem
+from swarm.plan.queueing import phi, queue_wait, wait_cdf, wait_p90_s, weighted_p90
 
 NUM_REQUESTS = 256  # requests of the length sample the estimator follows one by one
 GRID_POINTS = 64
@@ -271,9 +272,9 @@ class Scenario:
         ttft_fixed_s = self.prefill_s[pair_p] + self._queued_ahead(prefill_rate)[pair_p, None] * self.blocked_s[pair_p]
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
-        ttft_ok = _wait_cdf(p_wait[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
+        ttft_ok = wait_cdf(p_wait[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
         spread = decode.spread_s
-        tpot_ok = _phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
+        tpot_ok = phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
         tpot_ok = tpot_ok * decode.ok[pair_d, None]
         if self.has_both:
             stalls_ok = self._stalls_ok(prefill_rate, rho, wait_s, decode.step_s, stretch)
@@ -282,9 +283,9 @@ class Scenario:
         if not with_p90:
             return Estimate(attained, math.nan, math.nan)
         weights = np.repeat(shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
-        ttft_p90 = _weighted_p90((ttft_fixed_s + _wait_p90_s(p_wait, wait_mu, wait_sigma)[pair_p, None]).ravel(), weights)
+        ttft_p90 = weighted_p90((ttft_fixed_s + wait_p90_s(p_wait, wait_mu, wait_sigma)[pair_p, None]).ravel(), weights)
         tpot_values = (decode.step_s * stretch + _Z90 * spread)[pair_d, None] + delay_s
-        tpot_p90 = _weighted_p90(np.where(decode.ok[pair_d, None] > 0, tpot_values, np.inf).ravel(), weights)
+        tpot_p90 = weighted_p90(np.where(decode.ok[pair_d, None] > 0, tpot_values, np.inf).ravel(), weights)
         return Estimate(attained, ttft_p90, tpot_p90)
 
     @cached_property
@@ -303,12 +304,12 @@ class Scenario:
         """(P(wait), mean wait, mu, sigma) per group of the prefill queue; `prefill_rate` is (..., groups).
 
         Independent queues (not pooled): each group is its own M/G/1 queue at its routed rate. Pooled:
-        the groups with a share form one M/G/c queue (`_queue_wait`) at the total rate: capacity
+        the groups with a share form one M/G/c queue (`queue_wait`) at the total rate: capacity
         mu_tot = sum 1 / E[S_g], c = mu_tot^2 / sum (1 / E[S_g])^2 (the effective number of servers;
         the count when alike), and the service shape (E[S^k] / E[S]^k) mixed by the routed shares; the
         pooled T = S / c has E[T^k] = shape_k / mu_tot^k. Every group then sees the pool's wait."""
         if not self.pooled:
-            return _queue_wait(prefill_rate, self.mean_service_s, self.moment2_s2, self.moment3_s3)
+            return queue_wait(prefill_rate, self.mean_service_s, self.moment2_s2, self.moment3_s3)
         used = prefill_rate > 0
         speed = np.where(used, 1.0 / self.mean_service_s, 0.0)
         total_rate = prefill_rate.sum(axis=-1, keepdims=True)
@@ -319,7 +320,7 @@ class Scenario:
             mix = prefill_rate / total_rate
             mix2 = np.where(used, mix * shape2, 0.0).sum(axis=-1, keepdims=True)
             mix3 = np.where(used, mix * shape3, 0.0).sum(axis=-1, keepdims=True)
-            found = _queue_wait(total_rate, 1.0 / capacity, mix2 / capacity ** 2, mix3 / capacity ** 3,
+            found = queue_wait(total_rate, 1.0 / capacity, mix2 / capacity ** 2, mix3 / capacity ** 3,
                                 np.nan_to_num(servers, nan=1.0))
         return tuple(np.broadcast_to(a, prefill_rate.shape) for a in found)
 
@@ -347,7 +348,7 @@ class Scenario:
         # N ~ Poisson, contexts iid: var(step) = N (slope^2 + (d step / d context)^2 var(context))
         spread = np.sqrt(batch * (slope ** 2 + context_slope ** 2 * self.problem.decode_context_variance))
         stable = (stable | idle) & (batch <= self.max_batch)
-        memory_ok = _phi(_ratio(self.max_batch - batch, np.sqrt(batch)))
+        memory_ok = phi(_ratio(self.max_batch - batch, np.sqrt(batch)))
         return _DecodeState(batch=batch, step_s=step_s, spread_s=spread, ok=np.where(stable, memory_ok, 0.0))
 
     def attainments(self, rates_rps: np.ndarray, kv_shares: np.ndarray) -> np.ndarray:
@@ -373,11 +374,11 @@ class Scenario:
         delay_s = (self.kv_s[active] + link_wait_s[..., None]) * self.per_token  # (rates, active, requests)
         senders, sender_of_pair = np.unique(pair_p, return_inverse=True)  # TTFT depends on the prefill group only
         ttft_fixed_s = self.prefill_s[senders] + self._queued_ahead(prefill_rate)[:, senders, None] * self.blocked_s[senders]
-        ttft_ok = _wait_cdf(p_wait[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
+        ttft_ok = wait_cdf(p_wait[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
                             slo.ttft_s - ttft_fixed_s)[:, sender_of_pair]  # (rates, active, requests)
         inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
         z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
-        tpot_ok = _phi(z) * decode.ok[:, pair_d, None]
+        tpot_ok = phi(z) * decode.ok[:, pair_d, None]
         per_pair = (ttft_ok * tpot_ok).mean(axis=-1)  # (rates, active)
         per_pair[np.isnan(per_pair)] = 0.0
         return np.minimum((np.where(shares > 0, shares, 0.0) * per_pair).sum(axis=-1), 1.0)
@@ -398,7 +399,7 @@ class Scenario:
             backlog_s = np.where(rho < 1, rho * wait_s / (1 - rho), np.inf)[:, None]
         mean_s = (prefill_rate * self.mean_service_s)[:, None] * lifetime_s + backlog_s
         std_s = np.sqrt(prefill_rate[:, None] * self.moment2_s2[:, None] * lifetime_s + backlog_s ** 2)
-        return _phi(_ratio(budget_s - mean_s, std_s))
+        return phi(_ratio(budget_s - mean_s, std_s))
 
 
 @dataclass(frozen=True)
@@ -435,94 +436,3 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator for a normal z-score; a zero spread gives +-a huge z (a step)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return numerator / np.maximum(denominator, 1e-12)
-
-
-def _lognormal(mean_s: np.ndarray, moment2_s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the lognormal with these first two moments (sigma at least 0.2)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        variance = np.log(np.maximum(moment2_s2 / (mean_s * mean_s), 1.04))
-        return np.log(mean_s) - variance / 2, np.sqrt(variance)
-
-
-def _wait_cdf(p_wait: np.ndarray, mu: np.ndarray, sigma: np.ndarray, slack_s: np.ndarray) -> np.ndarray:
-    """P(prefill wait <= slack), rows per pair: no wait with probability 1 - p_wait, else lognormal
-    (mu, sigma from `_queue_wait`); p_wait >= 1 means overloaded (never met)."""
-    p_wait, mu, sigma = p_wait[..., None], mu[..., None], sigma[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (np.log(np.maximum(slack_s, 1e-300)) - mu) / sigma
-        waited_ok = np.where(p_wait > 0, _phi(z), 1.0)
-        return np.where((slack_s >= 0) & (p_wait < 1), 1.0 - p_wait + p_wait * waited_ok, 0.0)
-
-
-def _wait_p90_s(p_wait: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """90th percentile of the wait under the same model (0 when p_wait <= 0.1)."""
-    level = np.clip(1.0 - 0.1 / np.maximum(p_wait, 1e-12), _PHI_TABLE[0], _PHI_TABLE[-1])
-    with np.errstate(invalid="ignore", over="ignore"):
-        p90 = np.exp(mu + sigma * np.interp(level, _PHI_TABLE, _PHI_Z))
-    return np.where(p_wait >= 1, np.inf, np.where(p_wait <= 0.1, 0.0, p90))
-
-
-def _queue_wait(rate: np.ndarray, moment1: np.ndarray, moment2: np.ndarray, moment3: np.ndarray,
-                servers: np.ndarray | float = 1.0) -> tuple[np.ndarray, ...]:
-    """(P(wait), mean wait, mu, sigma) of an M/G/c queue served as one server c times as fast.
-
-    rho = rate E[T] with T the pooled service time (moments E[T^k]). c = 1 is M/G/1 exactly: P(wait) = rho,
-    Wq = lam E[T^2] / 2(1 - rho) (Pollaczek-Khinchine), E[W^2] = 2 Wq^2 + lam E[T^3] / 3(1 - rho) (Takacs),
-    and the conditional wait W | W > 0 (mean Wq / rho, second moment E[W^2] / rho) is taken as lognormal,
-    which keeps the heavy tail long prompts give the queue. For c servers the conditional wait keeps that
-    shape (in M/M/c it is exactly the fast single server's) and only P(wait) changes, to
-    rho^(sqrt(2 (c + 1)) - 1) (Sakasegawa's Erlang-C approximation; exact at c = 1), so the mean wait is
-    Allen-Cunneen's P(wait) (1 + cs^2) / 2 E[S] / (c (1 - rho)) with E[S] = c E[T].
-    """
-    rho = rate * moment1
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        stable = rho < 1
-        cond_s = np.where(stable, rate * moment2 / (2 * rho * (1 - rho)), np.inf)  # E[W | W > 0]
-        cond2_s2 = 2 * rho * cond_s ** 2 + rate * moment3 / (3 * rho * (1 - rho))
-        mu, sigma = _lognormal(cond_s, cond2_s2)
-        exponent = np.sqrt(2.0 * (np.asarray(servers) + 1.0)) - 1.0
-        p_wait = np.where(stable, np.power(np.maximum(rho, 0.0), exponent), np.inf)
-        wait_s = np.where(stable, p_wait * cond_s, np.inf)
-    return p_wait, np.nan_to_num(wait_s, nan=0.0, posinf=np.inf), mu, sigma
-
-
-def _phi_exact(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF (Abramowitz and Stegun 7.1.26 erf, error below 1.5e-7), vectorised."""
-    z = np.asarray(z, dtype=np.float64)
-    x = np.minimum(np.abs(z), 40.0) / math.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.3275911 * x)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return 0.5 * (1.0 + np.sign(z) * (1.0 - poly * np.exp(-x * x)))
-
-
-_PHI_STEP = 0.005
-_PHI_Z = np.arange(-8.0, 8.0 + _PHI_STEP / 2, _PHI_STEP)
-_PHI_TABLE = _phi_exact(_PHI_Z)
-
-
-def _phi(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF from a uniform table (linear interpolation, error below 1e-6; NaN gives 0)."""
-    position = np.fmax(z, -8.0, out=np.empty(np.shape(z)))  # fmax turns NaN into -8
-    np.minimum(position, 8.0, out=position)
-    position += 8.0
-    position *= 1.0 / _PHI_STEP
-    index = np.minimum(position.astype(np.intp), len(_PHI_TABLE) - 2)
-    position -= index  # the fraction of a table step
-    position *= _PHI_RISE[index]
-    position += _PHI_TABLE[index]
-    return position
-
-
-_PHI_RISE = np.diff(_PHI_TABLE)
-
-
-def _weighted_p90(values: np.ndarray, weights: np.ndarray) -> float:
-    """90th percentile of values drawn with the given weights (inf when no weight)."""
-    keep = weights > 0
-    if not keep.any():
-        return math.inf
-    values, weights = values[keep], weights[keep]
-    order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(weights[order])
-    i = int(np.searchsorted(cumulative, 0.9 * cumulative[-1]))
-    return float(values[order][min(i, len(values) - 1)])

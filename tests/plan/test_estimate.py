@@ -9,8 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from swarm.plan.estimate import Scenario, _phi, estimate
+from swarm.plan.estimate import Scenario, estimate
 from swarm.plan.parallel import configure
+from swarm.plan.queueing import phi as _phi
 
 
 def _disaggregated(problem, hosts):
@@ -142,7 +143,7 @@ def _two_prefill(problem, hosts):
 
 def test_m_g_1_when_one_server(cloud32, llama30b, conv, make_problem, hosts_of):
     """c = 1: the pooled queue is the single-server Pollaczek-Khinchine/Takacs queue exactly."""
-    from swarm.plan.estimate import _queue_wait
+    from swarm.plan.queueing import queue_wait as _queue_wait
 
     problem = make_problem(cloud32, llama30b, conv)
     scenario, shares = _disaggregated(problem, hosts_of(cloud32))
