@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -84,15 +83,6 @@ def test_phi_matches_erf():
     exact = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in z])
     assert np.max(np.abs(_phi(z) - exact)) < 2e-6
     assert _phi(np.array([np.inf, -np.inf, np.nan])) == pytest.approx([1.0, 0.0, 0.0], abs=1e-9)
-
-
-def test_one_estimate_takes_well_under_a_millisecond_on_average(cloud32, llama30b, conv, make_problem, hosts_of):
-    scenario, shares = _disaggregated(make_problem(cloud32, llama30b, conv), hosts_of(cloud32))
-    scenario.estimate(1.0, shares)
-    start = time.perf_counter()
-    for i in range(200):
-        scenario.estimate(0.5 + i * 0.01, shares, with_p90=False)
-    assert (time.perf_counter() - start) / 200 < 5e-3  # generous: the machine is shared
 
 
 def test_colocated_prefills_stall_decoding(cloud32, llama30b, conv, make_problem, hosts_of):
