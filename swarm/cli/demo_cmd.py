@@ -84,10 +84,10 @@ def _send_prompts(swarm, prompts, max_tokens: int) -> None:
 
 
 def _serve(swarm) -> None:
-    from swarm.client.status import DEFAULT_ADDRS_FILE
+    from swarm.client.status import addrs_file
 
     addr = swarm.bootstrap_addr
-    path = DEFAULT_ADDRS_FILE.expanduser()
+    path = addrs_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(addr + "\n")  # so a plain `swarm status` finds this swarm
     print(f"\nserving until Ctrl-C. Try:\n  swarm status\n  swarm generate --peer {addr} \"Hi\"\n"

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="as coordinator, publish this plan (JSON, e.g. `swarm plan --json`) instead of planning; "
                              "its host names are the peers' --name")
     parser.add_argument("--addrs-file", default=None, metavar="FILE",
-                        help="write this peer's multiaddrs to FILE once it listens (default ~/.swarm/peer.addrs, "
+                        help="write this peer's multiaddrs to FILE once it listens (default $SWARM_ADDRS_FILE or ~/.swarm/peer.addrs, "
                              "where `swarm status` looks)")
     parser.add_argument("--config", default=None, metavar="FILE", help="peer config file (TOML)")
 
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
         "plan_file": args.plan_file, "device": args.device, "dtype": args.dtype,
     }
     if flags["addrs_file"] is None:
-        from swarm.client.status import DEFAULT_ADDRS_FILE
+        from swarm.client.status import addrs_file
 
-        flags["addrs_file"] = str(DEFAULT_ADDRS_FILE.expanduser())
+        flags["addrs_file"] = str(addrs_file())
     config = load_peer_config(args.config, flags=flags)
     if logging.getLogger().level > logging.INFO:  # an operator wants to see joins, plans and failures
         logging.getLogger("peers").setLevel(logging.INFO)

@@ -12,16 +12,23 @@ from swarm.client.sync import SwarmClient
 from swarm.wire.requests import MemberStatus, StatusReply
 
 DEFAULT_ADDRS_FILE = Path("~/.swarm/peer.addrs")  # `swarm join` and `swarm demo` write their address here
+
+
+def addrs_file() -> Path:
+    """Where local peers leave their addresses: $SWARM_ADDRS_FILE, else ~/.swarm/peer.addrs."""
+    import os
+
+    return Path(os.environ.get("SWARM_ADDRS_FILE") or DEFAULT_ADDRS_FILE).expanduser()
 COLUMNS = ("host", "gpu", "role", "group", "ready", "queued", "running", "kv free", "tok/s", "heard", "peer")
 
 
 def default_peer_addrs() -> list[str]:
     """Where to ask when no peer is given: $SWARM_PEER (comma-separated), else the addresses the last
-    `swarm join` or `swarm demo` on this machine wrote to ~/.swarm/peer.addrs."""
+    `swarm join` or `swarm demo` on this machine wrote to `addrs_file()`."""
     import os
 
     addrs = [a for a in os.environ.get("SWARM_PEER", "").split(",") if a]
-    path = DEFAULT_ADDRS_FILE.expanduser()
+    path = addrs_file()
     if not addrs and path.is_file():
         addrs = path.read_text().split()
     if not addrs:
