@@ -19,7 +19,9 @@ def test_generate_local_prints_text_and_timings(tiny_model_dir, capsys, kv_bits)
         assert "handed" in err
 
 
-def test_generate_without_local_and_with_bad_values_fails_clearly(tiny_model_dir, capsys):
+def test_generate_without_local_and_with_bad_values_fails_clearly(tiny_model_dir, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWARM_ADDRS_FILE", str(tmp_path / "no-peer-has-run-here"))
+    monkeypatch.delenv("SWARM_PEER", raising=False)
     assert main(["generate", "hi"]) == 1
     assert "--peer" in capsys.readouterr().err  # neither --local nor a peer: says how to name one
     assert main(["generate", "--local", "--model", str(tiny_model_dir), "--top-p", "2", "hi"]) == 1
