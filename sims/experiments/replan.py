@@ -18,6 +18,8 @@ dips cancel out, and the baseline is the same for every policy). Paper: about 13
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sims import detection, plots, recovery
 from sims.baselines import plan_system
 from sims.calibrate import calibrated_efficiency
@@ -152,21 +154,13 @@ def _scenario(scenario: str, duration_s: float, event_s: float, budget_s: float,
 
 def _schedule(sim, scenario, policy, problem, plan, ledger, event_s, budget_s, seed):
     if scenario in FAILED_HOSTS:
-        failed = [g for g in problem.cluster.gpu_ids if g.startswith(FAILED_HOSTS[scenario] + "/")]
+        failed = _failed_gpus(scenario, problem)
         sim.fail_at(event_s, failed)
         target = problem.with_cluster(problem.cluster.without(failed))
         hosts = [h.name for h in problem.cluster.hosts]
         decide_s = detection.detected_at_s(hosts, [FAILED_HOSTS[scenario]], event_s, how=FAILURE, seed=seed)
     else:
-        shifted_to = as_workload(ledger, "observed", event_s, event_s + PROFILER_WINDOW_S)
-        target = Problem(
-            problem.cluster,
-            problem.model,
-            shifted_to,
-            problem.slo,
-            rate_rps=problem.rate_rps,
-            efficiency=problem.efficiency,
-        )
+        target = replace(problem, workload=as_workload(ledger, "observed", event_s, event_s + PROFILER_WINDOW_S))
         decide_s = event_s + PROFILER_WINDOW_S
     detect = {"detected_s": decide_s - event_s}
     if policy == "none":
@@ -184,22 +178,19 @@ def _schedule(sim, scenario, policy, problem, plan, ledger, event_s, budget_s, s
     }
 
 
+def _failed_gpus(scenario: str, problem: Problem) -> list[str]:
+    """The GPUs of the host that fails in this scenario."""
+    return [g for g in problem.cluster.gpu_ids if g.startswith(FAILED_HOSTS[scenario] + "/")]
+
+
 def _servable_rps(scenario: str, problem: Problem, plan) -> float:
     """Goodput the planner predicts after the event for the groups as they stand (a lightweight re-plan):
     of the survivors after a failure, of the same groups on conversation lengths after a shift."""
     if scenario in FAILED_HOSTS:
-        failed = [g for g in problem.cluster.gpu_ids if g.startswith(FAILED_HOSTS[scenario] + "/")]
-        after = problem.with_cluster(problem.cluster.without(failed))
+        after = problem.with_cluster(problem.cluster.without(_failed_gpus(scenario, problem)))
     else:
         conv = load_workload("azure-conv")
-        after = Problem(
-            problem.cluster,
-            problem.model,
-            conv,
-            problem.slo,
-            rate_rps=conv.rate_rps,
-            efficiency=problem.efficiency,
-        )
+        after = replace(problem, workload=conv, rate_rps=conv.rate_rps)
     return min(plan.predicted.goodput_rps, recovery.lightweight(after, plan).plan.predicted.goodput_rps)
 
 
