@@ -133,3 +133,23 @@ def test_random_small_clusters_give_a_valid_plan_or_a_clean_error(make_problem, 
         return
     validate_plan(best.plan, cluster, model)
     assert {g.role for g in best.plan.groups} == {"prefill", "decode"}
+
+
+def test_zone_plans_side_by_side_are_one_valid_plan(monkeypatch, make_problem, cloud32, llama30b, conv):
+    """What a cluster too big for one routing LP gets: each zone routes within itself, requests split by
+    the zones' goodput, and the predicted goodput is their sum."""
+    import swarm.plan.search as search
+
+    monkeypatch.setattr(search, "ZONE_GPUS", 16)
+    problem = make_problem(cloud32, llama30b, conv, rate_rps=conv.rate_rps)
+    _, zone_plans = search._plan_zones(problem, 1.0, 0, ("prefill", "decode"))
+    assert len(zone_plans) == 2
+    combined = search._side_by_side(problem, zone_plans)
+    validate_plan(combined.plan, cloud32, llama30b)
+    assert combined.goodput_rps == pytest.approx(sum(e.goodput_rps for e in zone_plans))
+    zone_of = {g: i for i, e in enumerate(zone_plans) for g in e.plan.gpu_ids}
+    groups = {g.id: g for g in combined.plan.groups}
+    for p, d, _ in combined.plan.routing.kv:
+        assert zone_of[groups[p].gpu_ids[0]] == zone_of[groups[d].gpu_ids[0]]
+    first_zone = sum(s for gid, s in combined.plan.routing.prefill.items() if zone_of[groups[gid].gpu_ids[0]] == 0)
+    assert first_zone == pytest.approx(zone_plans[0].goodput_rps / combined.goodput_rps)
