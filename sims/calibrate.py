@@ -10,12 +10,18 @@ model predicts a layer as (swarm/plan/cost.py)
 and (compute, memory, overhead) are fitted per GPU by grid search minimising the mean squared relative
 error over all (n, tp) rows. GPUs Vidur did not profile borrow the fit of the same silicon: the A6000,
 A5000 and RTX 3090 Ti are GA102 chips like the A40; the A100-40G is an A100; the H200 an H100.
+
+The fits are stored as the planner's package data (`swarm/plan/data/efficiency.json`, read by
+`swarm.plan.cost.calibrated_efficiency`), which the planner, the daemon and these experiments all use;
+`python -m sims.calibrate --write` refits and rewrites it, `python -m sims.calibrate` prints the fits.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import numpy as np
 
 from swarm.hardware import gpu_spec
 from swarm.models import model_spec
+from swarm.plan import cost
 from swarm.plan.cost import DEFAULT_EFFICIENCY, Efficiency
 
 DATA = Path(__file__).parent / "data" / "vidur"
@@ -127,10 +134,30 @@ def fit(profile: str) -> Fit:
     )
 
 
-@functools.cache
 def calibrated_efficiency() -> dict[str, Efficiency]:
-    """Per GPU type name, the fitted efficiency (same-silicon fits for unprofiled GPUs)."""
-    return {gpu: fit(profile).efficiency for gpu, profile in SAME_SILICON.items()}
+    """Per GPU type name, the calibrated efficiency: the planner's package data (what `write_data` wrote)."""
+    return cost.calibrated_efficiency()
+
+
+def write_data(path: Path | None = None) -> Path:
+    """Refit every GPU type (same-silicon fits for unprofiled GPUs) and write the planner's package data."""
+    path = path or Path(cost.__file__).parent / cost.EFFICIENCY_DATA
+    gpus = {}
+    for gpu, profile in SAME_SILICON.items():
+        f = fit(profile)
+        e = f.efficiency
+        gpus[gpu] = {"compute": e.compute, "memory": e.memory, "network": e.network,
+                     "layer_overhead_s": e.layer_overhead_s, "profile": PROFILED[profile],
+                     "mean_abs_error": round(f.mean_abs_error, 4), "rows": f.num_rows}
+    provenance = (
+        "Fitted by `python -m sims.calibrate --write` (sims/calibrate.py): grid search of (compute, memory, "
+        "layer_overhead_s) minimising the mean squared relative error of the cost model's Llama-2-7B layer "
+        "time against Vidur's measured operator profiles (sims/data/vidur, MIT; all rows of token counts 1 "
+        "to 4096+ and TP 1/2/4). GPUs Vidur did not profile borrow the fit of the same silicon (profile "
+        "field). network is the cost model's default (not fitted).")
+    path.write_text(json.dumps({"provenance": provenance, "gpus": gpus}, indent=1) + "\n")
+    cost.calibrated_efficiency.cache_clear()
+    return path
 
 
 def report() -> str:
@@ -151,5 +178,15 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sims.calibrate", description="Fit the cost model to Vidur.")
+    parser.add_argument("--write", action="store_true", help="rewrite swarm/plan/data/efficiency.json")
+    args = parser.parse_args(argv)
     print(report())
+    if args.write:
+        print(f"wrote {write_data()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

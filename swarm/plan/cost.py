@@ -33,15 +33,21 @@ bytes (its layers plus the head on the last stage), link_Bps = gbps * 1e9 / 8 * 
     with the largest share / bandwidth bounds the transfer (`kv_route`, as the simulator routes it).
 
 All inputs may be numpy arrays (broadcast), so the estimator evaluates thousands of requests at once.
-`Efficiency` is the fraction of peak a GPU type achieves; the simulator fits it to measured profiles.
+`Efficiency` is the fraction of peak a GPU type achieves. The calibrated figures per GPU type are package
+data (`swarm/plan/data/efficiency.json`, fitted to Vidur's measured profiles by `python -m sims.calibrate
+--write`, provenance inside): `Problem(efficiency=None)` uses them, so `swarm plan`, the daemon and the
+simulator share one table; GPU types it lacks get DEFAULT_EFFICIENCY.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -80,6 +86,21 @@ class Efficiency:
 
 
 DEFAULT_EFFICIENCY = Efficiency(compute=0.55, memory=0.8, network=0.7)
+EFFICIENCY_DATA = "data/efficiency.json"  # in the swarm.plan package
+
+
+@functools.cache
+def calibrated_efficiency() -> dict[str, Efficiency]:
+    """Per GPU type name, the calibrated `Efficiency` of the package data (`EFFICIENCY_DATA`)."""
+    text = resources.files("swarm.plan").joinpath(EFFICIENCY_DATA).read_text(encoding="utf-8")
+    try:
+        gpus = json.loads(text)["gpus"]
+        return {name: Efficiency(compute=float(e["compute"]), memory=float(e["memory"]),
+                                 network=float(e["network"]), layer_overhead_s=float(e["layer_overhead_s"]))
+                for name, e in gpus.items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanError(f"swarm/plan/{EFFICIENCY_DATA} is malformed ({exc!r}): regenerate it with "
+                        "`python -m sims.calibrate --write`") from exc
 
 
 class HostIndex:
@@ -114,7 +135,10 @@ def host_index(cluster: Cluster) -> HostIndex:
 
 
 def efficiency_of(efficiency: Mapping[str, Efficiency] | None, gpu_name: str) -> Efficiency:
-    """The calibrated efficiency of a GPU type ("default" key, then DEFAULT_EFFICIENCY, as fallbacks)."""
+    """The efficiency of a GPU type in `efficiency` ("default" key, then DEFAULT_EFFICIENCY, as fallbacks);
+    `efficiency=None` is the package's calibrated table (`calibrated_efficiency`)."""
+    if efficiency is None:
+        efficiency = calibrated_efficiency()
     if not efficiency:
         return DEFAULT_EFFICIENCY
     return efficiency.get(gpu_name) or efficiency.get("default") or DEFAULT_EFFICIENCY

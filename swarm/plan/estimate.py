@@ -49,6 +49,8 @@ from swarm.plan.problem import Problem
 from swarm.plan.queueing import phi, queue_wait, wait_cdf, wait_p90_s, weighted_p90
 
 NUM_REQUESTS = 256  # requests of the length sample the estimator follows one by one
+DISPATCH_ITERATIONS = 10  # damped fixed-point steps of the load-aware dispatch split (`Scenario._dispatch`)
+MAX_WAIT_S = 1e4  # a saturated replica's wait, in the dispatch split
 GRID_POINTS = 64
 _Z90 = 1.2816  # standard normal 90th percentile
 
@@ -100,7 +102,23 @@ _PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def request_sample(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """(prompt, output) token arrays of the NUM_REQUESTS requests the estimator follows."""
     prompts, outputs = problem.lengths
-    return prompts[:NUM_REQUESTS], outputs[:NUM_REQUESTS]
+    index = sample_index(problem)
+    return prompts[index], outputs[index]
+
+
+def sample_index(problem: Problem) -> np.ndarray:
+    """Positions in `problem.lengths` of the NUM_REQUESTS followed requests: stratified by prompt length.
+
+    The pairs at the (i + 1/2) / NUM_REQUESTS quantiles of the prompt length, so the sample's prompt
+    tail is the length sample's (a plain first-NUM_REQUESTS draw of azure-code had its p90 prompt 18%
+    short, and TTFT misses are decided by that tail). Each pair keeps its own output length."""
+    cache = _PROFILES.setdefault(problem, {})
+    if "sample" not in cache:
+        prompts = problem.lengths[0]
+        order = np.argsort(prompts, kind="stable")
+        picks = ((np.arange(NUM_REQUESTS) + 0.5) * len(prompts) / NUM_REQUESTS).astype(np.int64)
+        cache["sample"] = order[np.minimum(picks, len(prompts) - 1)]
+    return cache["sample"]
 
 
 def group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
@@ -117,13 +135,14 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
     prompts, outputs = problem.lengths
     context = problem.decode_context_tokens
     latency, service = (np.asarray(a) for a in cost.prefill_latency_and_interval_s(prompts))
+    followed = latency[sample_index(problem)]
     max_batch = cost.max_kv_tokens / context
     grid = np.concatenate(([0.0], np.geomspace(0.05, max(max_batch, 0.1) * 1.05, GRID_POINTS - 1)))
     mean_service = float(service.mean())
     steps = np.asarray(cost.decode_step_s(grid, grid * context))
     more = np.asarray(cost.decode_step_s(grid, grid * context * 1.25))
     return GroupProfile(
-        prefill_s=latency[:NUM_REQUESTS], mean_service_s=mean_service,
+        prefill_s=followed, mean_service_s=mean_service,
         service_moment2_s2=float((service ** 2).mean()), service_moment3_s3=float((service ** 3).mean()),
         mean_latency_s=float(latency.mean()), latency_moment2_s2=float((latency ** 2).mean()),
         latency_moment3_s3=float((latency ** 3).mean()), batch_grid=grid,
@@ -131,7 +150,7 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
         max_batch=max_batch,
         prefill_rps=1.0 / mean_service,
         decode_rps=cost.decode_tokens_per_s(problem.slo.tpot_s, context) / float(outputs.mean()),
-        blocked_s=_blocked_s(latency, latency[:NUM_REQUESTS], cost.pp))
+        blocked_s=_blocked_s(latency, followed, cost.pp))
 
 
 def _blocked_s(latencies: np.ndarray, own: np.ndarray, pp: int) -> np.ndarray:
@@ -254,10 +273,31 @@ class Scenario:
 
     def estimate(self, rate_rps: float, kv_shares: np.ndarray, *, with_p90: bool = True) -> Estimate:
         """Attainment (and p90 TTFT/TPOT) at `rate_rps` when pair k carries kv_shares[k] of requests."""
-        slo, n = self.problem.slo, len(self.ids)
+        slo, terms = self.problem.slo, self._terms(rate_rps, kv_shares)
+        ttft_ok, tpot_ok = terms.ttft_cdf(slo.ttft_s), terms.tpot_cdf(slo.tpot_s)
+        attained = min(float(np.dot(terms.shares, (ttft_ok * tpot_ok).mean(axis=1))), 1.0)
+        if not with_p90:
+            return Estimate(attained, math.nan, math.nan)
+        weights = np.repeat(terms.shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
+        ttft_p90 = weighted_p90((terms.ttft_fixed_s + wait_p90_s(terms.p_wait, terms.wait_mu, terms.wait_sigma)[
+            :, None]).ravel(), weights)
+        tpot_values = (terms.step_s * terms.stretch + _Z90 * terms.spread_s)[:, None] + terms.delay_s
+        tpot_p90 = weighted_p90(np.where(terms.decode_ok[:, None] > 0, tpot_values, np.inf).ravel(), weights)
+        return Estimate(attained, ttft_p90, tpot_p90)
+
+    def latency_terms(self, rate_rps: float, kv_shares: np.ndarray) -> LatencyTerms:
+        """The per-(active pair, request) pieces of `estimate` at `rate_rps`, whose `ttft_cdf` and `tpot_cdf`
+        give P(TTFT <= x) and P(TPOT <= x) at any threshold (what `sims.validate_estimator` compares)."""
+        return self._terms(rate_rps, kv_shares)
+
+    def _terms(self, rate_rps: float, kv_shares: np.ndarray) -> LatencyTerms:
+        n = len(self.ids)
         active = np.flatnonzero(kv_shares > 0)
         shares, pair_p, pair_d = kv_shares[active], self.pair_p[active], self.pair_d[active]
-        prefill_rate = rate_rps * np.bincount(pair_p, weights=shares, minlength=n)
+        routed = rate_rps * np.bincount(pair_p, weights=shares, minlength=n)
+        prefill_rate = self._dispatch(routed)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shares = shares * np.nan_to_num(prefill_rate / routed, nan=1.0)[pair_p]  # as dispatched
         decode_rate = rate_rps * np.bincount(pair_d, weights=shares, minlength=n)
         rho = prefill_rate * self.mean_service_s
         link_load = rate_rps * shares / self.link_rps[active]
@@ -272,21 +312,14 @@ class Scenario:
         ttft_fixed_s = self.prefill_s[pair_p] + self._queued_ahead(prefill_rate)[pair_p, None] * self.blocked_s[pair_p]
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
-        ttft_ok = wait_cdf(p_wait[pair_p], wait_mu[pair_p], wait_sigma[pair_p], slo.ttft_s - ttft_fixed_s)
-        spread = decode.spread_s
-        tpot_ok = phi(_ratio(slo.tpot_s - decode.step_s[pair_d, None] - delay_s, spread[pair_d, None]))
-        tpot_ok = tpot_ok * decode.ok[pair_d, None]
+        stalls = None
         if self.has_both:
-            stalls_ok = self._stalls_ok(prefill_rate, rho, wait_s, decode.step_s, stretch)
-            tpot_ok = tpot_ok * np.where(self.is_both[pair_d, None], stalls_ok[pair_d], 1.0)
-        attained = min(float(np.dot(shares, (ttft_ok * tpot_ok).mean(axis=1))), 1.0)
-        if not with_p90:
-            return Estimate(attained, math.nan, math.nan)
-        weights = np.repeat(shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
-        ttft_p90 = weighted_p90((ttft_fixed_s + wait_p90_s(p_wait, wait_mu, wait_sigma)[pair_p, None]).ravel(), weights)
-        tpot_values = (decode.step_s * stretch + _Z90 * spread)[pair_d, None] + delay_s
-        tpot_p90 = weighted_p90(np.where(decode.ok[pair_d, None] > 0, tpot_values, np.inf).ravel(), weights)
-        return Estimate(attained, ttft_p90, tpot_p90)
+            stalls = (self, prefill_rate, rho, wait_s, decode.step_s, stretch)
+        return LatencyTerms(
+            shares=shares, pair_p=pair_p, pair_d=pair_d, p_wait=p_wait[pair_p], wait_mu=wait_mu[pair_p],
+            wait_sigma=wait_sigma[pair_p], ttft_fixed_s=ttft_fixed_s, step_s=decode.step_s[pair_d],
+            stretch=stretch[pair_d], spread_s=decode.spread_s[pair_d], decode_ok=decode.ok[pair_d],
+            delay_s=delay_s, is_both_d=self.is_both[pair_d], stalls=stalls)
 
     @cached_property
     def pooled(self) -> bool:
@@ -301,7 +334,17 @@ class Scenario:
             return (self.moment2_s2 / self.mean_service_s ** 2, self.moment3_s3 / self.mean_service_s ** 3)
 
     def _prefill_wait(self, prefill_rate: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(P(wait), mean wait, mu, sigma) per group of the prefill queue; `prefill_rate` is (..., groups).
+        """(P(wait), mean wait, mu, sigma) per group until a prompt's batch is done, less its own latency.
+
+        A replica prefills in batches (every queued prompt, up to the batch token limit, when its entry
+        stage frees), so a prompt that waited W leaves with the prompts that arrived behind it meanwhile
+        (about lam_g W of them, E[S_g] each): the FIFO wait (`_fifo_wait`) stretched by (1 + rho_g)."""
+        p_wait, wait_s, mu, sigma = self._fifo_wait(prefill_rate)
+        stretch = 1.0 + np.minimum(prefill_rate * self.mean_service_s, 1.0)
+        return p_wait, wait_s * stretch, mu + np.log(stretch), sigma
+
+    def _fifo_wait(self, prefill_rate: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(P(wait), mean wait, mu, sigma) per group of a FIFO prefill queue of single prompts, (..., groups).
 
         Independent queues (not pooled): each group is its own M/G/1 queue at its routed rate. Pooled:
         the groups with a share form one M/G/c queue (`queue_wait`) at the total rate: capacity
@@ -310,19 +353,41 @@ class Scenario:
         pooled T = S / c has E[T^k] = shape_k / mu_tot^k. Every group then sees the pool's wait."""
         if not self.pooled:
             return queue_wait(prefill_rate, self.mean_service_s, self.moment2_s2, self.moment3_s3)
-        used = prefill_rate > 0
-        speed = np.where(used, 1.0 / self.mean_service_s, 0.0)
-        total_rate = prefill_rate.sum(axis=-1, keepdims=True)
-        capacity = speed.sum(axis=-1, keepdims=True)
-        shape2, shape3 = self.normalised_moments
+        c = self._servers(prefill_rate)
+        return queue_wait(prefill_rate * c, self.mean_service_s / c, self.moment2_s2 / c ** 2,
+                          self.moment3_s3 / c ** 3, c)
+
+    def _servers(self, prefill_rate: np.ndarray) -> np.ndarray:
+        """(..., 1) effective number of servers of the pool of groups with a share: mu^2 / sum mu_g^2."""
+        speed = np.where(prefill_rate > 0, 1.0 / self.mean_service_s, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            servers = capacity ** 2 / (speed ** 2).sum(axis=-1, keepdims=True)
-            mix = prefill_rate / total_rate
-            mix2 = np.where(used, mix * shape2, 0.0).sum(axis=-1, keepdims=True)
-            mix3 = np.where(used, mix * shape3, 0.0).sum(axis=-1, keepdims=True)
-            found = queue_wait(total_rate, 1.0 / capacity, mix2 / capacity ** 2, mix3 / capacity ** 3,
-                                np.nan_to_num(servers, nan=1.0))
-        return tuple(np.broadcast_to(a, prefill_rate.shape) for a in found)
+            servers = speed.sum(axis=-1, keepdims=True) ** 2 / (speed ** 2).sum(axis=-1, keepdims=True)
+        return np.nan_to_num(servers, nan=1.0)
+
+    def _dispatch(self, prefill_rate: np.ndarray) -> np.ndarray:
+        """(..., groups) prefill rates as load-aware dispatch splits the routed ones (`prefill_rate`).
+
+        The entry peer (and the simulator) sends a prompt to the replica with the least outstanding
+        prompt tokens per unit of routing share x_g, counting tokens queued and in flight. By Little's
+        law a replica holds lam_g E[tokens] (W_g + T_g) of them (W_g its wait, T_g its mean prefill
+        latency: a pipeline holds several prompts at once), so dispatch evens out
+        lam_g (W_g + T_g) / x_g: lam_g is proportional to x_g / (W_g + T_g), found by damped fixed-point
+        iteration. Pipelines (long T_g) get less than their share, one-stage replicas more; a replica
+        near saturation (W_g large) sheds load to the others. Uniform routing and plans with colocated
+        groups keep the routed rates."""
+        if not self.pooled or self.has_both:
+            return prefill_rate
+        total = prefill_rate.sum(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.nan_to_num(prefill_rate / total)
+        rate = prefill_rate
+        for _ in range(DISPATCH_ITERATIONS):
+            wait_s = self._fifo_wait(rate)[1]
+            pull = share / (np.minimum(wait_s, MAX_WAIT_S) + self.mean_latency_s)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                target = np.nan_to_num(total * pull / pull.sum(axis=-1, keepdims=True))
+            rate = 0.5 * (rate + target)
+        return rate
 
     def _queued_ahead(self, prefill_rate: np.ndarray) -> np.ndarray:
         """P(another prompt is inside the pipeline when one enters): Little's law, lam E[latency], capped at 1."""
@@ -363,7 +428,12 @@ class Scenario:
         shares, pair_p, pair_d = kv_shares[:, active], self.pair_p[active], self.pair_d[active]
         flow = rates[:, None] * shares  # (rates, active)
         to_p, to_d = _one_hot(pair_p, n), _one_hot(pair_d, n)  # (active, groups)
-        prefill_rate, decode_rate = flow @ to_p, flow @ to_d  # (rates, groups)
+        routed = flow @ to_p
+        prefill_rate = self._dispatch(routed)  # (rates, groups)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flow = flow * np.nan_to_num(prefill_rate / routed, nan=1.0)[:, pair_p]  # as dispatched
+        shares = flow / rates[:, None]
+        decode_rate = flow @ to_d
         rho = prefill_rate * self.mean_service_s
         links = _one_hot(self.pair_link[active], len(self.pairs))  # (active, links)
         link_rho = ((flow / self.link_rps[active]) @ links) @ links.T  # (rates, active)
@@ -384,8 +454,8 @@ class Scenario:
         return np.minimum((np.where(shares > 0, shares, 0.0) * per_pair).sum(axis=-1), 1.0)
 
     def _stalls_ok(self, prefill_rate: np.ndarray, rho: np.ndarray, wait_s: np.ndarray, step_s: np.ndarray,
-                   stretch: np.ndarray) -> np.ndarray:
-        """(groups, requests): P(a colocated request's prefill stalls fit in (o - 1) * (TPOT - step)).
+                   stretch: np.ndarray, tpot_s: float) -> np.ndarray:
+        """(groups, requests): P(a colocated request's prefill stalls fit in (o - 1) * (tpot_s - step)).
 
         Prefills go first. When a request's own prefill ends, the prompts queued behind it (about
         lam Wq of them) are prefilled before it decodes: a backlog that drains in about rho Wq / (1 - rho)
@@ -394,12 +464,46 @@ class Scenario:
         """
         later_tokens = 1.0 / self.per_token[None, :]
         lifetime_s = later_tokens * (step_s * stretch)[:, None]
-        budget_s = later_tokens * (self.problem.slo.tpot_s - step_s[:, None])
+        budget_s = later_tokens * (tpot_s - step_s[:, None])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             backlog_s = np.where(rho < 1, rho * wait_s / (1 - rho), np.inf)[:, None]
         mean_s = (prefill_rate * self.mean_service_s)[:, None] * lifetime_s + backlog_s
         std_s = np.sqrt(prefill_rate[:, None] * self.moment2_s2[:, None] * lifetime_s + backlog_s ** 2)
         return phi(_ratio(budget_s - mean_s, std_s))
+
+
+@dataclass(frozen=True, eq=False)
+class LatencyTerms:
+    """An estimate's pieces per active pair (rows) and sampled request (columns), at one rate."""
+
+    shares: np.ndarray  # (pairs,) share of requests each active pair carries
+    pair_p: np.ndarray  # (pairs,) group index of the prefill side
+    pair_d: np.ndarray  # (pairs,) group index of the decode side
+    p_wait: np.ndarray  # (pairs,) P(a prompt waits in the prefill queue)
+    wait_mu: np.ndarray  # (pairs,) lognormal of the wait, given it waits
+    wait_sigma: np.ndarray
+    ttft_fixed_s: np.ndarray  # (pairs, requests) TTFT without the queue wait
+    step_s: np.ndarray  # (pairs,) decode step (not stretched)
+    stretch: np.ndarray  # (pairs,) colocated prefills stretch the steps by this
+    spread_s: np.ndarray  # (pairs,) standard deviation of the step
+    decode_ok: np.ndarray  # (pairs,) P(the decode batch is stable and fits in memory)
+    delay_s: np.ndarray  # (pairs, requests) KV transfer (and link wait) spread over the later tokens
+    is_both_d: np.ndarray  # (pairs,) the decode side is colocated
+    stalls: tuple | None  # what `Scenario._stalls_ok` needs, when a group is colocated
+
+    def ttft_cdf(self, ttft_s: float) -> np.ndarray:
+        """(pairs, requests) P(TTFT <= ttft_s)."""
+        return wait_cdf(self.p_wait, self.wait_mu, self.wait_sigma, ttft_s - self.ttft_fixed_s)
+
+    def tpot_cdf(self, tpot_s: float) -> np.ndarray:
+        """(pairs, requests) P(TPOT <= tpot_s): the step's normal spread, memory, and colocated stalls."""
+        ok = phi(_ratio(tpot_s - self.step_s[:, None] - self.delay_s, self.spread_s[:, None]))
+        ok = ok * self.decode_ok[:, None]
+        if self.stalls is not None:
+            scenario, *args = self.stalls
+            stalls_ok = scenario._stalls_ok(*args, tpot_s)
+            ok = ok * np.where(self.is_both_d[:, None], stalls_ok[self.pair_d], 1.0)
+        return ok
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ problem: `configure` per (GPU set, role), profiles per deployment, and whole eva
 Infeasible groups (the model does not fit their GPUs) are dropped and the plan is built from the rest,
 which keeps the search landscape smooth; only when no (prefill, decode) route is left is the score 0.
 Score = goodput_rps + 1e-3 * attainment at problem.rate_rps + 1e-6 * min(LP capacity, 1e3), so plans
-with equal goodput (often 0 early in a search) still rank by how close they come.
+with equal goodput (often 0 early in a search) still rank by how close they come. The plan carries the
+LP routing at the goodput rate (or the planned rate, if higher): one routing serves every rate.
 """
 
 from __future__ import annotations
@@ -105,7 +106,13 @@ def _evaluate(problem: Problem, deployments: tuple[Deployment, ...]) -> Evaluati
         return scenario.attainments(rates_rps, shares)
 
     goodput = goodput_grid_rps(problem, attainments_at, routing.capacity_rps)
-    at_rate = scenario.estimate(problem.rate_rps, kv_at(problem.rate_rps))
+    # The plan carries one routing, used at every rate (the entry peer and the simulator weight their
+    # load-aware dispatch by it): the LP's routing at the goodput rate (at the planned rate if that is
+    # higher), so the deployed plan reaches the goodput it is scored by. The LP's routing at a low
+    # planned rate leaves groups idle that the goodput rate needs.
+    routed_rps = max(goodput, problem.rate_rps)
+    routing = routing_at(routed_rps)
+    at_rate = scenario.estimate(problem.rate_rps, kv_at(routed_rps))
     capacity = routing.capacity_rps
     score = (goodput + ATTAINMENT_WEIGHT * at_rate.slo_attainment
              + CAPACITY_WEIGHT * min(capacity, 1e3))

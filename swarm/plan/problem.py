@@ -82,7 +82,7 @@ class Problem:
     rate_rps: float
     kv_bits: int = 4  # KV format on the prefill->decode wire (16 = uncompressed)
     orchestrate: bool = True  # False = uniform routing (the ablation baseline)
-    efficiency: dict[str, Efficiency] | None = None  # per GPU type name; None = cost.py defaults
+    efficiency: dict[str, Efficiency] | None = None  # per GPU type; None = the calibrated package data ({}: defaults)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.rate_rps, int | float) and math.isfinite(self.rate_rps) and self.rate_rps > 0):

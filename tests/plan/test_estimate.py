@@ -132,14 +132,14 @@ def _two_prefill(problem, hosts):
 
 
 def test_m_g_1_when_one_server(cloud32, llama30b, conv, make_problem, hosts_of):
-    """c = 1: the pooled queue is the single-server Pollaczek-Khinchine/Takacs queue exactly."""
+    """c = 1: the pooled FIFO queue is the single-server Pollaczek-Khinchine/Takacs queue exactly."""
     from swarm.plan.queueing import queue_wait as _queue_wait
 
     problem = make_problem(cloud32, llama30b, conv)
     scenario, shares = _disaggregated(problem, hosts_of(cloud32))
     for rate in (0.1, 0.5, 1.0):
         prefill_rate = np.array([rate, 0.0, 0.0])
-        pooled = scenario._prefill_wait(prefill_rate)
+        pooled = scenario._fifo_wait(prefill_rate)
         alone = _queue_wait(prefill_rate, scenario.mean_service_s, scenario.moment2_s2, scenario.moment3_s3)
         rho = rate * scenario.mean_service_s[0]
         assert pooled[0][0] == pytest.approx(rho)  # P(wait) = rho

@@ -63,6 +63,14 @@ def test_calibration_fits_vidur_within_fifteen_percent():
     assert calibrate.calibrated_efficiency()["RTX3090Ti"] == fit.efficiency
 
 
+def test_the_planners_efficiency_data_is_the_fit_of_every_gpu_type():
+    from swarm.plan.cost import efficiency_of
+
+    stored = calibrate.calibrated_efficiency()
+    assert stored == {gpu: calibrate.fit(profile).efficiency for gpu, profile in calibrate.SAME_SILICON.items()}
+    assert efficiency_of(None, "A40") == stored["A40"]  # a Problem without efficiency uses the package data
+
+
 def _ledger(ok_pattern: list[bool], spacing_s: float = 1.0) -> Ledger:
     n = len(ok_pattern)
     ledger = Ledger(np.arange(n) * spacing_s, np.full(n, 10), np.full(n, 2))
