@@ -8,9 +8,20 @@ was heard for `dead_after_s`; a *killed* peer (its connections reset) leaves `di
 disconnect. The re-plan starts when `PeerLeft` comes out. The coordinator is assumed to survive (a lost
 coordinator adds an election, `swarm.proto.election`, not modelled here). The data path needs no detector:
 requests and KV sent to a stopped replica fail at once in the simulator (streams reset).
+The membership adapts each peer's timeout to the gaps between its recent heartbeats, so the hosts have
+beaten for a full `gap_window` before the failure (a swarm that has been running for a while).
+
+`replay` feeds heartbeat arrival times recorded on a real swarm (`bench/bench_heartbeats.py`, stored under
+data/heartbeats/) through the same state machine: how often a configuration declares a live peer dead
+(a false departure costs two re-plans: one when it leaves, one when it rejoins), and how long it would take
+to notice each peer failing silently at instants spread over the recording.
 """
 
 from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +31,7 @@ from swarm.proto.membership import Membership, MembershipConfig, PeerLeft
 HEARTBEAT_S = 0.5  # swarm.net.liveness.LivenessConfig.heartbeat_interval_s
 TICK_S = 0.1  # swarm.net.liveness.LivenessConfig.tick_s
 HOW = ("silent", "killed")
+HEARTBEATS = Path(__file__).parent / "data" / "heartbeats"
 
 
 def detected_at_s(
@@ -40,7 +52,7 @@ def detected_at_s(
     membership = Membership("coordinator", config=config or MembershipConfig())
     cfg = membership.config
     phase = dict(zip(hosts, np.random.default_rng(seed).random(len(hosts)) * HEARTBEAT_S, strict=True))
-    start_s = max(fail_s - cfg.dead_after_s - 2 * HEARTBEAT_S, 0.0)
+    start_s = max(fail_s - (cfg.gap_window + 2) * HEARTBEAT_S - cfg.dead_after_s, 0.0)
     for host in hosts:
         membership.profile_received(host, None, start_s)
     is_disconnected = how != "killed"  # a killed peer's connections reset at the failure instant
@@ -62,3 +74,70 @@ def detected_at_s(
             return now_s
         now_s = round(now_s + TICK_S, 9)
     raise SimError(f"membership never dropped {sorted(failed - left)} (config {cfg})")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A detector configuration against recorded heartbeats: false departures of live peers, and the
+    times to notice silent failures at `num_failures` instants (seconds from the failure)."""
+
+    peer_hours: float
+    false_departures: int
+    detection_s: tuple[float, ...]
+
+    @property
+    def false_departures_per_peer_hour(self) -> float:
+        return self.false_departures / self.peer_hours
+
+
+def load_arrivals(name: str) -> dict[str, np.ndarray]:
+    """Recorded heartbeat arrival times per peer (data/heartbeats/NAME.csv: `peer,arrival_s`)."""
+    path = HEARTBEATS / f"{name}.csv"
+    if not path.is_file():
+        known = sorted(p.stem for p in HEARTBEATS.glob("*.csv"))
+        raise SimError(f"no recorded heartbeats {name!r} in {HEARTBEATS}: record some with "
+                       f"`python -m bench.bench_heartbeats --out {path}` or use one of {known}")
+    arrivals: dict[str, list[float]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            arrivals.setdefault(row["peer"], []).append(float(row["arrival_s"]))
+    return {peer: np.sort(np.array(times)) for peer, times in arrivals.items()}
+
+
+def replay(arrivals: dict[str, np.ndarray], config: MembershipConfig | None = None, *,
+           num_failures: int = 50) -> Replay:
+    """Run the coordinator's membership over recorded arrivals (ticked every TICK_S, as the daemon does)."""
+    cfg = config or MembershipConfig()
+    end_s = max(float(t[-1]) for t in arrivals.values())
+    false_departures = 0
+    membership = Membership("coordinator", config=cfg)
+    for peer in arrivals:
+        membership.profile_received(peer, None, 0.0)
+    for now_s, peer in _ticked(arrivals, end_s):
+        actions = membership.tick(now_s) if peer is None else membership.heartbeat(peer, now_s)
+        false_departures += sum(isinstance(a, PeerLeft) for a in actions)
+    detection = []
+    warm_s = (cfg.gap_window + 1) * HEARTBEAT_S
+    for times in arrivals.values():  # each peer fails silently at instants spread over the recording
+        for fail_s in np.linspace(warm_s, end_s - cfg.dead_after_s, num_failures):
+            detection.append(_time_to_notice(times[times < fail_s], float(fail_s), cfg))
+    peer_hours = len(arrivals) * end_s / 3600.0
+    return Replay(peer_hours, false_departures, tuple(detection))
+
+
+def _ticked(arrivals: dict[str, np.ndarray], end_s: float):
+    """(time, peer) for every heartbeat and (time, None) for every tick, in time order."""
+    events = [(float(t), peer) for peer, times in arrivals.items() for t in times]
+    events += [(float(t), None) for t in np.arange(0.0, end_s, TICK_S)]
+    return sorted(events, key=lambda e: (e[0], e[1] is None, e[1] or ""))
+
+
+def _time_to_notice(heard: np.ndarray, fail_s: float, cfg: MembershipConfig) -> float:
+    membership = Membership("coordinator", config=cfg)
+    membership.profile_received("peer", None, 0.0)
+    for t in heard:
+        membership.heartbeat("peer", float(t))
+    now_s = np.ceil(fail_s / TICK_S) * TICK_S
+    while not any(isinstance(a, PeerLeft) for a in membership.tick(float(now_s))):
+        now_s += TICK_S
+    return float(now_s - fail_s)

@@ -113,3 +113,49 @@ def test_many_peers_dead_detection_is_deterministic():
 def test_bad_config_is_refused():
     with pytest.raises(ProtoError):
         MembershipConfig(suspect_after_s=3.0, dead_after_s=2.0)
+
+
+def test_a_peer_on_time_for_ten_seconds_is_declared_dead_after_three_missed_heartbeats():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    beat(m, "B", 0.5, 10.6)  # 20 gaps of 0.5 s: the last heartbeat at 10.5
+    assert m.dead_after_s("B") == 1.5
+    assert m.tick(11.5) == [PeerSuspected("B")]  # 60% of its timeout
+    assert m.tick(11.95) == []
+    assert m.tick(12.05)[0] == PeerLeft("B", "silent")
+
+
+def test_a_peer_with_late_heartbeats_gets_more_time_up_to_dead_after_s():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    now = 0.0
+    for i in range(20):  # every fifth gap 0.7 s: timeout 3 x 0.7 = 2.1 s
+        now += 0.7 if i % 5 == 0 else 0.5
+        m.heartbeat("B", now)
+    assert m.dead_after_s("B") == pytest.approx(2.1)
+    assert PeerLeft("B", "silent") not in m.tick(now + 2.0)
+    assert m.tick(now + 2.15)[0] == PeerLeft("B", "silent")
+    slow = Membership("A")
+    slow.profile_received("C", None, 0.0)
+    beat(slow, "C", 1.0, 21.5, every_s=1.0)
+    assert slow.dead_after_s("C") == 2.5  # capped: never slower than dead_after_s
+
+
+def test_a_stall_that_was_only_suspected_lengthens_the_timeout():
+    m = Membership("A")
+    m.profile_received("B", None, 0.0)
+    beat(m, "B", 0.5, 10.6)
+    assert m.tick(11.5) == [PeerSuspected("B")]
+    assert m.heartbeat("B", 11.7) == [] and m.state_of("B") == "alive"  # a 1.2 s stall, not a death
+    assert m.dead_after_s("B") == 2.5  # 3 x 1.2 s, capped
+    beat(m, "B", 12.2, 20.0)
+    assert m.state_of("B") == "alive" and m.version == 1
+
+
+def test_without_a_gap_window_the_timeout_is_fixed():
+    m = Membership("A", config=MembershipConfig(gap_window=0))
+    m.profile_received("B", None, 0.0)
+    beat(m, "B", 0.5, 10.6)
+    assert m.dead_after_s("B") == 2.5
+    with pytest.raises(ProtoError):
+        MembershipConfig(gap_multiple=1.0)
