@@ -5,6 +5,13 @@ Costs of a re-plan in simulated time (assumptions, stated in docs/simulator.md):
   * lightweight (ThunderServe section 4.4): roles flip in place, no weights move (FLIP_S);
   * full: each GPU loads the weight bytes Kuhn-Munkres matching could not keep in place
     (`swarm.plan.match_migration`) at LOAD_GBPS, after an engine restart (ENGINE_START_S).
+    Installed "break before make" (`install`), the replicas the new plan changes stop at once and
+    their GPUs serve nothing until the reload is done. Installed "make before break"
+    (`install(..., make_before_break=True)`, what swarm does, as SpotServe's migration keeps instances
+    serving while parameters move): the old plan keeps serving while each GPU's new weights are
+    staged in host memory and its new engine process starts beside the old one (its CUDA context fits
+    in the memory the engine leaves free, 1 - MEMORY_UTILISATION); only the cut-over stops it: the old
+    engine exits, the staged weights cross PCIe (PCIE_GBPS) and the KV pool is set up (CUTOVER_BASE_S).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from swarm.wire.plan import Plan
 LOAD_GBPS = 8.0  # weights from local NVMe or a peer, about 1 GB/s per GPU
 ENGINE_START_S = 20.0  # process start, CUDA context, allocator warm-up
 FLIP_S = 0.1  # switching a replica's phase: drain bookkeeping only
+PCIE_GBPS = 80.0  # host to GPU, PCIe 3.0 x16 at about 10 GB/s (T4, V100 and the cloud-32 GPUs are 3.0 or 4.0)
+CUTOVER_BASE_S = 2.0  # old engine exit, new engine's KV pool allocation and warm-up
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class Replanned:
     planner_s: float
     reload_s: float
     kind: str
+    cutover_s: float = 0.0  # of reload_s, the part that stops serving when installed make-before-break
 
 
 def lightweight(problem: Problem, current: Plan) -> Replanned:
@@ -47,7 +57,8 @@ def full(problem: Problem, current: Plan, *, budget_s: float, seed: int = 0) -> 
     new = plan_system("swarm", problem, budget_s=budget_s, seed=seed).plan.with_epoch(current.epoch + 1)
     migration = match_migration(current, new, problem.model, available=problem.cluster.gpu_ids)
     planner_s = time.perf_counter() - start
-    return Replanned(migration.plan, planner_s, reload_time_s(migration.loads), "full")
+    return Replanned(migration.plan, planner_s, reload_time_s(migration.loads), "full",
+                     cutover_time_s(migration.loads))
 
 
 def reload_time_s(loads) -> float:
@@ -57,17 +68,35 @@ def reload_time_s(loads) -> float:
     return ENGINE_START_S + max(load.num_bytes for load in loads) * 8 / (LOAD_GBPS * 1e9)
 
 
+def cutover_time_s(loads) -> float:
+    """The serving pause of a make-before-break install: weights staged in host memory cross PCIe."""
+    if not loads:
+        return 0.0
+    return CUTOVER_BASE_S + max(load.num_bytes for load in loads) * 8 / (PCIE_GBPS * 1e9)
+
+
 def full_reload_s(problem: Problem, plan: Plan) -> float:
     """Restart-based recovery: every GPU loads its whole shard."""
     per_gpu = max(problem.model.stage_weight_bytes(*s.layers) / g.tp for g in plan.groups for s in g.stages)
     return ENGINE_START_S + per_gpu * 8 / (LOAD_GBPS * 1e9)
 
 
-def install(sim: ClusterSim, at_s: float, replanned: Replanned) -> float:
-    """Schedule the new plan once the planner is done; returns when it starts serving (incl. reload)."""
+def install(sim: ClusterSim, at_s: float, replanned: Replanned, *, make_before_break: bool = False,
+            not_before_s: float = 0.0) -> float:
+    """Schedule the new plan once the planner is done; returns when it starts serving (incl. reload).
+
+    `make_before_break`: the current plan serves on while the new weights are staged, and the new plan
+    is installed only for the cut-over (`Replanned.cutover_s`). `not_before_s`: the new plan is not
+    installed before then (a preemption notice: the doomed replicas serve on until shortly before
+    they go, and only then hand their requests and KV over)."""
     ready_s = at_s + replanned.planner_s
-    sim.replan_at(ready_s, replanned.plan, reload_s=replanned.reload_s, flip_s=FLIP_S)
-    return ready_s + replanned.reload_s
+    if not make_before_break or replanned.reload_s == 0:
+        install_s = max(ready_s, not_before_s)
+        sim.replan_at(install_s, replanned.plan, reload_s=replanned.reload_s, flip_s=FLIP_S)
+        return install_s + replanned.reload_s
+    install_s = max(ready_s + replanned.reload_s - replanned.cutover_s, not_before_s)
+    sim.replan_at(install_s, replanned.plan, reload_s=replanned.cutover_s, flip_s=FLIP_S)
+    return install_s + replanned.cutover_s
 
 
 def recovery_time_s(

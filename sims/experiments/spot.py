@@ -6,11 +6,15 @@ first time 8 instances are up) with LLaMA-7B;
 Azure conversation lengths, SLO_SCALE x the base SLO, at a Poisson rate of RATE_FACTOR x the
 initial plan's predicted goodput.
 Policies, each on the same trace and requests:
-  * swarm        — at a preemption notice: lightweight re-plan at once (surviving groups keep their
-                   weights; a full re-plan instead if it predicts FULL_GAIN more goodput, as when a
-                   single group would be left), the doomed replicas' KV migrated within the 30 s
-                   grace period (stateful recovery); when instances arrive: a full re-plan with Kuhn-Munkres migration,
-                   installed only if it predicts FULL_GAIN more goodput (reloads cost capacity);
+  * swarm        — at a preemption notice: plans at once a lightweight re-plan (surviving groups keep
+                   their weights; a full re-plan instead if it predicts FULL_GAIN more goodput, as when
+                   a single group would be left), but installs it only HANDOVER_S before the doomed
+                   instances go: until then they serve, then their requests and KV move to the
+                   survivors (stateful recovery); when instances arrive: a full re-plan with
+                   Kuhn-Munkres migration, used only if it predicts FULL_GAIN more goodput. Full
+                   re-plans are installed make-before-break (`sims.recovery.install`): the current plan
+                   serves while the new weights are staged, and only the cut-over pauses the GPUs that
+                   change;
   * reroute-only — no re-plan: the dead replicas' requests restart on the survivors; new instances idle;
   * restart-all  — every change re-plans and reloads every replica; in-flight requests start over; a
                    preemption is acted on once the membership (`sims.detection`) drops the silent node;
@@ -42,6 +46,7 @@ MODEL = "llama-13b"
 RATE_FACTOR = 0.8
 SLO_SCALE = 5.0  # the base SLO is an A100 yardstick; T4s and V100s are 3-5x slower
 FULL_GAIN = 1.1
+HANDOVER_S = 5.0  # before a preempted instance goes: time to move its requests' KV to the survivors
 POLICIES = ("swarm", "reroute-only", "restart-all", "on-demand")
 SKYPILOT_PRICE = {"on_demand": 3.06, "spot": 0.3 * 3.06}  # p3.2xlarge, us-east; spot share assumed
 DRAIN_S = 300.0
@@ -189,7 +194,7 @@ def _problem(full, nodes, model, workload, per_node, slo=None) -> Problem:
 def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, seed) -> int:
     """Decide every policy action in trace order (the planner runs on the cluster as it will be)."""
     alive = [h.name for h in problem0.cluster.hosts]
-    current, replans = initial.plan, 0
+    current, replans, serving_s = initial.plan, 0, 0.0  # serving_s: when the last decision is in place
     for e in sorted(events, key=lambda e: e.time_s):
         if e.time_s == 0:
             continue
@@ -205,11 +210,10 @@ def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, see
         if policy != "swarm" and e.op == "remove":
             at_s = detection.detected_at_s(before, e.nodes, e.time_s + spot.GRACE_S, seed=seed)
         try:
-            new = (
-                _swarm_step(sim, e, problem, current, at_s, budget_s, seed)
-                if policy == "swarm"
-                else _restart_step(sim, problem, current, at_s, budget_s, seed)
-            )
+            if policy == "swarm":
+                new, serving_s = _swarm_step(sim, e, problem, current, at_s, serving_s, budget_s, seed)
+            else:
+                new = _restart_step(sim, problem, current, at_s, budget_s, seed)
         except InfeasibleError:  # too few instances left for any plan: keep what still runs
             continue
         if new is not None:
@@ -217,8 +221,12 @@ def _drive(sim, policy, events, full, problem0, initial, per_node, budget_s, see
     return replans
 
 
-def _swarm_step(sim, event, problem, current, at_s, budget_s, seed):
+def _swarm_step(sim, event, problem, current, at_s, serving_s, budget_s, seed):
+    """(the new plan or None, when it is in place): decided at `at_s`, installed no earlier than the
+    previous decision is in place (`serving_s`) and, at a notice, HANDOVER_S before the instances go."""
+    not_before_s = serving_s
     if event.op == "remove":
+        not_before_s = max(not_before_s, event.time_s + spot.GRACE_S - HANDOVER_S)
         try:
             replanned = recovery.lightweight(problem, current)
         except InfeasibleError:  # the survivors cannot hold the model as they stand: search afresh
@@ -231,9 +239,9 @@ def _swarm_step(sim, event, problem, current, at_s, budget_s, seed):
     else:
         replanned = recovery.full(problem, current, budget_s=budget_s, seed=seed)
         if replanned.plan.predicted.goodput_rps < FULL_GAIN * current.predicted.goodput_rps:
-            return None
-    recovery.install(sim, at_s, replanned)
-    return replanned.plan
+            return None, serving_s
+    ready_s = recovery.install(sim, at_s, replanned, make_before_break=True, not_before_s=not_before_s)
+    return replanned.plan, ready_s
 
 
 def _restart_step(sim, problem, current, at_s, budget_s, seed):
