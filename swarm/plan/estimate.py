@@ -21,9 +21,12 @@ NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
   * Decode group d holds N sequences on average, by Little's law the fixed point
     N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context);
     the number decoding is about Poisson (sd sqrt N). A request's mean TPOT is step(N) plus its KV
-    transfer (and that link's M/D/1 wait) spread over its o - 1 later tokens; linearising the step in
-    the batch and its KV tokens (sd_step^2 = N (d_N step^2 + d_C step^2 var(context))):
-        P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / sd_step) * Phi((N_mem - N) / sqrt N)
+    transfer spread over its o - 1 later tokens, slowed by 1 / (1 - rho_link) (transfers share a host
+    link fairly: an M/G/1 processor-sharing queue, so a long prompt's KV is delayed in proportion to its
+    size); linearising the step in the batch and its KV tokens (sd_step^2 = N (d_N step^2 + d_C step^2 var(context))):
+        P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / sd_step)
+    and, with probability `blocked` the KV memory is full when it arrives and it first waits to be
+    admitted (`_DecodeState`), the same with that wait spread over its o - 1 tokens.
     No fixed point within KV memory = overloaded = 0.
   * A colocated ('both') group time-shares (vLLM-like, prefill first): a prefill occupies the whole
     pipeline for its latency, steps stretch by 1 / (1 - rho_prefill) in the fixed point, a prefill
@@ -51,6 +54,7 @@ from swarm.plan.queueing import phi, queue_wait, wait_cdf, wait_p90_s, weighted_
 NUM_REQUESTS = 256  # requests of the length sample the estimator follows one by one
 DISPATCH_ITERATIONS = 10  # damped fixed-point steps of the load-aware dispatch split (`Scenario._dispatch`)
 MAX_WAIT_S = 1e4  # a saturated replica's wait, in the dispatch split
+BATCH_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0)  # prompts per prefill batch (1 + rho) at which blocking is profiled
 GRID_POINTS = 64
 _Z90 = 1.2816  # standard normal 90th percentile
 
@@ -72,7 +76,7 @@ class GroupProfile:
     max_batch: float  # KV memory limit on the batch
     prefill_rps: float  # prefill capacity (of a prefill group)
     decode_rps: float  # decode capacity within the TPOT target
-    blocked_s: np.ndarray | None = None  # (NUM_REQUESTS,) delay behind a longer prompt ahead in the pipeline
+    blocked_s: np.ndarray | None = None  # (len(BATCH_FACTORS), NUM_REQUESTS) delay behind the batch ahead
 
     def service(self, role: str) -> tuple[float, float, float]:
         """(E[S], E[S^2], E[S^3]) of a prefill: the pipeline interval, or the whole latency when colocated."""
@@ -150,7 +154,7 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
         max_batch=max_batch,
         prefill_rps=1.0 / mean_service,
         decode_rps=cost.decode_tokens_per_s(problem.slo.tpot_s, context) / float(outputs.mean()),
-        blocked_s=_blocked_s(latency, followed, cost.pp))
+        blocked_s=np.stack([_blocked_s(latency * k, followed, cost.pp) for k in BATCH_FACTORS]))
 
 
 def _blocked_s(latencies: np.ndarray, own: np.ndarray, pp: int) -> np.ndarray:
@@ -208,11 +212,10 @@ class Scenario:
     context_slope_grid: np.ndarray  # (groups, GRID_POINTS)
     max_batch: np.ndarray  # (groups,)
     prefill_s: np.ndarray  # (groups, requests)
-    blocked_s: np.ndarray  # (groups, requests) delay behind a longer prompt ahead (0 when colocated)
+    blocked_s: np.ndarray  # (groups, len(BATCH_FACTORS), requests) delay behind the batch ahead (0 colocated)
     mean_latency_s: np.ndarray  # (groups,) E[prefill latency]: Little's law for prompts in the pipeline
     kv_s: np.ndarray  # (pairs, requests)
     link_rps: np.ndarray  # (pairs,)
-    mean_kv_s: np.ndarray  # (pairs,)
     pair_link: np.ndarray  # (pairs,) index of the host link a pair loads (pairs on one link share it)
 
     @classmethod
@@ -235,12 +238,11 @@ class Scenario:
             context_slope_grid=np.stack([pr.context_slope_grid for pr in profiles]),
             max_batch=np.array([pr.max_batch for pr in profiles]),
             prefill_s=np.stack([pr.prefill_s for pr in profiles]),
-            blocked_s=np.stack([pr.blocked_s if deployments[g].role != "both" else np.zeros_like(pr.prefill_s)
+            blocked_s=np.stack([pr.blocked_s if deployments[g].role != "both" else np.zeros_like(pr.blocked_s)
                                 for g, pr in zip(ids, profiles, strict=True)]),
             mean_latency_s=np.array([pr.mean_latency_s for pr in profiles]),
             kv_s=np.stack([pp.kv_s for pp in pair_profiles]),
             link_rps=np.array([pp.link_rps for pp in pair_profiles]),
-            mean_kv_s=np.array([pp.mean_kv_s for pp in pair_profiles]),
             pair_link=_link_index([pp.link for pp in pair_profiles]))
 
     @cached_property
@@ -259,6 +261,14 @@ class Scenario:
     def per_token(self) -> np.ndarray:
         """1 / (o - 1) per request: spreads a delay of the second token over the later tokens."""
         return 1.0 / np.maximum(self.outputs - 1, 1)
+
+    @cached_property
+    def context_dispersion(self) -> float:
+        """1 + var(context) / E[context]^2: the KV tokens of a Poisson(N) batch have variance N E[C^2], so the
+        batch's KV fits its memory (max_batch E[C] tokens) with probability
+        Phi((max_batch - N) / sqrt(N E[C^2] / E[C]^2)); long-tailed prompts (azure-code) overflow sooner."""
+        problem = self.problem
+        return 1.0 + problem.decode_context_variance / problem.decode_context_tokens ** 2
 
     @cached_property
     def mean_output_tokens(self) -> float:
@@ -281,7 +291,8 @@ class Scenario:
         weights = np.repeat(terms.shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
         ttft_p90 = weighted_p90((terms.ttft_fixed_s + wait_p90_s(terms.p_wait, terms.wait_mu, terms.wait_sigma)[
             :, None]).ravel(), weights)
-        tpot_values = (terms.step_s * terms.stretch + _Z90 * terms.spread_s)[:, None] + terms.delay_s
+        tpot_values = ((terms.step_s * terms.stretch + _Z90 * terms.spread_s)[:, None] + terms.delay_s
+                       + terms.blocked[:, None] * terms.admit_delay_s)
         tpot_p90 = weighted_p90(np.where(terms.decode_ok[:, None] > 0, tpot_values, np.inf).ravel(), weights)
         return Estimate(attained, ttft_p90, tpot_p90)
 
@@ -305,11 +316,11 @@ class Scenario:
             self.pair_link[active]]
         p_wait, wait_s, wait_mu, wait_sigma = self._prefill_wait(prefill_rate)
         with np.errstate(divide="ignore", invalid="ignore"):
-            link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s[active] / (2 * (1 - link_rho)), np.inf)
+            link_slowdown = np.where(link_rho < 1, 1.0 / (1.0 - link_rho), np.inf)
             stretch = np.where(self.is_both, 1.0 / np.maximum(1.0 - rho, 1e-12), 1.0)
         decode = self._decode(decode_rate, stretch)
-        delay_s = (self.kv_s[active] + link_wait_s[:, None]) * self.per_token  # (active, requests)
-        ttft_fixed_s = self.prefill_s[pair_p] + self._queued_ahead(prefill_rate)[pair_p, None] * self.blocked_s[pair_p]
+        delay_s = self.kv_s[active] * link_slowdown[:, None] * self.per_token  # (active, requests)
+        ttft_fixed_s = self.prefill_s[pair_p] + self._blocking_s(prefill_rate)[pair_p]
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
         stalls = None
@@ -319,6 +330,7 @@ class Scenario:
             shares=shares, pair_p=pair_p, pair_d=pair_d, p_wait=p_wait[pair_p], wait_mu=wait_mu[pair_p],
             wait_sigma=wait_sigma[pair_p], ttft_fixed_s=ttft_fixed_s, step_s=decode.step_s[pair_d],
             stretch=stretch[pair_d], spread_s=decode.spread_s[pair_d], decode_ok=decode.ok[pair_d],
+            blocked=decode.blocked[pair_d], admit_delay_s=decode.admit_wait_s[pair_d, None] * self.per_token,
             delay_s=delay_s, is_both_d=self.is_both[pair_d], stalls=stalls)
 
     @cached_property
@@ -389,6 +401,20 @@ class Scenario:
             rate = 0.5 * (rate + target)
         return rate
 
+    def _blocking_s(self, prefill_rate: np.ndarray) -> np.ndarray:
+        """(..., groups, requests) expected delay behind the batch ahead in a prefill pipeline.
+
+        P(a batch is inside when a prompt enters) (`_queued_ahead`) times E[(T_b - t)+] (pp - 1) / pp for
+        a batch ahead of latency T_b. Under load a batch carries the prompts that queued while it waited,
+        about 1 + rho_g of them (as in `_prefill_wait`), so T_b = (1 + rho_g) T, interpolated on the
+        profile's BATCH_FACTORS."""
+        position = np.minimum(prefill_rate * self.mean_service_s, 1.0) * (len(BATCH_FACTORS) - 1)
+        lower = np.minimum(position.astype(np.int64), len(BATCH_FACTORS) - 2)
+        frac = (position - lower)[..., None]
+        rows = self.group_rows
+        blocked = self.blocked_s[rows, lower] * (1 - frac) + self.blocked_s[rows, lower + 1] * frac
+        return self._queued_ahead(prefill_rate)[..., None] * blocked
+
     def _queued_ahead(self, prefill_rate: np.ndarray) -> np.ndarray:
         """P(another prompt is inside the pipeline when one enters): Little's law, lam E[latency], capped at 1."""
         return np.minimum(prefill_rate * self.mean_latency_s, 1.0)
@@ -413,8 +439,12 @@ class Scenario:
         # N ~ Poisson, contexts iid: var(step) = N (slope^2 + (d step / d context)^2 var(context))
         spread = np.sqrt(batch * (slope ** 2 + context_slope ** 2 * self.problem.decode_context_variance))
         stable = (stable | idle) & (batch <= self.max_batch)
-        memory_ok = phi(_ratio(self.max_batch - batch, np.sqrt(batch)))
-        return _DecodeState(batch=batch, step_s=step_s, spread_s=spread, ok=np.where(stable, memory_ok, 0.0))
+        excess = np.sqrt(batch * self.context_dispersion)  # sd of the batch's KV, in mean sequences
+        blocked = 1.0 - phi(_ratio(self.max_batch - batch, excess))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            admit_wait_s = np.where(idle, 0.0, excess / np.maximum(rate_rps, 1e-12))
+        return _DecodeState(batch=batch, step_s=step_s, spread_s=spread, ok=stable.astype(np.float64),
+                            blocked=blocked, admit_wait_s=admit_wait_s)
 
     def attainments(self, rates_rps: np.ndarray, kv_shares: np.ndarray) -> np.ndarray:
         """(rates,) attainment at each rates_rps[i] when pair k carries kv_shares[i, k]: `estimate` for
@@ -439,16 +469,18 @@ class Scenario:
         link_rho = ((flow / self.link_rps[active]) @ links) @ links.T  # (rates, active)
         p_wait, _, wait_mu, wait_sigma = self._prefill_wait(prefill_rate)
         with np.errstate(divide="ignore", invalid="ignore"):
-            link_wait_s = np.where(link_rho < 1, link_rho * self.mean_kv_s[active] / (2 * (1 - link_rho)), np.inf)
+            link_slowdown = np.where(link_rho < 1, 1.0 / (1.0 - link_rho), np.inf)
         decode = self._decode(decode_rate, np.ones_like(rho))
-        delay_s = (self.kv_s[active] + link_wait_s[..., None]) * self.per_token  # (rates, active, requests)
+        delay_s = self.kv_s[active] * link_slowdown[..., None] * self.per_token  # (rates, active, requests)
         senders, sender_of_pair = np.unique(pair_p, return_inverse=True)  # TTFT depends on the prefill group only
-        ttft_fixed_s = self.prefill_s[senders] + self._queued_ahead(prefill_rate)[:, senders, None] * self.blocked_s[senders]
+        ttft_fixed_s = self.prefill_s[senders] + self._blocking_s(prefill_rate)[:, senders]
         ttft_ok = wait_cdf(p_wait[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
                             slo.ttft_s - ttft_fixed_s)[:, sender_of_pair]  # (rates, active, requests)
         inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
         z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
-        tpot_ok = phi(z) * decode.ok[:, pair_d, None]
+        blocked = decode.blocked[:, pair_d, None]
+        z_blocked = z - (decode.admit_wait_s * inverse_spread)[:, pair_d, None] * self.per_token
+        tpot_ok = ((1.0 - blocked) * phi(z) + blocked * phi(z_blocked)) * decode.ok[:, pair_d, None]
         per_pair = (ttft_ok * tpot_ok).mean(axis=-1)  # (rates, active)
         per_pair[np.isnan(per_pair)] = 0.0
         return np.minimum((np.where(shares > 0, shares, 0.0) * per_pair).sum(axis=-1), 1.0)
@@ -486,7 +518,9 @@ class LatencyTerms:
     step_s: np.ndarray  # (pairs,) decode step (not stretched)
     stretch: np.ndarray  # (pairs,) colocated prefills stretch the steps by this
     spread_s: np.ndarray  # (pairs,) standard deviation of the step
-    decode_ok: np.ndarray  # (pairs,) P(the decode batch is stable and fits in memory)
+    decode_ok: np.ndarray  # (pairs,) 1 if the decode batch is stable within KV memory, else 0
+    blocked: np.ndarray  # (pairs,) P(a sequence waits to be admitted for KV memory)
+    admit_delay_s: np.ndarray  # (pairs, requests) that wait spread over the later tokens
     delay_s: np.ndarray  # (pairs, requests) KV transfer (and link wait) spread over the later tokens
     is_both_d: np.ndarray  # (pairs,) the decode side is colocated
     stalls: tuple | None  # what `Scenario._stalls_ok` needs, when a group is colocated
@@ -497,7 +531,10 @@ class LatencyTerms:
 
     def tpot_cdf(self, tpot_s: float) -> np.ndarray:
         """(pairs, requests) P(TPOT <= tpot_s): the step's normal spread, memory, and colocated stalls."""
-        ok = phi(_ratio(tpot_s - self.step_s[:, None] - self.delay_s, self.spread_s[:, None]))
+        slack_s = tpot_s - self.step_s[:, None] - self.delay_s
+        spread_s, blocked = self.spread_s[:, None], self.blocked[:, None]
+        ok = (1.0 - blocked) * phi(_ratio(slack_s, spread_s)) + blocked * phi(_ratio(slack_s - self.admit_delay_s,
+                                                                                       spread_s))
         ok = ok * self.decode_ok[:, None]
         if self.stalls is not None:
             scenario, *args = self.stalls
@@ -508,10 +545,18 @@ class LatencyTerms:
 
 @dataclass(frozen=True)
 class _DecodeState:
+    """The decode tier per group. KV memory: the batch's KV tokens are compound Poisson (N sequences of
+    context C), so a newcomer finds them over capacity with probability
+    blocked = 1 - Phi((max_batch - N) / sqrt(N E[C^2] / E[C]^2)) and then waits to be admitted until
+    that excess (about one sd, sqrt(N E[C^2] / E[C]^2) sequences) has finished, at the departure rate:
+    admit_wait = sd / rate. The wait is spread over its o - 1 later tokens (short outputs suffer)."""
+
     batch: np.ndarray  # mean decoding sequences per group
     step_s: np.ndarray  # decode step at that batch (not stretched)
     spread_s: np.ndarray  # standard deviation of the step (batch size and contexts fluctuate)
-    ok: np.ndarray  # P(the batch is stable and fits in KV memory)
+    ok: np.ndarray  # 1 when the batch is stable within KV memory, else 0
+    blocked: np.ndarray  # P(a new sequence waits for KV memory)
+    admit_wait_s: np.ndarray  # its wait, when it does
 
 
 def estimate(problem: Problem, deployments: Mapping[int, Deployment], kv_shares: Mapping[tuple[int, int], float],
