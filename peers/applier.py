@@ -3,8 +3,9 @@
 How it works: each time the followed plan changes (a newer epoch, see `membership.PlanHolder`), the
 applier looks up the group and stage holding this peer's GPU. If the engine already holds that layer range
 only the role changes (ThunderServe's lightweight phase flip: no weights move); otherwise the stage is
-loaded in a worker thread and swapped in (the first stage of a multi-peer pipeline gets a
-`PipelineWorker`, which drives the later stages' peers). When done, `ready_epoch` is set to the plan's epoch and gossiped; entry
+loaded in a worker thread and swapped in (the first stage of a multi-peer pipeline, whatever its role,
+gets a `PipelineWorker`, which drives the later stages' peers; prefill and decode pipelines exchange KV
+slices per stage, see `kvroute`). When done, `ready_epoch` is set to the plan's epoch and gossiped; entry
 peers route only to replicas ready for the epoch they follow. A peer in no group serves nothing.
 """
 
@@ -41,9 +42,6 @@ def my_stage(node, stages: list[tuple[str, int, int]]) -> int:
 
 def engine_config(node, group: Group, stages: list[tuple[str, int, int]], stage_index: int) -> EngineConfig:
     """The engine settings for this peer's layers of `group`."""
-    if len(stages) > 1 and group.role != "both":
-        raise PlanApplyError(f"group {group.id} is a {group.role} pipeline across {len(stages)} peers; only "
-                             "colocated (both) replicas may span peers (the coordinator does not publish these)")
     _, first, last = stages[stage_index]
     return EngineConfig(role=group.role, first_layer=first, last_layer=last, device=node.config.device,
                         dtype=node.config.dtype,

@@ -3,7 +3,7 @@
 Subsystems (each started with `await nursery.start(run_x, node)`): membership gossip and link probes
 (`gossip.py`), the applier (loads this peer's stage, takes its role), the coordinator runtime (plans while
 elected), the engine worker. Protocol handlers (`/swarm/<name>/1.0.0`: member, status, generate, prefill,
-decode, kv, hidden, bandwidth) run per stream; a failure there resets that stream and is logged, never
+decode, kv, kvexport, hidden, bandwidth) run per stream; a failure there resets that stream and is logged, never
 more. `Node` holds the state they share.
 """
 
@@ -35,6 +35,7 @@ from peers.kvlink import (
     serve_kv,
     serve_kv_channel,
 )
+from peers.kvroute import KV_EXPORT_PROTOCOL, serve_kv_export
 from peers.loopback import loopback_pair
 from peers.membership import PlanHolder, SwarmView
 from peers.pipeline import HIDDEN_PROTOCOL, serve_hidden
@@ -226,7 +227,7 @@ async def run_parent_watch(scope: trio.CancelScope) -> None:
 HANDLERS = {
     MEMBER_PROTOCOL: serve_member, STATUS_PROTOCOL: serve_status, GENERATE_PROTOCOL: serve_generate,
     PREFILL_PROTOCOL: serve_prefill, DECODE_PROTOCOL: serve_decode, KV_PROTOCOL: serve_kv,
-    BANDWIDTH_PROTOCOL: serve_bandwidth, HIDDEN_PROTOCOL: serve_hidden,
+    BANDWIDTH_PROTOCOL: serve_bandwidth, HIDDEN_PROTOCOL: serve_hidden, KV_EXPORT_PROTOCOL: serve_kv_export,
 }
 
 

@@ -5,7 +5,8 @@ of the requests and each (prefill, decode) pair a share of the KV flow; here tho
 1 + the replica's live queue, so a busy replica gets fewer new requests until its load report drops):
 1. wait (bounded) until the plan has a ready route; pick the prefill group, then its decode partner;
 2. open `/swarm/decode/1.0.0` to the decode replica (it will wait for the KV), then
-   `/swarm/prefill/1.0.0` to the prefill replica, which answers the first token and pushes the KV;
+   `/swarm/prefill/1.0.0` to the prefill replica, which answers the first token and pushes the KV (slices
+   of layers to each decode stage when either replica is a pipeline across peers: `kvroute`);
 3. relay every token to the client in order. The `Ledger` records each (request id, index) forwarded,
    so a token is never sent twice and a request knows exactly where it stands (the recovery work
    resumes from there). A failure before the first token is retried on a fresh route.

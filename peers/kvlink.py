@@ -1,4 +1,5 @@
-"""The KV link: a prefill replica pushes a request's exported KV blob to its paired decode replica.
+"""The KV link: a prefill replica pushes a request's exported KV blob to its paired decode replica (one blob
+per slice of layers, to each decode stage, when either replica is a pipeline across peers: `kvroute`).
 
 Fast path (the default): the decode peer serves `swarm.net.fastpath` (session key granted over Noise, then
 AES-256-GCM sealed 4 MiB frames on a plain TCP socket, 6-9x libp2p's throughput). The sender negotiates
@@ -10,7 +11,8 @@ that went stale is replaced once). Per push, three sealed blobs under one frame 
 Fallback, logged: if the negotiation fails, protocol `/swarm/kv/1.0.0` over libp2p, one stream per
 request: the sender writes a `KvPush` record, then the blob in checksummed frames of at most 4 MiB
 (`swarm.net.frames`); the receiver checks the size it was promised, imports the KV into its engine (the
-decode session waiting for this request id), and answers `Ack` or a `RequestFailure`.
+decode session waiting for this request id, or on a later decode pipeline stage its engine, which frees
+a request's slices not all there within KV_PART_WAIT_S), and answers `Ack` or a `RequestFailure`.
 `/swarm/bandwidth/1.0.0` is the libp2p transfer with throw-away bytes, timed, which is how a peer measures
 its links for the planner.
 """
@@ -44,6 +46,7 @@ KV_IDLE_S = 120.0  # the receiver closes a fast-path KV connection idle this lon
 REUSE_IDLE_S = 60.0  # the sender does not reuse a connection idle longer (the receiver may be closing it)
 RETRY_FASTPATH_S = 60.0  # after a failed negotiation, libp2p frames to that peer for this long
 MAX_IDLE_PER_PEER = 4
+KV_PART_WAIT_S = 60.0  # a later decode stage frees a request's KV slices not all here by then
 BROKEN = (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -172,17 +175,39 @@ async def serve_kv_channel(node, peer_id: str, channel: SealedChannel) -> None:
 
 
 async def take_pushed_kv(node, push: KvPush, blob) -> Ack | RequestFailure:
-    """Hand a received KV blob to the decode session waiting for it; the answer for the sender."""
+    """Hand a received KV blob (or slice of layers) to the decode session waiting for it, or on a later stage
+    of a decode pipeline to its engine; the answer for the sender."""
     session = node.decode_sessions.get(push.request_id)
-    if session is None:
+    worker = node.worker
+    is_later_stage = worker is not None and not worker.engine.stage.is_first
+    if session is None and not is_later_stage:
         return RequestFailure(push.request_id, "unknown_request",
                               "no entry peer is waiting for this request's tokens here")
     try:
-        await session.take_kv(push, blob)
+        if session is not None:
+            await session.take_kv(push, blob)
+        else:
+            await take_stage_kv(node, push, blob)
     except Exception as e:  # an engine refusal (capacity, wrong model) goes back to the sender
         logger.warning("request %s: KV import failed: %s", push.request_id, e)
         return RequestFailure(push.request_id, "kv_import_failed", str(e)[:4000])
     return Ack(push.request_id)
+
+
+async def take_stage_kv(node, push: KvPush, blob) -> None:
+    """A later decode stage: import a slice; the first slice of a request starts a KV_PART_WAIT_S deadline
+    after which an incomplete set is freed (its prefill side failed; the decode head frees its own)."""
+    worker = node.worker
+    is_new = push.request_id not in worker.engine.partial_imports
+    await worker.import_kv_part(push.request_id, blob, prompt_token_ids=list(push.prompt_token_ids),
+                                output_token_ids=list(push.output_token_ids), params=None)
+    if is_new and push.request_id in worker.engine.partial_imports:
+        node.nursery.start_soon(_expire_partial, worker, push.request_id)
+
+
+async def _expire_partial(worker, request_id: str) -> None:
+    await trio.sleep(KV_PART_WAIT_S)
+    await worker.drop_partial_kv(request_id)
 
 
 async def _send_libp2p(node, decode_peer_id: str, push: KvPush, blob: bytes, epoch: int):

@@ -177,12 +177,15 @@ def peer_stages(group, hosts: dict[str, str]) -> list[tuple[str, int, int]]:
 
 
 def is_servable(plan: Plan, hosts: dict[str, str]) -> str:
-    """"" if every group can be served here, else why not (a prefill or decode pipeline across peers)."""
+    """"" if every group can be served here, else why not. Any group may be a pipeline across peers (prefill
+    and decode pipelines hand KV over per layer slice, `peers.kvroute`), but a peer runs one engine, so it
+    cannot hold two stages of one pipeline with another peer's stage between them."""
     for group in plan.groups:
-        if group.role != "both" and len(peer_stages(group, hosts)) > 1:
-            return (f"group {group.id} is a {group.role} pipeline across {len(peer_stages(group, hosts))} peers; "
-                    "only colocated (both) replicas may span peers (the KV hand-off between pipelines would "
-                    "need equal layer splits)")
+        peers = [peer for peer, _, _ in peer_stages(group, hosts)]
+        twice = sorted({peer for peer in peers if peers.count(peer) > 1})
+        if twice:
+            return (f"group {group.id} puts stages on peer(s) {', '.join(twice)} on both sides of another peer's "
+                    "stage; a peer runs one engine, which holds one consecutive layer range")
     return ""
 
 

@@ -6,6 +6,9 @@ blob (checksummed frames, `swarm.wire.hidden` header inside) on `/swarm/hidden/1
 peer. That peer runs its layers and either forwards its own blob to the stage after it or, as the last
 stage, samples; the `StageTokens` travel back up the chain to the first stage, which turns them into
 token events. Requests finished or aborted on the first stage are freed downstream by the next blob.
+Any role may be a pipeline: a prefill pipeline's stages each keep the KV of their layers after the prompt
+step, for the hand-off to the decode replica (`kvroute`); a decode pipeline's head imports the request with
+the KV of its layers, once the later stages hold theirs, and drives the decode steps the same way.
 A stage that fails or vanishes ends every request in flight on the replica (their entry peers report it)
 and stops the replica until the coordinator re-plans.
 """

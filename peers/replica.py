@@ -1,9 +1,11 @@
 """The replica side of the data plane: prefill jobs, decode sessions waiting for KV, colocated requests.
 
 `/swarm/prefill/1.0.0`: a `PrefillJob` in; on a prefill replica the first token comes back, the KV is
-exported in the job's format and pushed to the decode replica (`kvlink`), and an `Ack` ends the stream;
+exported in the job's format and pushed to the decode replica's stages (`kvroute`: slices of layers when
+either replica is a pipeline across peers), and an `Ack` ends the stream;
 on a colocated (`both`) replica every token comes back on this stream. `/swarm/decode/1.0.0`: a
-`DecodeWatch` in, `Ack` out, then, once the KV has arrived and been imported, the tokens. Jobs carrying
+`DecodeWatch` in, `Ack` out, then, once all of its first stage's layers of the KV have arrived and been
+imported, the tokens (a decode head that gets no complete KV within KV_WAIT_S frees what came). Jobs carrying
 an epoch older than this peer's plan are refused (fencing), so the entry peer re-routes.
 """
 
@@ -13,10 +15,8 @@ import logging
 
 import trio
 
-from kernels import KvFormat
 from peers.engine import SamplingParams
-from peers.errors import CapacityError
-from peers.kvlink import send_kv
+from peers.kvroute import hand_off_kv
 from swarm.errors import SwarmError
 from swarm.net.rpc import read_message, write_message
 from swarm.wire.requests import (
@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 5.0
 KV_WAIT_S = 60.0
-IMPORT_RETRIES = 40
-IMPORT_RETRY_PAUSE_S = 0.25
 
 
 def sampling_params(request: GenerateRequest) -> SamplingParams:
@@ -90,14 +88,17 @@ async def serve_prefill(node, stream) -> None:
 
 async def _prefill_and_push(node, stream, job: PrefillJob, events) -> None:
     request_id = job.request.request_id
-    first = await events.receive()
+    try:
+        first = await events.receive()
+    except trio.EndOfChannel:  # the pipeline replica stopped (PipelineWorker closes its requests' channels)
+        await write_message(stream, RequestFailure(request_id, "replica_failed", "the prefill pipeline stopped: "
+                                                   "one of its stages failed or left (see its log)"))
+        return
     await write_message(stream, chunk_of(request_id, 0, first))
     if first.finish_reason != "prefilled":
         return
     try:
-        blob = await node.worker.export_kv(request_id, KvFormat(bits=job.kv_bits))
-        push = KvPush(request_id, job.epoch, first.prompt_token_ids, tuple(first.token_ids), len(blob))
-        await send_kv(node, job.decode_peer_id, push, blob, job.epoch)
+        await hand_off_kv(node, job, first.prompt_token_ids, tuple(first.token_ids))
     except SwarmError as e:
         await write_message(stream, RequestFailure(request_id, "kv_push_failed", str(e)[:4000]))
         return
@@ -119,6 +120,9 @@ async def _stream_events(stream, request_id: str, index: int, events) -> None:
         index += len(token_ids)
         if batch[-1].is_finished:
             return
+    # the channel closed before the request finished: its replica stopped (a pipeline stage failed or left)
+    await write_message(stream, RequestFailure(request_id, "replica_failed", "the replica stopped mid-request: "
+                                               "a stage of its pipeline failed or left (see that peer's log)"))
 
 
 class DecodeSession:
@@ -132,20 +136,15 @@ class DecodeSession:
         self.has_kv = trio.Event()
 
     async def take_kv(self, push: KvPush, blob: bytes) -> None:
-        """Import the KV (retrying while the cache is full for a while); start streaming."""
+        """Import (a slice of) the KV; once this stage holds all its layers, start streaming."""
         request = self.watch.request
-        for attempt in range(IMPORT_RETRIES):
-            try:
-                self.events = await self.node.worker.import_kv(
-                    request.request_id, blob, prompt_token_ids=list(push.prompt_token_ids),
-                    output_token_ids=list(push.output_token_ids), params=sampling_params(request))
-                break
-            except CapacityError:
-                if attempt == IMPORT_RETRIES - 1:
-                    raise
-                await trio.sleep(IMPORT_RETRY_PAUSE_S)
-        self.first_index = len(push.output_token_ids)
-        self.has_kv.set()
+        events = await self.node.worker.import_kv_part(
+            request.request_id, blob, prompt_token_ids=list(push.prompt_token_ids),
+            output_token_ids=list(push.output_token_ids), params=sampling_params(request))
+        if events is not None:
+            self.events = events
+            self.first_index = len(push.output_token_ids)
+            self.has_kv.set()
 
 
 async def serve_decode(node, stream) -> None:
@@ -172,6 +171,8 @@ async def serve_decode(node, stream) -> None:
         node.decode_sessions.pop(request_id, None)
         if session.events is not None:
             await node.worker.abort(request_id)
+        else:
+            await node.worker.drop_partial_kv(request_id)
 
 
 def _role_failure(node, request_id: str, phase: str) -> RequestFailure | None:

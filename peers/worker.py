@@ -15,8 +15,12 @@ from dataclasses import dataclass
 import trio
 
 from peers.engine import Engine, SamplingParams, TokenEvent
+from peers.errors import CapacityError
 
 logger = logging.getLogger(__name__)
+
+IMPORT_RETRIES = 40
+IMPORT_RETRY_PAUSE_S = 0.25
 
 
 @dataclass
@@ -36,6 +40,7 @@ class EngineWorker:
         self.engine = engine
         self.limiter = trio.CapacityLimiter(1)
         self.channels: dict[str, trio.MemorySendChannel] = {}
+        self.importing: dict[str, trio.MemoryReceiveChannel] = {}  # first stage: KV hand-offs not complete
         self.has_work = trio.Event()
         self.tokens_window: list[tuple[float, int]] = []  # (time, tokens) of recent steps
 
@@ -54,23 +59,39 @@ class EngineWorker:
         self.has_work.set()
         return receive
 
-    async def import_kv(self, request_id: str, blob: bytes, *, prompt_token_ids: list[int],
-                        output_token_ids: list[int], params: SamplingParams) -> trio.MemoryReceiveChannel:
-        """Continue a request from a prefill replica's KV; its further events arrive on the channel."""
-        receive = self._open_channel(request_id, params)
-        try:
-            await self.call(self.engine.import_kv, request_id, blob, prompt_token_ids=prompt_token_ids,
-                            output_token_ids=output_token_ids, params=params)
-        except BaseException:
-            self.channels.pop(request_id, None)
-            raise
+    async def import_kv_part(self, request_id: str, blob: bytes, *, prompt_token_ids: list[int],
+                             output_token_ids: list[int],
+                             params: SamplingParams | None) -> trio.MemoryReceiveChannel | None:
+        """Take (a slice of) a request's KV from a prefill replica (`Engine.import_kv_part`), retrying while
+        the cache stays full for up to IMPORT_RETRIES * IMPORT_RETRY_PAUSE_S. Returns the channel its further
+        events arrive on once this stage holds all its layers; None before that, and always on a later
+        pipeline stage (whose tokens reach the entry peer through the first stage)."""
+        is_first = self.engine.stage.is_first
+        if is_first and request_id not in self.importing:  # parts may arrive concurrently: one channel
+            self.importing[request_id] = self._open_channel(request_id, params)
+        for attempt in range(IMPORT_RETRIES):
+            try:
+                is_complete = await self.call(self.engine.import_kv_part, request_id, blob,
+                                              prompt_token_ids=prompt_token_ids, output_token_ids=output_token_ids,
+                                              params=params)
+                break
+            except CapacityError:
+                if attempt == IMPORT_RETRIES - 1:
+                    raise
+                await trio.sleep(IMPORT_RETRY_PAUSE_S)
+        if not (is_complete and is_first):
+            return None
         self.has_work.set()
-        return receive
+        return self.importing.pop(request_id)
 
-    async def export_kv(self, request_id: str, fmt) -> bytes:
-        """The parked KV of a prefilled request as a blob (freed in the engine)."""
-        self.channels.pop(request_id, None)
-        return await self.call(self.engine.export_kv, request_id, fmt)
+    async def drop_partial_kv(self, request_id: str) -> None:
+        """Free an import that never completed (`Engine.drop_partial_kv`); logged if there was one."""
+        if self.importing.pop(request_id, None) is not None:
+            self.channels.pop(request_id, None)
+        with trio.CancelScope(shield=True):
+            if await self.call(self.engine.drop_partial_kv, request_id):
+                logger.warning("request %s: its KV hand-off did not complete; the layers that came are freed",
+                               request_id)
 
     async def abort(self, request_id: str) -> None:
         """Stop a request whose consumer went away; an already finished one is left alone."""

@@ -6,6 +6,13 @@ prefills, returns the first token and parks the KV until `export_kv`; `decode` t
 through `import_kv`. An engine holding layers [a, b) of a longer model is a pipeline stage: the first
 stage drives with `step_hidden` / `accept_tokens`, later stages answer `run_hidden`. Weights, the KV
 cache and every step's tensors live on `EngineConfig.device`; only blobs and sampled tokens cross to the host.
+
+KV hand-off between pipelines with different layer splits: every stage exports slices of its layers
+(`export_kv(layers=...)` on the first stage, `export_remote_kv` on later ones) and every stage of the
+receiving pipeline takes them with `import_kv_part`, possibly several blobs per request. Blocks are taken
+when the first part arrives and filled layer by layer (a `PartialImport`); once every layer of the stage
+is present the request runs: on a first stage as a running sequence, on a later stage as the blocks the
+first stage's micro-batches address. `drop_partial_kv` frees an import that never completed.
 """
 
 from __future__ import annotations
@@ -25,8 +32,17 @@ from peers.engine.model import LlamaStage
 from peers.engine.sampling import SamplingParams, sample
 from peers.engine.scheduler import Scheduler, Sequence, Status
 from peers.engine.text import TextCodec, find_stop
-from peers.errors import CapacityError, EngineConfigError, PromptError, RequestError
+from peers.errors import CapacityError, EngineConfigError, HandoffError, PromptError, RequestError
 from swarm.errors import ConfigError
+
+
+@dataclass
+class PartialImport:
+    """A request's KV arriving in parts: its blocks, its cached token count, the layers still missing."""
+
+    block_ids: list[int]
+    num_tokens: int
+    missing_layers: set[int]
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,7 @@ class Engine:
         self.is_in_flight_prefill = False
         self.released_ids: list[str] = []  # pipeline: finished or aborted since the last hidden blob
         self.remote_blocks: dict[str, list[int]] = {}  # later pipeline stages: blocks per request id
+        self.partial_imports: dict[str, PartialImport] = {}  # KV hand-offs with layers still to come
         self.lock = threading.RLock()
         self.device = cache.device
 
@@ -146,18 +163,30 @@ class Engine:
 
     # ---- KV hand-off between prefill and decode engines ------------------------------------------------
 
-    def export_kv(self, request_id: str, fmt: KvFormat | None = None, *, release: bool = True) -> bytes:
-        """The request's cached KV (all tokens but the last) as a KV blob; frees it unless `release=False`."""
+    def export_kv(self, request_id: str, fmt: KvFormat | None = None, *, release: bool = True,
+                  layers: tuple[int, int] | None = None) -> bytes:
+        """The request's cached KV (all tokens but the last) as a KV blob, of all this stage's layers or of
+        the model layers [first, last) `layers`; frees it unless `release=False`."""
         fmt = fmt or KvFormat(bits=16)
         with self.lock:
             seq = self._get(request_id)
             if seq.status == Status.WAITING or seq.num_cached_tokens == 0 or seq in (self.in_flight or []):
                 raise RequestError(f"request {request_id!r} has no computed KV yet: export it after its prefill step")
-            keys, values = self.cache.read_sequence(seq.block_ids, seq.num_cached_tokens)
-            blob = handoff.encode_kv(keys, values, fmt, self.model_config, self.stage.first_layer)
+            blob = self._encode_layers(seq.block_ids, seq.num_cached_tokens, layers, fmt)
             if release:
                 self._release(seq)
             return blob
+
+    def export_remote_kv(self, request_id: str, num_tokens: int, layers: tuple[int, int],
+                         fmt: KvFormat | None = None) -> bytes:
+        """Later pipeline stage: the KV of the first `num_tokens` tokens of a request the first stage ran
+        through here, model layers `layers`, as a KV blob (the blocks stay until `release_remote`)."""
+        with self.lock:
+            blocks = self.remote_blocks.get(request_id)
+            if not blocks or self.scheduler.blocks.blocks_for(num_tokens) > len(blocks):
+                raise RequestError(f"stage [{self.stage.first_layer}, {self.stage.last_layer}) holds no KV of "
+                                   f"{num_tokens} tokens for request {request_id!r} (released, or never prefilled here)")
+            return self._encode_layers(blocks, num_tokens, layers, fmt or KvFormat(bits=16))
 
     def import_kv(self, request_id: str, blob: bytes, *, prompt_token_ids: list[int], output_token_ids: list[int],
                   params: SamplingParams | None = None) -> None:
@@ -179,16 +208,67 @@ class Engine:
             seq = self._new_sequence(request_id, token_ids, params, num_prompt_tokens=len(prompt_token_ids))
             keys, values = handoff.decode_kv(blob, self.model_config, self.stage.first_layer, len(self.stage.layers),
                                              len(token_ids) - 1, self.cache.keys[0].dtype, self.device)
-            if not self.scheduler.blocks.can_grow([], len(token_ids)):
-                raise CapacityError(f"no free KV blocks for request {request_id!r} ({len(token_ids)} tokens) "
-                                    "right now: retry after running requests finish")
-            self.scheduler.blocks.grow(seq.block_ids, len(token_ids))
+            self._take_blocks(request_id, seq.block_ids, len(token_ids))
             self.cache.write_sequence(seq.block_ids, keys, values)
-            seq.num_cached_tokens = len(token_ids) - 1
-            if self.codec:
-                seq.text = self.codec.decode(self._text_ids(seq))
-            self.seqs[request_id] = seq
-            self.scheduler.admit_running(seq)
+            self._admit_imported(seq)
+
+    def import_kv_part(self, request_id: str, blob: bytes, *, prompt_token_ids: list[int],
+                       output_token_ids: list[int], params: SamplingParams | None = None) -> bool:
+        """Take a KV blob holding some of this stage's layers (a hand-off from a pipeline split differently).
+
+        The first part takes the request's blocks; each part fills its layers. Returns True once every layer
+        of this stage has arrived: the request then runs (first stage: a running sequence with `params`;
+        later stage: the blocks the first stage's micro-batches use). Raises:
+            HandoffError: a blob outside this stage's layers, a layer sent twice, or another token count.
+            CapacityError: no free KV blocks for it right now (retry after some requests finish).
+        """
+        with self.lock:
+            if self.config.role == "prefill":
+                raise RequestError("a prefill-role engine does not import KV; send it to a decode or both engine")
+            token_ids = list(prompt_token_ids) + list(output_token_ids)
+            first, last = handoff.kv_layers(blob)
+            stage_first, stage_last = self.stage.first_layer, self.stage.last_layer
+            if not stage_first <= first < last <= stage_last:
+                raise HandoffError(f"a KV part of layers [{first}, {last}) reached the stage holding layers "
+                                   f"[{stage_first}, {stage_last}): send each stage only its own layers")
+            part = self.partial_imports.get(request_id)
+            if part is not None and part.num_tokens != len(token_ids) - 1:
+                raise HandoffError(f"a KV part of request {request_id!r} has {len(token_ids) - 1} tokens, the "
+                                   f"earlier parts {part.num_tokens}")
+            if part is not None and not part.missing_layers.issuperset(range(first, last)):
+                raise HandoffError(f"layers [{first}, {last}) of request {request_id!r} arrived twice")
+            if part is None:
+                self._check_new_part(request_id, token_ids, output_token_ids)
+            keys, values = handoff.decode_kv(blob, self.model_config, first, last - first, len(token_ids) - 1,
+                                             self.cache.keys[0].dtype, self.device)
+            if part is None:
+                part = PartialImport([], len(token_ids) - 1, set(range(stage_first, stage_last)))
+                self._take_blocks(request_id, part.block_ids, len(token_ids))
+                self.partial_imports[request_id] = part
+            self.cache.write_sequence(part.block_ids, keys, values, first_layer=first - stage_first)
+            part.missing_layers.difference_update(range(first, last))
+            if part.missing_layers:
+                return False
+            del self.partial_imports[request_id]
+            if not self.stage.is_first:
+                self.remote_blocks[request_id] = part.block_ids
+                return True
+            seq = self._new_sequence(request_id, token_ids, params or SamplingParams(),
+                                     num_prompt_tokens=len(prompt_token_ids))
+            seq.block_ids = part.block_ids
+            self._admit_imported(seq)
+            return True
+
+    def drop_partial_kv(self, request_id: str) -> bool:
+        """Free the blocks of a KV hand-off that did not complete (True if there was one); a first stage also
+        passes the id downstream, so later stages free what they hold of it."""
+        with self.lock:
+            part = self.partial_imports.pop(request_id, None)
+            if part is not None:
+                self.scheduler.blocks.free(part.block_ids)
+            if self.stage.is_first and not self.stage.is_last and request_id not in self.seqs:
+                self.released_ids.append(request_id)
+            return part is not None
 
     # ---- pipeline stages -------------------------------------------------------------------------------
 
@@ -274,13 +354,52 @@ class Engine:
             s.num_cached_tokens = s.num_tokens
         return out
 
+    def _encode_layers(self, block_ids: list[int], num_tokens: int, layers: tuple[int, int] | None,
+                       fmt: KvFormat) -> bytes:
+        first, last = layers or (self.stage.first_layer, self.stage.last_layer)
+        if not self.stage.first_layer <= first < last <= self.stage.last_layer:
+            raise RequestError(f"layers [{first}, {last}) are not all on this stage, which holds "
+                               f"[{self.stage.first_layer}, {self.stage.last_layer})")
+        offset = self.stage.first_layer
+        keys, values = self.cache.read_sequence(block_ids, num_tokens, range(first - offset, last - offset))
+        return handoff.encode_kv(keys, values, fmt, self.model_config, first)
+
+    def _take_blocks(self, request_id: str, block_ids: list[int], num_tokens: int) -> None:
+        if not self.scheduler.blocks.can_grow(block_ids, num_tokens):
+            raise CapacityError(f"no free KV blocks for request {request_id!r} ({num_tokens} tokens) "
+                                "right now: retry after running requests finish")
+        self.scheduler.blocks.grow(block_ids, num_tokens)
+
+    def _admit_imported(self, seq: Sequence) -> None:
+        """An imported request (its KV in its blocks) joins the running batch."""
+        seq.num_cached_tokens = seq.num_tokens - 1
+        if self.codec:
+            seq.text = self.codec.decode(self._text_ids(seq))
+        self.seqs[seq.request_id] = seq
+        self.scheduler.admit_running(seq)
+
+    def _check_new_part(self, request_id: str, token_ids: list[int], output_token_ids: list[int]) -> None:
+        if not output_token_ids:
+            raise PromptError("a KV import needs at least one output token (the first token from prefill)")
+        if self.stage.is_first:
+            self._check_new_id(request_id)
+        elif request_id in self.remote_blocks:
+            raise RequestError(f"request id {request_id!r} already holds KV on this stage")
+        self._check_token_ids(token_ids)
+
     def _free_remote(self, request_ids) -> None:
         for request_id in request_ids:
             self.scheduler.blocks.free(self.remote_blocks.pop(request_id, []))
+            part = self.partial_imports.pop(request_id, None)
+            if part is not None:
+                self.scheduler.blocks.free(part.block_ids)
 
     def _remote_step(self, header):
         tables = []
         for request_id, start, n in zip(header.request_ids, header.start_positions, header.query_lens, strict=True):
+            if not header.is_prefill and request_id not in self.remote_blocks:
+                raise HandoffError(f"stage [{self.stage.first_layer}, {self.stage.last_layer}) holds no KV of "
+                                   f"request {request_id!r}: a decode step needs its prefill or KV hand-off here")
             blocks = self.remote_blocks.setdefault(request_id, [])
             if header.is_prefill:
                 self.scheduler.blocks.free(blocks)  # a re-prefill after pre-emption starts over

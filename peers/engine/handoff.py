@@ -16,6 +16,7 @@ from peers.engine.sampling import SamplingParams
 from peers.errors import HandoffError
 from swarm.errors import WireError
 from swarm.wire.hidden import HiddenHeader, pack_hidden, unpack_hidden
+from swarm.wire.kv import decode_kv_header
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -41,6 +42,15 @@ def decode_kv(blob: bytes, config: ModelConfig, first_layer: int, num_layers: in
         raise HandoffError(f"the KV cache holds {keys[0].shape[1]} tokens but the request has {num_tokens} tokens "
                            "with cached KV (all but the last token): send the token ids the KV was exported with")
     return keys, values
+
+
+def kv_layers(blob: bytes) -> tuple[int, int]:
+    """The layer range [first, last) a KV blob holds, from its header (the payload is checked on decode)."""
+    try:
+        header, _ = decode_kv_header(blob)
+    except WireError as e:
+        raise HandoffError(f"bad KV blob: {e}") from e
+    return header.first_layer, header.first_layer + header.num_layers
 
 
 def _current(device: torch.device):

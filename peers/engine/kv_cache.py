@@ -80,20 +80,24 @@ class PagedKvCache:
         values = self.values[layer].index_select(1, flat).view(kv_heads, batch, num_blocks * block_size, head_dim)
         return keys, values
 
-    def read_sequence(self, block_ids: list[int], num_tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One sequence's K/V per layer, each (kv_heads, num_tokens, head_dim), contiguous copies."""
+    def read_sequence(self, block_ids: list[int], num_tokens: int,
+                      layers: range | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One sequence's K/V per layer (all, or the cache's layer indexes `layers`), each (kv_heads,
+        num_tokens, head_dim), contiguous copies."""
         table = torch.tensor([block_ids], dtype=torch.long, device=self.device)
         keys, values = [], []
-        for layer in range(len(self.keys)):
+        for layer in range(len(self.keys)) if layers is None else layers:
             k, v = self.gather(layer, table)  # (kv_heads, 1, blocks * block_size, head_dim)
             keys.append(k[:, 0, :num_tokens].contiguous())
             values.append(v[:, 0, :num_tokens].contiguous())
         return keys, values
 
-    def write_sequence(self, block_ids: list[int], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        """Scatter one sequence's K/V per layer, each (kv_heads, num_tokens, head_dim), into its blocks."""
+    def write_sequence(self, block_ids: list[int], keys: list[torch.Tensor], values: list[torch.Tensor],
+                       first_layer: int = 0) -> None:
+        """Scatter one sequence's K/V per layer, each (kv_heads, num_tokens, head_dim), into its blocks;
+        `keys[0]` goes to the cache's layer index `first_layer` (a part of a KV hand-off), and so on."""
         slots = torch.tensor(slots_of(block_ids, 0, keys[0].shape[1], self.block_size_tokens), device=self.device)
-        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+        for layer, (k, v) in enumerate(zip(keys, values, strict=True), start=first_layer):
             dtype = self.keys[layer].dtype
             self.write(layer, slots, k.to(self.device, dtype), v.to(self.device, dtype))
 

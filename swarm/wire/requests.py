@@ -2,8 +2,10 @@
 
 Client -> entry peer: `GenerateRequest`, answered by a stream of `TokenChunk`s (or a `RequestFailure`).
 Entry -> prefill replica: `PrefillJob`; entry -> decode replica: `DecodeWatch` (answered by `Ack`, then
-the tokens); prefill -> decode: `KvPush` followed by the KV blob in frames. Peers exchange `MemberDigest`
-records (push-pull, every half second) and answer `StatusRequest` with a `StatusReply`.
+the tokens); prefill -> decode: `KvPush` followed by the KV blob in frames (one per slice of layers when
+either replica is a pipeline across peers); prefill pipeline head -> its later stages: `KvExportJob`
+(answered by `Ack` once every slice was taken). Peers exchange `MemberDigest` records (push-pull, every
+half second) and answer `StatusRequest` with a `StatusReply`.
 """
 
 from __future__ import annotations
@@ -293,3 +295,53 @@ class BandwidthProbe:
     def __post_init__(self) -> None:
         if not 0 < self.num_bytes <= 64 << 20:
             raise WireError(f"BandwidthProbe.num_bytes must be in (0, 64 MiB], got {self.num_bytes}")
+
+
+MAX_LAYER = 4096
+MAX_KV_TARGETS = 64
+
+
+@dataclass(frozen=True)
+class KvTarget:
+    """One slice of a hand-off: model layers [first_layer, last_layer) go to the decode stage on `peer_id`."""
+
+    peer_id: str
+    first_layer: int
+    last_layer: int
+
+    def __post_init__(self) -> None:
+        check_peer_id("KvTarget.peer_id", self.peer_id)
+        if type(self.first_layer) is not int or type(self.last_layer) is not int \
+                or not 0 <= self.first_layer < self.last_layer <= MAX_LAYER:
+            raise WireError(f"KvTarget layers [{self.first_layer!r}, {self.last_layer!r}): expected ints with "
+                            f"0 <= first < last <= {MAX_LAYER}")
+
+
+@message(92)
+@dataclass(frozen=True)
+class KvExportJob:
+    """Prefill pipeline head -> one of its later stages: export these layers of a prefilled request's KV
+    and push each slice to its decode stage (`KvPush` + blob, as the head does); `release`: free the
+    request's KV on this stage afterwards (its last job for the request)."""
+
+    request_id: str
+    epoch: int
+    kv_bits: int
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    targets: tuple[KvTarget, ...]
+    release: bool = True
+
+    def __post_init__(self) -> None:
+        check_request_id("KvExportJob.request_id", self.request_id)
+        if not 0 <= self.epoch <= MAX_U63:
+            raise WireError(f"KvExportJob.epoch must be in [0, 2**63), got {self.epoch}")
+        if self.kv_bits not in KV_BITS:
+            raise WireError(f"KvExportJob.kv_bits must be one of {KV_BITS}, got {self.kv_bits}")
+        if not self.prompt_token_ids or not self.output_token_ids or len(self.prompt_token_ids) > MAX_PROMPT_TOKENS:
+            raise WireError(f"KvExportJob needs 1 to {MAX_PROMPT_TOKENS} prompt tokens and the first output token")
+        if not 1 <= len(self.targets) <= MAX_KV_TARGETS:
+            raise WireError(f"KvExportJob.targets: 1 to {MAX_KV_TARGETS} slices, got {len(self.targets)}")
+        spans = sorted((t.first_layer, t.last_layer) for t in self.targets)
+        if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
+            raise WireError(f"KvExportJob.targets overlap: {spans}")

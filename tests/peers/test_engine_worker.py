@@ -49,9 +49,21 @@ def test_prefill_export_and_decode_import_equal_one_engine_with_fp16_kv(tiny_mod
             await nursery.start(decode.run_worker)
             first = await (await prefill.add("r", prompt, params=PARAMS)).receive()
             assert first.finish_reason == "prefilled"
-            blob = await prefill.export_kv("r", KvFormat(bits=16))
-            rest = await collect(await decode.import_kv("r", blob, prompt_token_ids=list(first.prompt_token_ids),
-                                                        output_token_ids=list(first.token_ids), params=PARAMS))
+            slices = [await prefill.call(prefill.engine.export_kv, "r", KvFormat(bits=16), release=False,
+                                         layers=layers) for layers in ((0, 1), (1, 4))]
+            await prefill.abort("r")
+            assert prefill.engine.scheduler.blocks.num_used_blocks == 0
+            channels = []
+
+            async def take(blob: bytes) -> None:  # the two slices arrive concurrently, as from two stages
+                channels.append(await decode.import_kv_part("r", blob, prompt_token_ids=list(first.prompt_token_ids),
+                                                            output_token_ids=list(first.token_ids), params=PARAMS))
+
+            async with trio.open_nursery() as imports:
+                for blob in slices:
+                    imports.start_soon(take, blob)
+            assert channels.count(None) == 1  # the channel comes with the slice that completed the KV
+            rest = await collect(next(c for c in channels if c is not None))
             nursery.cancel_scope.cancel()
         return list(first.token_ids) + [t for e in rest for t in e.token_ids]
 
