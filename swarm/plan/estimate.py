@@ -390,15 +390,20 @@ class Scenario:
         if not self.pooled or self.has_both:
             return prefill_rate
         total = prefill_rate.sum(axis=-1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            share = np.nan_to_num(prefill_rate / total)
+        share = prefill_rate / np.where(total > 0, total, 1.0)
+        used = share > 0
+        # the mean FIFO wait of `_fifo_wait` (pooled branch), inlined: rho^e lam E[S^2] / (2 c rho (1 - rho))
+        servers = self._servers(prefill_rate)
+        exponent = np.sqrt(2.0 * (servers + 1.0)) - 1.0
+        half_moment2 = self.moment2_s2 / (2.0 * servers)
+        mean_s = np.where(used, self.mean_service_s, 0.0)
         rate = prefill_rate
         for _ in range(DISPATCH_ITERATIONS):
-            wait_s = self._fifo_wait(rate)[1]
-            pull = share / (np.minimum(wait_s, MAX_WAIT_S) + self.mean_latency_s)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                target = np.nan_to_num(total * pull / pull.sum(axis=-1, keepdims=True))
-            rate = 0.5 * (rate + target)
+            rho = np.minimum(rate * mean_s, 1.0 - 1e-9)
+            wait_s = np.minimum(rho ** (exponent - 1.0) * rate * half_moment2 / (1.0 - rho), MAX_WAIT_S)
+            pull = np.where(used, share / (wait_s + self.mean_latency_s), 0.0)
+            pull_sum = pull.sum(axis=-1, keepdims=True)
+            rate = 0.5 * (rate + total * pull / np.where(pull_sum > 0, pull_sum, 1.0))
         return rate
 
     def _blocking_s(self, prefill_rate: np.ndarray) -> np.ndarray:
