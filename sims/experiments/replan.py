@@ -6,7 +6,10 @@ planner estimates after it for the groups as they stand (a lightweight re-plan: 
 failure, of the same groups on conversation lengths after a shift), capped by the initial plan's; if the
 rate exceeded what is left, no policy could recover and a time to recover would mean nothing. The failure
 is silent (no goodbye): the coordinator notices it through `swarm.proto.membership` fed with simulated
-heartbeats (`sims.detection`), and only then runs the planner. Reported per policy: when the new plan
+heartbeats (`sims.detection`), and only then runs the planner (`detected_if_killed_s`: when a crash that
+resets the host's connections would have been noticed instead). The full re-plan is installed
+make-before-break (`sims.recovery.install`): the surviving replicas serve on while the new weights are
+staged. Reported per policy: when the new plan
 serves (detection + planner + reload, from the failure instant), SLO attainment over time (10 s bins of
 arrivals: a request counts in the bin it arrived in, so one that waited out the outage counts as a miss
 there), the start of the first RECOVERY_WINDOW_S window of arrivals after the event that meets the SLO
@@ -100,6 +103,7 @@ def run(ctx) -> dict:
                         "attainment_after",
                         "rate_rps",
                         "detected_s",
+                        "detected_if_killed_s",
                         "planner_s",
                         "reload_s",
                         "serving_again_s",
@@ -159,17 +163,18 @@ def _schedule(sim, scenario, policy, problem, plan, ledger, event_s, budget_s, s
         target = problem.with_cluster(problem.cluster.without(failed))
         hosts = [h.name for h in problem.cluster.hosts]
         decide_s = detection.detected_at_s(hosts, [FAILED_HOSTS[scenario]], event_s, how=FAILURE, seed=seed)
+        killed_s = detection.detected_at_s(hosts, [FAILED_HOSTS[scenario]], event_s, how="killed", seed=seed)
     else:
         target = replace(problem, workload=as_workload(ledger, "observed", event_s, event_s + PROFILER_WINDOW_S))
-        decide_s = event_s + PROFILER_WINDOW_S
-    detect = {"detected_s": decide_s - event_s}
+        decide_s = killed_s = event_s + PROFILER_WINDOW_S
+    detect = {"detected_s": decide_s - event_s, "detected_if_killed_s": killed_s - event_s}
     if policy == "none":
         return decide_s, {**detect, "planner_s": 0.0, "reload_s": 0.0, "serving_again_s": float("inf")}
     if policy == "lightweight":
         replanned = recovery.lightweight(target, plan)
     else:
         replanned = recovery.full(target, plan, budget_s=budget_s, seed=seed)
-    ready_s = recovery.install(sim, decide_s, replanned)
+    ready_s = recovery.install(sim, decide_s, replanned, make_before_break=True)
     return decide_s, {
         **detect,
         "planner_s": replanned.planner_s,
