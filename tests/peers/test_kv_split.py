@@ -167,3 +167,37 @@ def test_partial_imports_wait_for_every_layer_and_refuse_what_does_not_fit(tiny_
     blob = decode.step_hidden()
     with pytest.raises(HandoffError, match="holds no KV of request 'r0'"):  # never computed on garbage
         tail.run_hidden(blob)
+
+
+def test_a_later_decode_stage_frees_a_kv_set_that_never_completes(tiny_model_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    import trio
+
+    from peers import kvlink
+    from peers.worker import EngineWorker
+    from swarm.wire.requests import Ack, KvPush
+
+    monkeypatch.setattr(kvlink, "KV_PART_WAIT_S", 0.3)
+    prefill = [engine(tiny_model_dir, "prefill", 0, 2), engine(tiny_model_dir, "prefill", 2, 4)]
+    first = pipeline_prefill(prefill, [PROMPTS[2]])["r0"]
+    num_tokens = len(first.prompt_token_ids)
+    slices = {layers: export_slice(prefill, "r0", num_tokens, layers) for layers in ((1, 2), (2, 4))}
+    tail = engine(tiny_model_dir, "decode", 1, 4)
+
+    def push(request_id: str, blob: bytes) -> KvPush:
+        return KvPush(request_id, 1, first.prompt_token_ids, first.token_ids, len(blob))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = SimpleNamespace(worker=EngineWorker(tail), nursery=nursery, decode_sessions={})
+            assert await kvlink.take_pushed_kv(node, push("lost", slices[(2, 4)]), slices[(2, 4)]) == Ack("lost")
+            assert "lost" in tail.partial_imports and tail.scheduler.blocks.num_used_blocks > 0
+            for layers in ((1, 2), (2, 4)):  # a set that completes is kept for the decode steps
+                assert await kvlink.take_pushed_kv(node, push("kept", slices[layers]), slices[layers]) == Ack("kept")
+            await trio.sleep(0.6)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert tail.partial_imports == {} and list(tail.remote_blocks) == ["kept"]
+    assert tail.scheduler.blocks.num_used_blocks == len(tail.remote_blocks["kept"])
