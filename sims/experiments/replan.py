@@ -6,7 +6,8 @@ planner estimates after it for the groups as they stand (a lightweight re-plan: 
 failure, of the same groups on conversation lengths after a shift), capped by the initial plan's; if the
 rate exceeded what is left, no policy could recover and a time to recover would mean nothing. The failure
 is silent (no goodbye): the coordinator notices it through `swarm.proto.membership` fed with simulated
-heartbeats (`sims.detection`), and only then runs the planner (`detected_if_killed_s`: when a crash that
+heartbeats (`sims.detection`), and only then runs the planner, at the offered rate (the load the
+coordinator sees) (`detected_if_killed_s`: when a crash that
 resets the host's connections would have been noticed instead). The full re-plan is installed
 make-before-break (`sims.recovery.install`): the surviving replicas serve on while the new weights are
 staged. Reported per policy: when the new plan
@@ -132,7 +133,7 @@ def _scenario(scenario: str, duration_s: float, event_s: float, budget_s: float,
         ledger = _ledger(scenario, code, conv, rate, duration_s, event_s, seed)
         sim = ClusterSim(problem, initial.plan, ledger, seed=seed)
         decided_s, after = _schedule(
-            sim, scenario, policy, problem, initial.plan, ledger, event_s, budget_s, seed
+            sim, scenario, policy, replace(problem, rate_rps=rate), initial.plan, ledger, event_s, budget_s, seed
         )
         sim.run(duration_s + 600.0)
         judge = {
