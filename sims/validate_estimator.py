@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from sims.baselines import Planned, plan_system
+from sims.baselines import plan_system
 from sims.calibrate import calibrated_efficiency
 from sims.cluster_sim import ClusterSim
 from sims.ledger import DONE, latencies, meets_slo
@@ -82,9 +82,9 @@ def _simulated_quantiles(values: np.ndarray) -> list[float]:
     return [float(np.quantile(padded, q, method="higher")) for q in QUANTILES]
 
 
-def compare(planned: Planned, rates_rps, duration_s: float, seed: int = 0) -> list[dict]:
-    """Predicted vs simulated TTFT/TPOT quantiles and attainment, overall and per group, at each rate."""
-    problem, plan = planned.problem, planned.plan
+def compare(problem: Problem, plan, rates_rps, duration_s: float, seed: int = 0) -> list[dict]:
+    """Predicted vs simulated TTFT/TPOT quantiles and attainment of a phase-split `plan`, overall and per
+    group, at each rate (a colocated group's requests are not attributed to it: only its "all" row)."""
     scenario, shares = plan_scenario(problem, plan)
     roles = {g.id: (g.role, f"{g.tp}x{g.pp}") for g in plan.groups}
     slo, rows = problem.slo, []
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     planned = plan_system(args.system, problem, budget_s=args.budget_s, seed=args.seed)
     goodput = planned.evaluation.goodput_rps
     rates = [float(x) * goodput for x in args.rates.split(",")]
-    rows = compare(planned, rates, args.duration_s, args.seed)
+    rows = compare(planned.problem, planned.plan, rates, args.duration_s, args.seed)
     if args.json:
         json.dump({"predicted_goodput_rps": goodput, "rows": clean(rows)}, sys.stdout, indent=1)
         print()

@@ -179,3 +179,74 @@ def test_pooling_raises_attainment_and_monotone(cloud32, llama30b, conv, make_pr
         assert pooled.estimate(r, shares).slo_attainment >= alone.estimate(r, shares).slo_attainment - 1e-9
     mid = rates[np.argmin(np.abs(np.array(values) - 0.9))]
     assert pooled.estimate(mid, shares).ttft_p90_s <= alone.estimate(mid, shares).ttft_p90_s
+
+
+def _pipeline_and_single(problem, hosts):
+    """A two-host prefill pipeline (8 A5000s) next to a one-host replica (4 A40s), one decode replica."""
+    deployments = {0: configure(problem, hosts["a5000-0"] + hosts["a5000-1"], "prefill"),
+                   1: configure(problem, hosts["a40-0"], "prefill"),
+                   2: configure(problem, hosts["a6000-0"], "decode")}
+    return Scenario.build(problem, deployments, [(0, 2), (1, 2)]), np.array([0.5, 0.5])
+
+
+def test_load_aware_dispatch_sends_pipelines_less_than_their_share(cloud32, llama30b, conv, make_problem, hosts_of):
+    """The entry peer evens out outstanding tokens per share, and a pipeline holds prompts in flight for
+    its whole latency: it gets less than its routed share, the rest goes to the other replica."""
+    scenario, shares = _pipeline_and_single(make_problem(cloud32, llama30b, conv), hosts_of(cloud32))
+    assert scenario.mean_latency_s[0] > 1.5 * scenario.mean_service_s[0]  # group 0 is a pipeline
+    assert scenario.mean_latency_s[0] > scenario.mean_latency_s[1]  # that holds its prompts longer
+    routed = np.array([1.0, 1.0, 0.0])
+    dispatched = scenario._dispatch(routed)
+    assert dispatched.sum() == pytest.approx(routed.sum())
+    assert dispatched[0] < 0.95 * routed[0] and dispatched[2] == 0.0
+    batched = scenario._dispatch(np.array([[1.0, 1.0, 0.0], [0.5, 0.5, 0.0]]))  # (rates, groups) as one
+    assert batched[0] == pytest.approx(dispatched)
+    uniform, _ = _pipeline_and_single(make_problem(cloud32, llama30b, conv, orchestrate=False), hosts_of(cloud32))
+    assert uniform._dispatch(routed) is routed  # uniform routing (the ablation) is not load-aware
+
+
+def test_a_batch_holds_the_prompts_that_queued_behind_it(cloud32, llama30b, conv, make_problem, hosts_of):
+    """The prefill wait until a prompt's batch is done is the FIFO wait stretched by 1 + rho."""
+    scenario, _ = _disaggregated(make_problem(cloud32, llama30b, conv), hosts_of(cloud32))
+    rate = np.array([0.6 / scenario.mean_service_s[0], 0.0, 0.0])
+    fifo, batched = scenario._fifo_wait(rate), scenario._prefill_wait(rate)
+    assert batched[1][0] == pytest.approx(fifo[1][0] * 1.6)
+    assert batched[0][0] == fifo[0][0]  # the same chance of waiting
+
+
+def test_request_sample_keeps_the_prompt_tail(cloud32, llama30b, code, make_problem):
+    """The followed requests are stratified by prompt length: their quantiles are the length sample's."""
+    from swarm.plan.estimate import NUM_REQUESTS, request_sample
+
+    problem = make_problem(cloud32, llama30b, code)
+    prompts, outputs = request_sample(problem)
+    assert len(prompts) == len(outputs) == NUM_REQUESTS
+    for q in (50, 90, 99):
+        assert np.percentile(prompts, q) == pytest.approx(np.percentile(problem.lengths[0], q), rel=0.03)
+    pairs = set(zip(*problem.lengths, strict=True))
+    assert all((p, o) in pairs for p, o in zip(prompts, outputs, strict=True))  # pairs kept together
+
+
+def test_kv_transfers_share_their_link(two_host_cluster, llama7b, conv, make_problem):
+    """Transfers on one host link share it (processor sharing): more traffic slows every KV transfer
+    by 1 / (1 - rho_link), the long prompts' most."""
+    cluster = two_host_cluster("A40", "A40", 2, 2, gbps=1.0)
+    problem = make_problem(cluster, llama7b, conv, kv_bits=16)
+    ids = cluster.gpu_ids
+    deployments = {0: configure(problem, ids[:2], "prefill"), 1: configure(problem, ids[2:], "decode")}
+    scenario = Scenario.build(problem, deployments, [(0, 1)])
+    light, busy = (scenario.latency_terms(r, np.array([1.0])) for r in (0.01, 0.5 * scenario.link_rps[0]))
+    assert busy.delay_s == pytest.approx(light.delay_s * (1 - 0.01 / scenario.link_rps[0]) / 0.5)
+
+
+def test_a_full_kv_memory_delays_admission(cloud32, llama30b, code, make_problem, hosts_of):
+    """As the decode batch nears its KV memory, more sequences wait to be admitted."""
+    scenario, _ = _disaggregated(make_problem(cloud32, llama30b, code), hosts_of(cloud32))
+    capacity = scenario.max_batch[1]
+    full_rps = capacity / (scenario.mean_output_tokens * np.interp(capacity, scenario.batch_grid[1],
+                                                                   scenario.step_grid_s[1]))
+    rates = np.array([[0.0, r, 0.0] for r in np.linspace(0.3, 0.98, 8) * full_rps])
+    decode = scenario._decode(rates, np.ones_like(rates))
+    blocked = decode.blocked[:, 1][decode.ok[:, 1] > 0]
+    assert len(blocked) >= 2 and np.all(np.diff(blocked) >= 0) and blocked[-1] > blocked[0]
+    assert np.all(decode.batch[decode.ok[:, 1] > 0, 1] <= capacity)

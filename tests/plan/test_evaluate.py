@@ -150,3 +150,18 @@ def test_load_aware_dispatch_pools_the_prefill_replicas(cloud32, llama30b, conv,
     monkeypatch.undo()
     uniform = evaluate(make_problem(cloud32, llama30b, conv, orchestrate=False), grouping)
     assert uniform.goodput_rps == uniform_independent.goodput_rps  # the ablation is not load-aware
+
+
+def test_the_plan_routes_for_its_goodput_rate(cloud32, llama30b, conv, make_problem, hosts_of):
+    """The plan's one routing is the LP's at the goodput rate (or the planned rate if higher): planning
+    for a low rate gives the same routing as planning for the goodput itself, so the deployed plan
+    uses every group the goodput needs."""
+    grouping = _compact_grouping(hosts_of(cloud32))
+    low = evaluate(make_problem(cloud32, llama30b, conv, rate_rps=0.2), grouping)
+    assert low.goodput_rps > 1.0
+    at_goodput = evaluate(make_problem(cloud32, llama30b, conv, rate_rps=low.goodput_rps), grouping)
+    assert low.plan.routing == at_goodput.plan.routing
+    assert sum(share > 0 for share in low.plan.routing.prefill.values()) == 6  # every prefill group is used
+    high_rate = low.goodput_rps * 3
+    above = evaluate(make_problem(cloud32, llama30b, conv, rate_rps=high_rate), grouping)
+    assert above.plan.routing != low.plan.routing  # past the goodput: routed for the planned rate
