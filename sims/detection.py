@@ -84,6 +84,7 @@ class Replay:
     peer_hours: float
     false_departures: int
     detection_s: tuple[float, ...]
+    closest_call: float = 0.0  # the largest gap over the timeout in force when it began (1+: a departure)
 
     @property
     def false_departures_per_peer_hour(self) -> float:
@@ -122,7 +123,17 @@ def replay(arrivals: dict[str, np.ndarray], config: MembershipConfig | None = No
         for fail_s in np.linspace(warm_s, end_s - cfg.dead_after_s, num_failures):
             detection.append(_time_to_notice(times[times < fail_s], float(fail_s), cfg))
     peer_hours = len(arrivals) * end_s / 3600.0
-    return Replay(peer_hours, false_departures, tuple(detection))
+    return Replay(peer_hours, false_departures, tuple(detection), _closest_call(arrivals, cfg))
+
+
+def _closest_call(arrivals: dict[str, np.ndarray], cfg: MembershipConfig) -> float:
+    worst = 0.0
+    for times in arrivals.values():
+        gaps = np.diff(times)
+        for i, gap in enumerate(gaps):
+            recent = gaps[max(0, i - cfg.gap_window):i]
+            worst = max(worst, float(gap) / cfg.dead_after_for(recent))
+    return worst
 
 
 def _ticked(arrivals: dict[str, np.ndarray], end_s: float):
@@ -141,3 +152,32 @@ def _time_to_notice(heard: np.ndarray, fail_s: float, cfg: MembershipConfig) -> 
     while not any(isinstance(a, PeerLeft) for a in membership.tick(float(now_s))):
         now_s += TICK_S
     return float(now_s - fail_s)
+
+
+def main() -> None:
+    """`python -m sims.detection [RECORDING]`: the default detector against fixed timeouts on a recording."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("recording", nargs="?", default="loaded-8-peers")
+    parser.add_argument("--failures", type=int, default=40, help="failure instants per peer")
+    args = parser.parse_args()
+    arrivals = load_arrivals(args.recording)
+    gaps = np.concatenate([np.diff(t) for t in arrivals.values()])
+    print(f"{args.recording}: {len(arrivals)} peers, {len(gaps)} gaps, longest {gaps.max():.3f} s, "
+          f"p99 {np.quantile(gaps, 0.99):.3f} s")
+    configs = {
+        "fixed 2.5 s (the previous default)": MembershipConfig(gap_window=0),
+        "fixed 1.5 s": MembershipConfig(suspect_after_s=0.9, dead_after_s=1.5, gap_window=0),
+        "adaptive (default)": MembershipConfig(),
+    }
+    for name, config in configs.items():
+        result = replay(arrivals, config, num_failures=args.failures)
+        noticed = np.array(result.detection_s)
+        print(f"{name:36s} false departures {result.false_departures} in {result.peer_hours:.2f} peer-hours; "
+              f"noticed after mean {noticed.mean():.2f} s, p90 {np.quantile(noticed, 0.9):.2f} s, "
+              f"max {noticed.max():.2f} s; longest gap / timeout {result.closest_call:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ def test_a_stall_longer_than_the_timeout_is_a_false_departure_and_a_shorter_one_
     assert fixed.false_departures == 0  # 2.25 s < 2.5 s
     assert adaptive.false_departures == 1  # on time for 10 s before: timeout 1.5 s
     assert fixed.peer_hours == pytest.approx(2 * arrivals["b"][-1] / 3600, rel=0.02)
+    assert fixed.closest_call == pytest.approx(2.25 / 2.5) and adaptive.closest_call == pytest.approx(1.5)
 
 
 def test_steady_heartbeats_are_noticed_faster_by_the_adaptive_timeout():
