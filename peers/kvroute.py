@@ -81,19 +81,25 @@ def hand_off_phases(routes: list[KvRoute]) -> list[list[KvRoute]]:
 
 
 def replica_stages(node, job: PrefillJob) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
-    """(this peer's prefill replica's stages, the decode replica's stages) in the plan of `job`."""
-    holder = node.holder
-    if holder.plan is None or holder.epoch != job.epoch:
-        raise ReplicaFailedError(f"the plan changed during request {job.request.request_id} (it was routed in "
-                                 f"epoch {job.epoch}, this peer follows {holder.epoch}): retry it")
-    own = holder.groups_of_peer(node.peer_id)
-    decode = [g for g in holder.groups_of_peer(job.decode_peer_id) if holder.peer_of_group(g) == job.decode_peer_id
-              and holder.plan.group(g).role in ("decode", "both")]
-    if not own or not decode:
-        raise ReplicaFailedError(f"plan epoch {job.epoch} has no prefill group on this peer or no decode group "
-                                 f"headed by {job.decode_peer_id}")
-    return (peer_stages(holder.plan.group(own[0]), holder.hosts),
-            peer_stages(holder.plan.group(decode[0]), holder.hosts))
+    """(this peer's prefill replica's stages, the decode replica's stages) as the followed plan has them.
+
+    The plan may have changed since the request was routed (a peer joined, say): a replica the current
+    plan no longer shows is taken to be one peer holding every layer, which is what a one-peer replica
+    is; a decode peer that holds other layers refuses the KV with an error naming them."""
+    holder, engine = node.holder, node.worker.engine
+    num_layers = engine.model_config.num_layers
+    own = holder.groups_of_peer(node.peer_id) if holder.plan is not None else []
+    prefill = peer_stages(holder.plan.group(own[0]), holder.hosts) if own else []
+    if (node.peer_id, engine.stage.first_layer, engine.stage.last_layer) not in prefill[:1]:
+        if not (engine.stage.is_first and engine.stage.is_last):
+            raise ReplicaFailedError(f"the plan changed during request {job.request.request_id} (routed in epoch "
+                                     f"{job.epoch}, this peer follows {holder.epoch}) and this peer's pipeline "
+                                     "is not in it any more: retry the request")
+        prefill = [(node.peer_id, 0, num_layers)]
+    heads = [g for g in holder.groups_of_peer(job.decode_peer_id) if holder.peer_of_group(g) == job.decode_peer_id
+             and holder.plan.group(g).role in ("decode", "both")] if holder.plan is not None else []
+    decode = peer_stages(holder.plan.group(heads[0]), holder.hosts) if heads else [(job.decode_peer_id, 0, num_layers)]
+    return prefill, decode
 
 
 async def hand_off_kv(node, job: PrefillJob, prompt_token_ids: tuple[int, ...],
@@ -175,10 +181,6 @@ async def serve_kv_export(node, stream) -> None:
     if worker is None or worker.engine.stage.is_first or worker.engine.config.role != "prefill":
         await write_message(stream, RequestFailure(job.request_id, "not_a_stage",
                                                    "this peer holds no later stage of a prefill pipeline"))
-        return
-    if job.epoch != node.holder.epoch:
-        await write_message(stream, RequestFailure(job.request_id, "stale_epoch", f"plan epoch {job.epoch} is not "
-                                                   f"this peer's ({node.holder.epoch})"))
         return
     engine = worker.engine
     num_tokens = len(job.prompt_token_ids) + len(job.output_token_ids) - 1

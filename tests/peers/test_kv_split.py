@@ -201,3 +201,30 @@ def test_a_later_decode_stage_frees_a_kv_set_that_never_completes(tiny_model_dir
     trio.run(main)
     assert tail.partial_imports == {} and list(tail.remote_blocks) == ["kept"]
     assert tail.scheduler.blocks.num_used_blocks == len(tail.remote_blocks["kept"])
+
+
+def test_the_hand_off_follows_the_plan_and_a_one_peer_replica_survives_a_re_plan(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from peers.kvroute import replica_stages
+    from peers.membership import PlanHolder
+    from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Routing, Stage
+    from swarm.wire.requests import GenerateRequest, PrefillJob
+
+    peers = {"pa": "QmPa", "pb": "QmPb", "da": "QmDa", "db": "QmDb"}
+    plan = Plan(PLAN_FORMAT, 5, "m", (Group(0, "prefill", 1, 2, (Stage(("pa/0",), (0, 1)), Stage(("pb/0",), (1, 4)))),
+                                      Group(1, "decode", 1, 2, (Stage(("da/0",), (0, 3)), Stage(("db/0",), (3, 4))))),
+                Routing({0: 1.0}, ((0, 1, 1.0),)))
+    job = PrefillJob(GenerateRequest("r", prompt="x"), 5, "QmDa", 16)
+
+    def node(first: int, last: int | None, holder: PlanHolder) -> SimpleNamespace:
+        return SimpleNamespace(peer_id="QmPa", holder=holder,
+                               worker=SimpleNamespace(engine=engine(tiny_model_dir, "prefill", first, last)))
+
+    following = PlanHolder(plan, peers)
+    assert replica_stages(node(0, 1, following), job) == ([("QmPa", 0, 1), ("QmPb", 1, 4)],
+                                                          [("QmDa", 0, 3), ("QmDb", 3, 4)])
+    gone = PlanHolder(Plan(PLAN_FORMAT, 6, "m", (), Routing({}, ())), {})
+    assert replica_stages(node(0, None, gone), job) == ([("QmPa", 0, 4)], [("QmDa", 0, 4)])
+    with pytest.raises(ReplicaFailedError, match="plan changed"):
+        replica_stages(node(0, 1, gone), job)
