@@ -9,10 +9,12 @@ shares and inverting gives predicted quantiles per prefill group (TTFT), per dec
 overall, next to the simulated quantiles of the requests each group served. Attainment is compared too.
 
     python -m sims.validate_estimator --workload azure-conv [--system swarm] [--rates 0.5,0.8,1.0]
-        [--duration-s 120] [--budget-s 2] [--seed 0] [--json]
+        [--duration-s 120] [--budget-s 2] [--seed 0] [--sweep] [--json]
 
 `--rates` are multiples of the plan's predicted goodput. Rows: one "all" row per rate, then one per
 prefill group (TTFT) and one per decode group (TPOT); `share` is the share of requests it served.
+`--sweep` also finds the simulated goodput as `swarm sim goodput` and docs/results.md section 0b do
+(`sims.run.rate_sweep` over SWEEP_RATES, `sims.run.crossing` at the SLO's attainment target).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sims.calibrate import calibrated_efficiency
 from sims.cluster_sim import ClusterSim
 from sims.ledger import DONE, latencies, meets_slo
 from sims.report import clean, markdown_table
-from sims.run import DRAIN_S
+from sims.run import DRAIN_S, crossing, rate_sweep
 from sims.workloads import resample
 from swarm.hardware import load_cluster
 from swarm.models import model_spec
@@ -39,6 +41,7 @@ from swarm.plan.problem import Problem, base_slo
 from swarm.workloads import load_workload
 
 QUANTILES = (0.5, 0.9)
+SWEEP_RATES = tuple(float(r) for r in np.geomspace(0.5, 16.0, 13))  # req/s, as in docs/results.md section 0b
 _GRID = np.geomspace(1e-4, 1e3, 1400)  # seconds: where the predicted CDFs are evaluated
 
 
@@ -118,6 +121,12 @@ def compare(problem: Problem, plan, rates_rps, duration_s: float, seed: int = 0)
     return rows
 
 
+def simulated_goodput(problem: Problem, plan, duration_s: float, seed: int = 0) -> float:
+    """The simulated goodput of `plan`: the crossing of the SLO attainment target over SWEEP_RATES."""
+    metrics = rate_sweep(problem, plan, SWEEP_RATES, duration_s, seed)
+    return crossing(SWEEP_RATES, [m.slo_attainment for m in metrics], problem.slo.attainment)
+
+
 def _row(rate, kind, group, layout, share_predicted, share_simulated, ttft_pred, ttft_sim, tpot_pred, tpot_sim,
          attainment_pred, attainment_sim) -> dict:
     row = {"rate_rps": rate, "kind": kind, "group": group, "tp_x_pp": layout,
@@ -139,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=120.0)
     parser.add_argument("--budget-s", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep", action="store_true", help="also the simulated goodput over SWEEP_RATES")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     workload, model = load_workload(args.workload), model_spec(args.model)
@@ -148,12 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     goodput = planned.evaluation.goodput_rps
     rates = [float(x) * goodput for x in args.rates.split(",")]
     rows = compare(planned.problem, planned.plan, rates, args.duration_s, args.seed)
+    simulated = simulated_goodput(planned.problem, planned.plan, args.duration_s, args.seed) if args.sweep else None
+    layouts = [f"{g.role[0]}{g.tp}x{g.pp}" for g in planned.plan.groups]
     if args.json:
-        json.dump({"predicted_goodput_rps": goodput, "rows": clean(rows)}, sys.stdout, indent=1)
+        json.dump({"predicted_goodput_rps": goodput, "simulated_goodput_rps": simulated, "groups": layouts,
+                   "rows": clean(rows)}, sys.stdout, indent=1)
         print()
     else:
-        print(f"{args.system} on {args.cluster}, {args.workload}: predicted goodput {goodput:.2f} req/s; "
-              f"SLO TTFT {problem.slo.ttft_s:.2f} s, TPOT {problem.slo.tpot_s * 1e3:.0f} ms")
+        print(f"{args.system} on {args.cluster}, {args.workload}: predicted goodput {goodput:.2f} req/s"
+              + (f", simulated {simulated:.2f} req/s" if simulated is not None else "")
+              + f"; SLO TTFT {problem.slo.ttft_s:.2f} s, TPOT {problem.slo.tpot_s * 1e3:.0f} ms; groups "
+              + " ".join(layouts))
         print(markdown_table(clean(rows)))
     return 0
 
