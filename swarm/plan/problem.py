@@ -58,16 +58,22 @@ def base_slo(model: ModelSpec, workload: Workload) -> Slo:
 
     TTFT: BASE_TTFT_FACTOR x the roofline prefill time of the workload's mean prompt on one A100-80G;
     TPOT: BASE_TPOT_FACTOR x the roofline batch-1 decode step there (weights plus the mean context's
-    KV read once). The reference ignores whether the model fits one A100: it is only a yardstick.
+    KV read once). Both include the A100's calibrated fixed cost per layer (`cost.calibrated_efficiency`),
+    as every step time of the cost model does: without it a small model's SLO would be shorter than any
+    GPU's per-layer launch overhead, and no plan could meet it. The reference ignores whether the model
+    fits one A100: it is only a yardstick.
     """
+    from swarm.plan.cost import DEFAULT_EFFICIENCY, calibrated_efficiency
+
     ref = gpu_spec(_REFERENCE_GPU)
     flops_per_s = ref.tflops * 1e12 * _REFERENCE_COMPUTE_EFFICIENCY
     bytes_per_s = ref.memory_bandwidth_gbs * 1e9 * _REFERENCE_MEMORY_EFFICIENCY
+    fixed_s = model.num_layers * calibrated_efficiency().get(_REFERENCE_GPU, DEFAULT_EFFICIENCY).layer_overhead_s
     prompt = workload.mean_prompt_tokens
     prefill_flops = prompt * model.flops_per_token + model.attention_flops(prompt, prompt) / 2
-    prefill_s = max(prefill_flops / flops_per_s, model.weight_bytes / bytes_per_s)
+    prefill_s = max(prefill_flops / flops_per_s, model.weight_bytes / bytes_per_s) + fixed_s
     context = prompt + workload.mean_output_tokens / 2
-    decode_s = (model.weight_bytes + context * model.kv_bytes_per_token) / bytes_per_s
+    decode_s = (model.weight_bytes + context * model.kv_bytes_per_token) / bytes_per_s + fixed_s
     return Slo(ttft_s=BASE_TTFT_FACTOR * prefill_s, tpot_s=BASE_TPOT_FACTOR * decode_s)
 
 

@@ -49,7 +49,7 @@ def test_layer_split_follows_capability(conv, make_problem, two_host_cluster):
 
     prefill = layers("prefill", 1.0)
     assert prefill["a/0"] > prefill["b/0"]  # compute-bound: the faster A6000 takes more
-    tight = layers("decode", 1.0)
+    tight = layers("decode", 0.9)
     assert tight["a/0"] < tight["b/0"]  # TPOT binds: the higher-bandwidth 3090 Ti takes more
     loose = layers("decode", 8.0)
     assert loose["a/0"] > loose["b/0"]  # memory binds: the 48 GB card takes more, for KV room
