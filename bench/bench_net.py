@@ -36,7 +36,7 @@ from swarm.net.fastpath import open_fastpath, receive_into, run_fastpath_server
 from swarm.net.frames import libp2p_frames, read_exactly
 from swarm.net.host import HostConfig, open_host
 from swarm.net.liveness import run_liveness
-from swarm.net.pubsub import TOPIC_LOAD, open_gossip
+from swarm.net.pubsub import TOPIC_LOAD, num_outbound_dropped, open_gossip
 from swarm.wire.hardware import HardwareProfile
 from swarm.wire.messages import LoadReport
 
@@ -168,9 +168,9 @@ async def _report_views(index: int, live) -> None:
     last = None
     while True:
         view = (len(live.membership.member_ids), live.election.term, live.election.coordinator_id,
-                len(live.host.connected_peer_ids()))
+                len(live.host.connected_peer_ids()), num_outbound_dropped())
         if view != last:
-            emit(index, members=view[0], term=view[1], coordinator=view[2], connections=view[3])
+            emit(index, members=view[0], term=view[1], coordinator=view[2], connections=view[3], dropped=view[4])
             last = view
         await trio.sleep(0.01)
 
@@ -185,6 +185,7 @@ class SwarmProcesses:
         self.info: dict[int, dict] = {}
         self.loads: dict[int, dict[int, float]] = {}
         self.connections: dict[int, int] = {}
+        self.dropped: dict[int, int] = {}  # gossip RPCs each peer dropped (its outbound queues were full)
         for i in range(num_peers):
             if i == 1:
                 self.wait(lambda: 0 in self.info)
@@ -210,6 +211,7 @@ class SwarmProcesses:
             elif "members" in event:
                 self.views[i] = (event["members"], event["term"], event["coordinator"])
                 self.connections[i] = event["connections"]
+                self.dropped[i] = event["dropped"]
             elif "load" in event:
                 self.loads.setdefault(event["load"], {})[i] = t
         return t
@@ -292,6 +294,7 @@ def _measure_swarm(num_peers: int, num_messages: int, result: dict) -> None:
             for key in ("_connections", "_views", "_loads"):
                 result.pop(key)
         finally:
+            result["gossip_rpcs_dropped"] = sum(swarm.dropped.values())
             result["peer_cpu_share_of_a_core"] = round(swarm.cpu_fraction(started_s), 3)
             result["machine_load_average_1min"] = os.getloadavg()[0]
             swarm.close()

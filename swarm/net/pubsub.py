@@ -7,6 +7,14 @@ The limits are set on purpose (py-libp2p 0.8.1 drops silently past them):
   event loop (or a burst: 8 peers' heartbeats plus a plan) overflows that, so the queue is raised to
   `queue_size` (1,024; libp2p reads the module constant `SUBSCRIPTION_CHANNEL_SIZE` when subscribing, so
   this is process-wide); the consumer only hands the decoded message on (handlers must be quick);
+- libp2p also gives each *peer* a 32-RPC outbound queue and drops (at debug level) what does not fit.
+  A process starved of CPU wakes up to a burst of inbound messages and forwards each to every mesh
+  peer before its per-peer sending task runs, so a busy neighbour's queue overflowed. The loss was
+  permanent: GossipSub repairs by gossiping message ids (IHAVE) to *non*-mesh peers only, and in a small
+  swarm a well-connected peer is in everyone's mesh (8 peers, 7 links: a message never reached the
+  bootstrap peer in 4 of 5 loaded runs). The queue is raised to `outbound_queue_size` (1,024; libp2p
+  builds it with the module-level name `RpcQueue`, replaced here by `_OutboundQueue`, process-wide), and
+  a drop that still happens is logged as a warning and counted (`num_outbound_dropped()`);
 - messages are capped at 64 KiB here (libp2p's cap is 1 MiB): gossip is for small control records only;
 - the GossipSub heartbeat (mesh upkeep) runs every second, not every 120 s, so a new peer joins the mesh
   in about a second; degree 6 (4..12) as in the libp2p spec.
@@ -28,6 +36,7 @@ from libp2p.pubsub import pubsub as libp2p_pubsub
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 
 from swarm.errors import WireError
@@ -44,6 +53,7 @@ TOPIC_ELECTION = "/swarm/election/1.0.0"
 TOPIC_PLAN = "/swarm/plan/1.0.0"
 MAX_GOSSIP_BYTES = 64 << 10
 MAX_DECODED_CACHE = 1024
+DROP_LOG_EVERY = 100  # after the first refused RPC to a peer, log every 100th
 Handler = Callable[[str, Any], Awaitable[None] | None]
 
 
@@ -57,12 +67,42 @@ class GossipConfig:
     max_message_bytes: int = MAX_GOSSIP_BYTES
     is_self_delivered: bool = False  # hand a peer its own messages too
     queue_size: int = 1024  # messages waiting for a topic's consumer before libp2p drops
+    outbound_queue_size: int = 1024  # RPCs waiting to be written to one peer before libp2p drops
 
     def __post_init__(self) -> None:
         if not 1 <= self.degree_low <= self.degree <= self.degree_high:
             raise ValueError("GossipConfig needs 1 <= degree_low <= degree <= degree_high")
         if not 0 < self.max_message_bytes <= 1 << 20:
             raise ValueError("GossipConfig.max_message_bytes must be in (0, 1 MiB] (libp2p's own cap)")
+        if self.queue_size < 32 or self.outbound_queue_size < 32:
+            raise ValueError("GossipConfig.queue_size and outbound_queue_size must be >= 32 (libp2p's defaults)")
+
+
+class _OutboundQueue(RpcQueue):
+    """libp2p's per-peer outbound RPC queue, `size` long (process-wide), warning when it refuses an RPC."""
+
+    size = 32
+    num_dropped = 0  # RPCs refused by all outbound queues of this process
+
+    def __init__(self) -> None:
+        super().__init__(max_size=_OutboundQueue.size)
+        self.num_dropped_here = 0
+
+    def push(self, rpc, priority: bool = False) -> bool:
+        is_queued = super().push(rpc, priority)
+        if not is_queued and not self.closed:
+            _OutboundQueue.num_dropped += 1
+            self.num_dropped_here += 1
+            if self.num_dropped_here % DROP_LOG_EVERY == 1:
+                logger.warning("gossip: a peer's outbound queue is full (%d RPCs): %d RPC(s) to it dropped so "
+                               "far; this process cannot keep up with the gossip rate", _OutboundQueue.size,
+                               self.num_dropped_here)
+        return is_queued
+
+
+def num_outbound_dropped() -> int:
+    """Gossip RPCs this process dropped because a peer's outbound queue was full (0 when it keeps up)."""
+    return _OutboundQueue.num_dropped
 
 
 class Gossip:
@@ -142,6 +182,8 @@ def _author(msg) -> str:
 async def open_gossip(host: Host, config: GossipConfig | None = None) -> AsyncIterator[Gossip]:
     """Start GossipSub on `host`; subscriptions end when the block exits."""
     config = config or GossipConfig()
+    _OutboundQueue.size = max(_OutboundQueue.size, config.outbound_queue_size)
+    libp2p_pubsub.RpcQueue = _OutboundQueue  # the name libp2p's Pubsub builds each peer's queue with
     router = GossipSub(protocols=[GOSSIPSUB_PROTOCOL_ID], degree=config.degree, degree_low=config.degree_low,
                        degree_high=config.degree_high, heartbeat_interval=config.heartbeat_interval_s,
                        heartbeat_initial_delay=0.1, spam_protection_enabled=True,

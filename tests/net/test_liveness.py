@@ -1,4 +1,5 @@
-"""Liveness over real hosts: membership and election agree, and a dead peer is noticed within 3 s."""
+"""Liveness over real hosts: membership and election agree, a dead peer is noticed within 3 s, and lost
+profiles only delay a peer being known."""
 
 import os
 import signal
@@ -11,8 +12,8 @@ import trio
 from net_helpers import profile
 
 from swarm.net.host import open_host
-from swarm.net.liveness import run_liveness
-from swarm.net.pubsub import open_gossip
+from swarm.net.liveness import LivenessConfig, run_liveness
+from swarm.net.pubsub import TOPIC_PROFILE, open_gossip
 from swarm.proto.membership import PeerJoined, PeerLeft
 
 CHILD = Path(__file__).with_name("peer_child.py")
@@ -104,5 +105,37 @@ def test_killed_or_frozen_peer_in_a_subprocess_is_noticed_within_3_s(host_config
                 finally:
                     child.kill()
                     child.wait(timeout=5)
+
+    trio.run(main)
+
+
+def test_lost_profiles_only_delay_a_peer_being_known(host_config):
+    """Gossip may lose a message; profiles are re-published, so a peer is learnt later, never missed."""
+    num_lost = 3
+
+    async def main():
+        with trio.fail_after(30):
+            config = LivenessConfig(profile_interval_s=1.0)
+            async with open_host(host_config()) as a, open_host(host_config()) as b, open_gossip(a) as ga, \
+                    open_gossip(b) as gb:
+                lost: list[str] = []
+                subscribe = gb.subscribe
+
+                async def lossy_subscribe(topic, handler, *, types=()):
+                    def drop_first_profiles(sender, msg):
+                        if len(lost) < num_lost:
+                            lost.append(sender)  # the network lost it: b never sees this profile
+                            return None
+                        return handler(sender, msg)
+
+                    await subscribe(topic, drop_first_profiles if topic == TOPIC_PROFILE else handler, types=types)
+
+                gb.subscribe = lossy_subscribe
+                live_a = await a.nursery.start(run_liveness, a, ga, profile(a.peer_id), config)
+                live_b = await b.nursery.start(run_liveness, b, gb, profile(b.peer_id), config)
+                await b.dial(a.addrs[0])
+                both = tuple(sorted((a.peer_id, b.peer_id)))
+                await wait_for(lambda: live_a.membership.member_ids == both == live_b.membership.member_ids, 20)
+                assert lost == [a.peer_id] * num_lost
 
     trio.run(main)
