@@ -54,6 +54,7 @@ from swarm.plan.queueing import phi, queue_wait, wait_cdf, wait_p90_s, weighted_
 NUM_REQUESTS = 256  # requests of the length sample the estimator follows one by one
 DISPATCH_ITERATIONS = 10  # damped fixed-point steps of the load-aware dispatch split (`Scenario._dispatch`)
 MAX_WAIT_S = 1e4  # a saturated replica's wait, in the dispatch split
+UNSTABLE_STEP_S = 1e3  # an overloaded decode group's step, in the decode dispatch split
 BATCH_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0)  # prompts per prefill batch (1 + rho) at which blocking is profiled
 GRID_POINTS = 64
 _Z90 = 1.2816  # standard normal 90th percentile
@@ -308,7 +309,9 @@ class Scenario:
         routed = rate_rps * np.bincount(pair_p, weights=shares, minlength=n)
         prefill_rate = self._dispatch(routed)
         with np.errstate(divide="ignore", invalid="ignore"):
-            shares = shares * np.nan_to_num(prefill_rate / routed, nan=1.0)[pair_p]  # as dispatched
+            flow = rate_rps * shares * np.nan_to_num(prefill_rate / routed, nan=1.0)[pair_p]  # as dispatched
+        flow = self._decode_dispatch(flow, shares, _one_hot(pair_p, n), _one_hot(pair_d, n), pair_p, pair_d)
+        shares = flow / rate_rps
         decode_rate = rate_rps * np.bincount(pair_d, weights=shares, minlength=n)
         rho = prefill_rate * self.mean_service_s
         link_load = rate_rps * shares / self.link_rps[active]
@@ -344,6 +347,29 @@ class Scenario:
         """(groups,) E[S^2] / E[S]^2 and E[S^3] / E[S]^3 of each group's prefill service (its shape)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             return (self.moment2_s2 / self.mean_service_s ** 2, self.moment3_s3 / self.mean_service_s ** 3)
+
+    def _decode_dispatch(self, flow: np.ndarray, plan_shares: np.ndarray, to_p: np.ndarray, to_d: np.ndarray,
+                         pair_p: np.ndarray, pair_d: np.ndarray) -> np.ndarray:
+        """(..., pairs) request rates per (prefill, decode) pair as load-aware dispatch splits `flow`.
+
+        When a prompt is prefilled, the entry peer (and the simulator) sends it to the KV partner d of its
+        prefill group with the least live load (KV tokens, about N_d sequences) per plan share y_pd. That
+        evens out N_d / y_pd among the partners, and N_d = lam_d E[o] step_d (Little's law), so each
+        prefill group's rate is split in proportion to y_pd / step_d: faster-stepping decode groups get
+        more than their share, and a group that other prefill groups also feed looks busier. step_d from
+        `_decode` at the split's decode rates (an unstable group counts as very slow); damped
+        fixed-point iteration."""
+        if not self.pooled or self.has_both:
+            return flow
+        per_prefill = (flow @ to_p)[..., pair_p]
+        ones = np.ones(flow.shape[:-1] + (to_d.shape[1],))
+        for _ in range(DISPATCH_ITERATIONS // 2):
+            decode = self._decode(flow @ to_d, ones)
+            step_s = np.where(decode.ok > 0, decode.step_s, UNSTABLE_STEP_S)
+            pull = plan_shares / step_s[..., pair_d]
+            total = (pull @ to_p)[..., pair_p]
+            flow = 0.5 * (flow + per_prefill * pull / np.where(total > 0, total, 1.0))
+        return flow
 
     def _prefill_wait(self, prefill_rate: np.ndarray) -> tuple[np.ndarray, ...]:
         """(P(wait), mean wait, mu, sigma) per group until a prompt's batch is done, less its own latency.
@@ -467,6 +493,7 @@ class Scenario:
         prefill_rate = self._dispatch(routed)  # (rates, groups)
         with np.errstate(divide="ignore", invalid="ignore"):
             flow = flow * np.nan_to_num(prefill_rate / routed, nan=1.0)[:, pair_p]  # as dispatched
+        flow = self._decode_dispatch(flow, shares, to_p, to_d, pair_p, pair_d)
         shares = flow / rates[:, None]
         decode_rate = flow @ to_d
         rho = prefill_rate * self.mean_service_s

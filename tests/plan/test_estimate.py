@@ -250,3 +250,24 @@ def test_a_full_kv_memory_delays_admission(cloud32, llama30b, code, make_problem
     blocked = decode.blocked[:, 1][decode.ok[:, 1] > 0]
     assert len(blocked) >= 2 and np.all(np.diff(blocked) >= 0) and blocked[-1] > blocked[0]
     assert np.all(decode.batch[decode.ok[:, 1] > 0, 1] <= capacity)
+
+
+def test_decode_dispatch_evens_out_load_per_share(cloud32, llama30b, conv, make_problem, hosts_of):
+    """Among a prefill group's KV partners the entry peer picks the least KV load per share: by Little's
+    law the faster-stepping decode group gets more than its plan share, and the split keeps the rate."""
+    hosts = hosts_of(cloud32)
+    problem = make_problem(cloud32, llama30b, conv)
+    deployments = {0: configure(problem, hosts["a40-0"], "prefill"),
+                   1: configure(problem, hosts["a6000-0"], "decode"),
+                   2: configure(problem, hosts["3090ti-0"] + hosts["3090ti-1"], "decode")}
+    scenario = Scenario.build(problem, deployments, [(0, 1), (0, 2)])
+    to_p, to_d = np.eye(3)[[0, 0]], np.eye(3)[[1, 2]]
+    shares, rate = np.array([0.5, 0.5]), 2.0
+    flow = scenario._decode_dispatch(rate * shares, shares, to_p, to_d, np.array([0, 0]), np.array([1, 2]))
+    assert flow.sum() == pytest.approx(rate)
+    steps = scenario._decode(flow @ to_d, np.ones(3)).step_s[[1, 2]]
+    faster = int(np.argmin(steps))
+    assert steps[faster] < steps[1 - faster] and flow[faster] > flow[1 - faster]
+    uniform = replace(scenario, problem=make_problem(cloud32, llama30b, conv, orchestrate=False))
+    routed = rate * shares
+    assert uniform._decode_dispatch(routed, shares, to_p, to_d, np.array([0, 0]), np.array([1, 2])) is routed
