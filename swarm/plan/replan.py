@@ -7,14 +7,7 @@ TP, PP and layer split, so no weights move. Only phases are re-decided and the r
      ranked by prefill affinity), with an integer ternary search over k (the score is close to
      unimodal in k: too few prefill groups and TTFT fails, too many and decode capacity does);
   2. from the best of those, single flips are tried, nearest to the prefill/decode boundary first,
-     taking any improvement, until `max_evaluations` scorings are spent;
-  3. the fewest role changes that serve the load: among the assignments scored whose predicted SLO
-     attainment at the problem's rate (the load the coordinator sees) reaches the SLO's target, the
-     one that changes the fewest roles wins (ties: the higher score); only if none does, the highest
-     score. A flip drains a replica and moves its requests, and a predicted gain in goodput the load
-     does not need is a bet on the estimator: after a decode host's failure on cloud-32, flipping two
-     A6000 groups to decode predicted 15% more goodput but missed TPOT for 10% of the requests in the
-     simulator, where keeping the roles missed none (docs/results.md section 3).
+     taking any improvement, until `max_evaluations` scorings are spent.
 Each scoring is `evaluate_deployments` (routing LP and SLO estimate only).
 """
 
@@ -42,8 +35,7 @@ def surviving_groups(problem: Problem, current: Plan) -> list[Deployment]:
 
 def replan(problem: Problem, current: Plan, *, max_evaluations: int = MAX_REPLAN_EVALUATIONS,
            budget_s: float | None = None) -> Evaluation:
-    """The roles and routing for the surviving groups of `current` (no group changes, no weight moves):
-    the fewest role changes that meet the SLO at `problem.rate_rps`, else the best predicted score.
+    """The best roles and routing for the surviving groups of `current` (no group changes, no weight moves).
 
     Returns the evaluation of the new plan, whose epoch is `current.epoch + 1`. `budget_s` optionally
     caps the wall time as well (the current roles are always scored).
@@ -91,15 +83,6 @@ class _RoleSearch:
     def best(self) -> tuple[str, ...]:
         return max(self.scored, key=lambda r: self.scored[r].score)
 
-    def chosen(self, current: tuple[str, ...]) -> tuple[str, ...]:
-        """The fewest role changes whose predicted attainment reaches the target; else the best score."""
-        target = self.problem.slo.attainment
-        serving = [r for r, e in self.scored.items() if e.is_feasible and e.slo_attainment >= target]
-        if not serving:
-            return self.best()
-        return min(serving, key=lambda r: (sum(a != b for a, b in zip(r, current, strict=True)),
-                                           -self.scored[r].score))
-
     def threshold(self, k: int) -> tuple[str, ...]:
         prefill = set(self.ranked[:k])
         return tuple("prefill" if i in prefill else "decode" for i in range(len(self.deployments)))
@@ -113,7 +96,7 @@ class _RoleSearch:
         elif "both" not in current:
             self._ternary(1, len(current) - 1)
             self._flips()
-        return self.scored[self.chosen(current)] if self.scored else None
+        return self.scored[self.best()] if self.scored else None
 
     def _ternary(self, lo: int, hi: int) -> None:
         """Integer ternary search for the best number of prefill groups in [lo, hi]."""
