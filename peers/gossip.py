@@ -5,7 +5,8 @@ peer in its address book, writes its digest and reads the other's. The stream's 
 by Noise, so a digest can only speak for its sender, and the hardware profile inside is signed with the
 sender's libp2p key (`swarm.net.signed`), verified once per new signature. Each digest and each libp2p
 disconnect is fed to the sans-IO view (`membership.SwarmView`, over `swarm.proto`); its actions are logged
-in words and wake the tasks waiting for a change. Link probes time 4 MiB transfers to a few serving peers.
+in words and wake the tasks waiting for a change. Link probes time 4 MiB transfers to a few serving peers
+on the path their KV would take (the fast path when it can be negotiated, else libp2p; the log says which).
 """
 
 from __future__ import annotations
@@ -133,11 +134,13 @@ async def run_link_probes(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None
         todo = [p for p in sorted(alive) if counts.get(p, 0) < PROBES_PER_LINK][:MAX_PROBED_PEERS]
         for peer_id in todo:
             try:
-                gbps = await measure_gbps(node, peer_id, node.config.bandwidth_probe_bytes)
-            except Exception as e:  # a failed probe is retried next round
-                logger.debug("bandwidth probe to %s failed: %s", peer_id, e)
+                gbps, path = await measure_gbps(node, peer_id, node.config.bandwidth_probe_bytes)
+            except Exception as e:  # a failed or timed-out probe is retried next round
+                logger.debug("bandwidth probe to %s failed: %s", peer_id, e or type(e).__name__)
                 continue
             counts[peer_id] = counts.get(peer_id, 0) + 1
             node.links_gbps[peer_id] = round(max(gbps, node.links_gbps.get(peer_id, 0.0)), 3)
+            logger.debug("bandwidth probe to %s over %s: %.2f Gbit/s", peer_id, path, gbps)
             if counts[peer_id] == PROBES_PER_LINK:
-                logger.info("link to %s: %.2f Gbit/s", peer_id, node.links_gbps[peer_id])
+                logger.info("link to %s: %.2f Gbit/s (best of %d probes, measured over %s)", peer_id,
+                            node.links_gbps[peer_id], PROBES_PER_LINK, path)

@@ -13,8 +13,10 @@ request: the sender writes a `KvPush` record, then the blob in checksummed frame
 (`swarm.net.frames`); the receiver checks the size it was promised, imports the KV into its engine (the
 decode session waiting for this request id, or on a later decode pipeline stage its engine, which frees
 a request's slices not all there within KV_PART_WAIT_S), and answers `Ack` or a `RequestFailure`.
-`/swarm/bandwidth/1.0.0` is the libp2p transfer with throw-away bytes, timed, which is how a peer measures
-its links for the planner.
+Link probes (`measure_gbps`, for the planner) time a transfer of throw-away bytes on the path KV to that
+peer takes: a `BandwidthProbe` record, the bytes and an `Ack` on a pooled fast-path connection (where the
+KV server tells a probe from a `KvPush` by its record), or, where the fast path is unavailable,
+`/swarm/bandwidth/1.0.0` over libp2p. The probe is capped at 64 MiB and `PROBE_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ NEGOTIATE_TIMEOUT_S = 5.0
 KV_IDLE_S = 120.0  # the receiver closes a fast-path KV connection idle this long
 REUSE_IDLE_S = 60.0  # the sender does not reuse a connection idle longer (the receiver may be closing it)
 RETRY_FASTPATH_S = 60.0  # after a failed negotiation, libp2p frames to that peer for this long
+PROBE_TIMEOUT_S = 10.0  # a link probe, negotiation included, gives up after this long
+MAX_PROBE_BYTES = 64 << 20  # BandwidthProbe's own cap
 MAX_IDLE_PER_PEER = 4
 KV_PART_WAIT_S = 60.0  # a later decode stage frees a request's KV slices not all here by then
 BROKEN = (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -162,7 +166,12 @@ async def serve_kv_channel(node, peer_id: str, channel: SealedChannel) -> None:
             return
         with trio.fail_after(ANSWER_TIMEOUT_S):
             head, record = await channel.receive_blob(max_bytes=MAX_RPC_BYTES)
-            push = decode(bytes(record), expect=KvPush, max_bytes=MAX_RPC_BYTES)
+            push = decode(bytes(record), max_bytes=MAX_RPC_BYTES)
+            if isinstance(push, BandwidthProbe):  # a link probe (measure_gbps) on the path KV takes
+                await answer_probe(channel, head, push)
+                continue
+            if not isinstance(push, KvPush):
+                raise WireError(f"{type(push).__name__} on a fast-path KV connection (KvPush or BandwidthProbe only)")
             header, blob = await channel.receive_blob(max_bytes=push.blob_bytes)
         if (header.request_id, header.epoch) != (head.request_id, head.epoch) or header.epoch != push.epoch:
             raise WireError(f"KV of {push.request_id} from {peer_id}: frame id/epoch {header.request_id}/"
@@ -237,23 +246,70 @@ async def serve_kv(node, stream) -> None:
     await write_message(stream, await take_pushed_kv(node, push, blob))
 
 
-async def measure_gbps(node, peer_id: str, num_bytes: int) -> float:
-    """Time a bulk transfer of `num_bytes` to a peer (sent and acknowledged); Gbit/s."""
+async def measure_gbps(node, peer_id: str, num_bytes: int) -> tuple[float, str]:
+    """Time a transfer of `num_bytes` (at most MAX_PROBE_BYTES) to a peer, sent and acknowledged, on the path
+    KV to that peer takes; (Gbit/s, "fast path" or "libp2p"). trio.TooSlowError after PROBE_TIMEOUT_S.
+
+    The fast path's connection comes from (and goes back to) the KV pool, so its negotiation is not timed,
+    as for a KV push on a reused connection."""
+    payload = bytes(min(num_bytes, MAX_PROBE_BYTES))
+    with trio.fail_after(PROBE_TIMEOUT_S):
+        elapsed_s = await _probe_fast(node, peer_id, payload)
+        path = "fast path"
+        if elapsed_s is None:
+            elapsed_s, path = await _probe_libp2p(node, peer_id, payload), "libp2p"
+    return len(payload) * 8 / max(elapsed_s, 1e-6) / 1e9, path
+
+
+async def _probe_fast(node, peer_id: str, payload: bytes) -> float | None:
+    """Seconds to send `payload` on a fast-path connection and get it acknowledged; None if the fast path
+    to that peer is unavailable (KV goes over libp2p then too)."""
+    links = node.kv_links
+    while True:
+        channel, is_reused = await links.take(node.host, peer_id)
+        if channel is None:
+            return None
+        links.next_id += 1
+        try:
+            start = time.perf_counter()
+            await channel.send_blob(links.next_id, 0, "bench", encode(BandwidthProbe(len(payload))))
+            await channel.send_blob(links.next_id, 0, "bench", payload)
+            _, reply = await channel.receive_blob(max_bytes=MAX_RPC_BYTES)
+            elapsed_s = time.perf_counter() - start
+            decode(bytes(reply), expect=Ack, max_bytes=MAX_RPC_BYTES)
+        except BROKEN:
+            await close_quietly(channel)
+            if is_reused:  # went stale while idle: try a new connection
+                continue
+            raise
+        except BaseException:
+            await close_quietly(channel)
+            raise
+        await links.give_back(peer_id, channel)
+        return elapsed_s
+
+
+async def _probe_libp2p(node, peer_id: str, payload: bytes) -> float:
     stream = await node.open_stream(peer_id, BANDWIDTH_PROTOCOL)
     try:
-        with trio.fail_after(FRAME_TIMEOUT_S):
-            start = time.perf_counter()
-            await write_message(stream, BandwidthProbe(num_bytes))
-            await libp2p_frames(stream, timeout_s=FRAME_TIMEOUT_S).send_blob(0, 0, "bench", bytes(num_bytes))
-            await read_message(stream, expect=Ack)
-            elapsed_s = time.perf_counter() - start
+        start = time.perf_counter()
+        await write_message(stream, BandwidthProbe(len(payload)))
+        await libp2p_frames(stream, timeout_s=FRAME_TIMEOUT_S).send_blob(0, 0, "bench", payload)
+        await read_message(stream, expect=Ack)
+        return time.perf_counter() - start
     finally:
         await node.close_stream(stream)
-    return num_bytes * 8 / max(elapsed_s, 1e-6) / 1e9
+
+
+async def answer_probe(channel: SealedChannel, head, probe: BandwidthProbe) -> None:
+    """The receiving end of a fast-path link probe: take the bytes, acknowledge them."""
+    await channel.receive_blob(max_bytes=probe.num_bytes)
+    await channel.send_blob(head.request_id, head.epoch, "bench", encode(Ack("bandwidth")))
 
 
 async def serve_bandwidth(node, stream) -> None:
-    with trio.fail_after(FRAME_TIMEOUT_S):
+    """The receiving end of a libp2p link probe (`/swarm/bandwidth/1.0.0`)."""
+    with trio.fail_after(PROBE_TIMEOUT_S):
         probe = await read_message(stream, expect=BandwidthProbe)
         await libp2p_frames(stream, timeout_s=FRAME_TIMEOUT_S).receive_blob(max_bytes=probe.num_bytes)
         await write_message(stream, Ack("bandwidth"))
