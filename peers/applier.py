@@ -1,16 +1,26 @@
-"""Applying a plan: find this peer's group, load its stage's layers (or keep them), take its role, report ready.
+"""Applying a plan: serve every group the plan puts this peer in, one engine each; report which are ready.
 
 How it works: each time the followed plan changes (a newer epoch, see `membership.PlanHolder`), the
-applier looks up the group and stage holding this peer's GPU. If the engine already holds that layer range
-only the role changes (ThunderServe's lightweight phase flip: no weights move); otherwise the stage is
-loaded in a worker thread and swapped in (the first stage of a multi-peer pipeline, whatever its role,
-gets a `PipelineWorker`, which drives the later stages' peers; prefill and decode pipelines exchange KV
-slices per stage, see `kvroute`). When done, `ready_epoch` is set to the plan's epoch and gossiped; entry
-peers route only to replicas ready for the epoch they follow. A peer in no group serves nothing.
+applier lists this peer's part of every group with a GPU on its host (`membership.placements`: a host's
+GPUs may be split over several groups, e.g. 2 prefill and 2 decode). Each part runs on the device of the
+group's first GPU on this host ("host/i" -> `cuda:i` when the peer runs on CUDA; everything on the CPU when
+the peer's device is the CPU, as for an emulated profile). Then, per group:
+1. a running engine with the same layer range on the same device is kept (ThunderServe's lightweight
+   phase flip: no weights move), re-keyed to the new plan's group id, its role and pipeline place updated;
+   kept groups are ready for the new epoch at once;
+2. groups this peer no longer serves are stopped (their requests end, their memory is released) before
+   anything new is loaded;
+3. each new part is loaded in a worker thread (or takes the whole model preloaded before the first plan,
+   `Node.spare`, when it wants all layers on that device) and started; the first stage of a multi-peer
+   pipeline, whatever its role, gets a `PipelineWorker`, which drives the later stages' peers. Each group
+   is gossiped ready as soon as it is (`MemberDigest.ready_groups`, for the plan's epoch); entry peers
+   route to a group only when every peer of it is ready for it.
+A peer in no group serves nothing.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import replace
 
@@ -18,76 +28,138 @@ import trio
 
 from peers.daemon_errors import PlanApplyError
 from peers.engine import Engine, EngineConfig
-from peers.membership import peer_stages
+from peers.membership import Placement, placements
 from peers.pipeline import PipelineWorker
-from peers.worker import EngineWorker
+from peers.worker import EngineWorker, GroupWorker
 from swarm.errors import SwarmError
-from swarm.wire.plan import Group, Plan
+from swarm.wire.plan import Plan
 
 logger = logging.getLogger(__name__)
 
 
-def my_group(node, plan: Plan) -> Group | None:
-    groups = node.holder.groups_of_peer(node.peer_id)
-    if len(groups) > 1:
-        logger.warning("plan epoch %d puts this peer in groups %s; serving group %d only", plan.epoch, groups,
-                       groups[0])
-    return plan.group(groups[0]) if groups else None
+def group_device(node, placement: Placement) -> str:
+    """The torch device of this peer's part of a group: its first GPU's CUDA device on a CUDA peer (or the
+    one the operator pinned with `--device cuda:N`), the CPU otherwise. A declared (emulated) profile with
+    more GPUs than this machine has shares the real ones round-robin."""
+    kind = node.profile.device if node.profile is not None else "cpu"
+    if kind != "cuda":
+        return "cpu"
+    if node.config.device.startswith("cuda:"):
+        return node.config.device
+    import torch
+
+    count = torch.cuda.device_count()
+    index = placement.gpu_index
+    if 0 < count <= index and node.profile.is_emulated:
+        index %= count
+    return f"cuda:{index}"
 
 
-def my_stage(node, stages: list[tuple[str, int, int]]) -> int:
-    """The index of this peer's part of the pipeline (`peer_stages`)."""
-    return next(i for i, (peer, _, _) in enumerate(stages) if peer == node.peer_id)
+def engine_config(node, placement: Placement, device: str) -> EngineConfig:
+    """The engine settings for this peer's layers of one group."""
+    return EngineConfig(role=placement.role, first_layer=placement.first_layer, last_layer=placement.last_layer,
+                        device=device, dtype=node.config.dtype, kv_cache_bytes=node.config.kv_cache_bytes,
+                        max_num_seqs=node.config.max_num_seqs)
 
 
-def engine_config(node, group: Group, stages: list[tuple[str, int, int]], stage_index: int) -> EngineConfig:
-    """The engine settings for this peer's layers of `group`."""
-    _, first, last = stages[stage_index]
-    return EngineConfig(role=group.role, first_layer=first, last_layer=last, device=node.config.device,
-                        dtype=node.config.dtype,
-                        kv_cache_bytes=node.config.kv_cache_bytes, max_num_seqs=node.config.max_num_seqs)
+def match_kept(current: list[GroupWorker], wanted: list[tuple[Placement, str]]) -> dict[int, GroupWorker]:
+    """For each wanted part (placement, device), by group id, a running group holding the same layers on the
+    same device (each used once): those keep their weights."""
+    free = [g for g in current if g.worker is not None]
+    kept = {}
+    for placement, device in wanted:
+        layers = (placement.first_layer, placement.last_layer)
+        match = next((g for g in free if (g.layers, g.device) == (layers, device)), None)
+        if match is not None:
+            free.remove(match)
+            kept[placement.group_id] = match
+    return kept
 
 
-def next_stage_peer(stages: list[tuple[str, int, int]], stage_index: int) -> str | None:
-    return stages[stage_index + 1][0] if stage_index + 1 < len(stages) else None
-
-
-def holds_layers(engine: Engine, config: EngineConfig) -> bool:
+def spare_fits(engine: Engine | None, placement: Placement, device: str) -> bool:
+    """Whether the preloaded whole-model engine can serve this part as it is (a role flip)."""
+    if engine is None:
+        return False
     stage = engine.stage
-    return (stage.first_layer, stage.last_layer) == (config.first_layer, config.last_layer)
+    return ((stage.first_layer, stage.last_layer) == (placement.first_layer, placement.last_layer)
+            and str(engine.config.torch_device()) == device)
+
+
+def release_memory(devices: set[str]) -> None:
+    """Give the memory of stopped engines back (CUDA caches it otherwise)."""
+    gc.collect()
+    if any(d.startswith("cuda") for d in devices):
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 async def apply_plan(node, plan: Plan) -> None:
-    """Take this peer's part in `plan`; sets `node.ready_epoch` when it can serve."""
+    """Take this peer's part in every group of `plan`; each group is marked ready once it can serve."""
     if plan.model != node.model_name:
         raise PlanApplyError(f"plan epoch {plan.epoch} is for model {plan.model!r}, this peer serves "
                              f"{node.model_name!r}")
-    group = my_group(node, plan)
-    if group is None:
-        node.set_ready(-1, None)
+    wanted = [(p, group_device(node, p)) for p in placements(plan, node.holder.hosts, node.peer_id)]
+    kept = match_kept(list(node.groups.values()), wanted)
+    stopped = [g for g in node.groups.values() if g not in kept.values()]
+    node.groups = {}
+    for group in stopped:
+        if group.worker is not None:
+            logger.info("plan epoch %d: stopping %s (not in this plan)", plan.epoch, group.describe())
+        node.stop_group(group)
+    spare_taker = next((p.group_id for p, device in wanted
+                        if p.group_id not in kept and spare_fits(node.spare, p, device)), None)
+    freed = {g.device for g in stopped}
+    if node.spare is not None and spare_taker is None:
+        freed.add(str(node.spare.config.torch_device()))
+        node.spare = None
+    if freed:
+        release_memory(freed)
+    for placement, _ in wanted:
+        if placement.group_id in kept:
+            await keep_group(node, kept[placement.group_id], placement, plan.epoch)
+    node.set_ready(plan.epoch if wanted else -1)
+    if not wanted:
         logger.info("plan epoch %d: this peer is in no group; idle", plan.epoch)
         return
-    stages = peer_stages(group, node.holder.hosts)
-    stage_index = my_stage(node, stages)
-    config = engine_config(node, group, stages, stage_index)
-    node.pipeline_stage, node.pipeline_next = stage_index, next_stage_peer(stages, stage_index)
-    worker = node.worker
-    if worker is not None and holds_layers(worker.engine, config):
-        if worker.engine.config.role != group.role:
-            logger.info("plan epoch %d: role %s -> %s (weights stay)", plan.epoch, worker.engine.config.role,
-                        group.role)
-        worker.engine.config = replace(worker.engine.config, role=group.role)
+    for placement, device in wanted:
+        if placement.group_id not in kept:
+            await start_new_group(node, placement, device, plan.epoch, take_spare=placement.group_id == spare_taker)
+    logger.info("plan epoch %d: serving %s", plan.epoch, " and ".join(
+        g.describe() for g in sorted(node.groups.values(), key=lambda g: g.group_id)))
+
+
+async def keep_group(node, group: GroupWorker, placement: Placement, epoch: int) -> None:
+    """A running engine with this part's layers and device: re-key it, flip its role, ready at once."""
+    role = group.role
+    if role != placement.role:
+        logger.info("plan epoch %d: group %d -> %d on %s: role %s -> %s (weights stay)", epoch, group.group_id,
+                    placement.group_id, group.device, role, placement.role)
+    group.worker.engine.config = replace(group.worker.engine.config, role=placement.role)
+    group.group_id, group.stage, group.num_stages = placement.group_id, placement.stage, placement.num_stages
+    group.next_peer = placement.next_peer
+    node.groups[placement.group_id] = group
+    if not group.is_running:  # a pipeline head whose stage failed: its loop ended, its engine is fine
+        await node.start_group(group, group.worker)
+    group.is_ready = True
+
+
+async def start_new_group(node, placement: Placement, device: str, epoch: int, *, take_spare: bool) -> None:
+    """Load (or take the preloaded engine for) a part of a group, start its worker, mark it ready."""
+    config = engine_config(node, placement, device)
+    if take_spare:
+        engine, node.spare = node.spare, None
+        engine.config = replace(engine.config, role=placement.role)
     else:
-        node.set_ready(-1, None)
-        logger.info("plan epoch %d: loading layers [%d, %d) as %s", plan.epoch, config.first_layer,
-                    config.last_layer, group.role)
+        logger.info("plan epoch %d: loading %s on %s", epoch, placement.describe(), device)
         engine = await trio.to_thread.run_sync(Engine.load, node.model_path, config)
-        is_head = len(stages) > 1 and stage_index == 0
-        await node.start_worker(PipelineWorker(engine, node) if is_head else EngineWorker(engine))
-    node.set_ready(plan.epoch, group.id)
-    where = f"stage {stage_index + 1} of {len(stages)}, " if len(stages) > 1 else ""
-    logger.info("plan epoch %d: ready as group %d (%s, %slayers %s)", plan.epoch, group.id, group.role, where,
-                stages[stage_index][1:])
+    group = GroupWorker(placement.group_id, placement.stage, placement.num_stages, placement.next_peer, device)
+    is_head = placement.num_stages > 1 and placement.stage == 0
+    await node.start_group(group, PipelineWorker(engine, node, group) if is_head else EngineWorker(engine))
+    node.groups[placement.group_id] = group
+    group.is_ready = True
+    node.set_ready(epoch)
+    logger.info("plan epoch %d: ready as %s", epoch, group.describe())
 
 
 async def run_applier(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -104,5 +176,7 @@ async def run_applier(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
             await apply_plan(node, plan)
         except SwarmError as e:
-            node.set_ready(-1, None)
+            for group in node.groups.values():
+                group.is_ready = False
+            node.set_ready(-1)
             logger.error("cannot apply plan epoch %d: %s", plan.epoch, e)

@@ -1,8 +1,9 @@
 """The peer daemon: `run_peer(config)` runs one peer under a single trio root nursery.
 
 Subsystems (each started with `await nursery.start(run_x, node)`): membership gossip and link probes
-(`gossip.py`), the applier (loads this peer's stage, takes its role), the coordinator runtime (plans while
-elected), the engine worker. Protocol handlers (`/swarm/<name>/1.0.0`: member, status, generate, prefill,
+(`gossip.py`), the applier (loads this peer's part of each group the plan puts it in, takes its roles), the
+coordinator runtime (plans while elected), one engine worker per group (`Node.groups`: a peer with several
+GPUs may serve several groups, e.g. prefill on GPU 0 and decode on GPU 1). Protocol handlers (`/swarm/<name>/1.0.0`: member, status, generate, prefill,
 decode, kv, kvexport, hidden, bandwidth) run per stream; a failure there resets that stream and is logged, never
 more. `Node` holds the state they share.
 """
@@ -37,11 +38,11 @@ from peers.kvlink import (
 )
 from peers.kvroute import KV_EXPORT_PROTOCOL, serve_kv_export
 from peers.loopback import loopback_pair
-from peers.membership import PlanHolder, SwarmView
+from peers.membership import PlanHolder, SwarmView, ready_groups
 from peers.pipeline import HIDDEN_PROTOCOL, serve_hidden
 from peers.replica import serve_decode, serve_prefill
 from peers.status import STATUS_PROTOCOL, serve_status
-from peers.worker import EngineWorker, WorkerLoad
+from peers.worker import EngineWorker, GroupWorker, WorkerLoad, group_for
 from swarm.errors import SwarmError
 from swarm.net.fastpath import run_fastpath_server
 from swarm.net.host import Host, HostConfig, open_host, reset_quietly
@@ -73,12 +74,10 @@ class Node:
         self.verified: dict[str, tuple[bytes, object]] = {}  # peer id -> (signature, profile) checked
         self.model_path: Path | None = None
         self.model_name = ""
-        self.worker: EngineWorker | None = None
-        self.worker_scope: trio.CancelScope | None = None
-        self.ready_epoch = -1
-        self.decode_sessions: dict = {}
-        self.pipeline_stage = 0  # index of this peer's stage in a multi-peer pipeline replica
-        self.pipeline_next: str | None = None  # the next stage's peer, None on the last (or only) stage
+        self.groups: dict[int, GroupWorker] = {}  # the groups of the followed plan this peer serves, by id
+        self.spare = None  # the Engine preloaded before any plan (whole model, role both), until a group takes it
+        self.ready_epoch = -1  # the plan epoch the groups marked ready are ready for
+        self.decode_sessions: dict = {}  # request id -> DecodeSession (request ids are unique per swarm)
         self.links_gbps: dict[str, float] = {}
         self.kv_links = KvLinks()  # fast-path KV connections this peer opened (as a prefill replica)
         self.fastpath = None  # the FastPathServer decode replicas receive KV on
@@ -111,20 +110,48 @@ class Node:
         elif outcome == "stale":
             logger.debug("ignored plan epoch %d from %s: we follow epoch %d", plan.epoch, source, self.holder.epoch)
 
-    def set_ready(self, epoch: int, group_id: int | None) -> None:
+    def set_ready(self, epoch: int) -> None:
+        """The groups marked ready (`GroupWorker.is_ready`) are ready for plan `epoch` (-1: none is); gossiped."""
         self.ready_epoch = epoch
         self.notify()
         self.gossip_soon.set()
 
-    def ready_peers(self) -> set[str]:
-        epoch = self.holder.epoch
-        ready = {p for p, m in self.membership.members.items() if m.digest.ready_epoch == epoch >= 0}
-        if self.ready_epoch == epoch >= 0:
-            ready.add(self.peer_id)
+    def group_failed(self, group: GroupWorker) -> None:
+        """A group's replica stopped (a pipeline stage failed or left): not ready until the next plan."""
+        group.is_ready = False
+        self.notify()
+        self.gossip_soon.set()
+
+    def ready_group_ids(self) -> tuple[int, ...]:
+        """The groups of plan `ready_epoch` this peer is ready for, ascending."""
+        if self.ready_epoch < 0:
+            return ()
+        return tuple(sorted(g.group_id for g in self.groups.values() if g.is_ready))
+
+    def ready_by_peer(self) -> dict[str, set[int]]:
+        """Peer id -> the groups of the followed plan it is ready for (this peer's own included)."""
+        ready = {p: ready_groups(m.digest, self.holder) for p, m in self.membership.members.items()}
+        if self.ready_epoch == self.holder.epoch >= 0:
+            ready[self.peer_id] = set(self.ready_group_ids())
         return ready
 
+    def later_stage_worker(self, group_id: int) -> EngineWorker | None:
+        """The engine worker of a later stage of decode group `group_id` on this peer (the KV slices for its
+        layers come here); for NO_GROUP (a push from a peer that predates group ids) the one such stage."""
+        group = group_for(self.groups, group_id, lambda g: g.stage > 0 and g.role in ("decode", "both"))
+        return None if group is None else group.worker
+
     def load(self) -> WorkerLoad:
-        return self.worker.load() if self.worker is not None else WorkerLoad()
+        """This peer's load: the sum over its groups' engines."""
+        total = WorkerLoad()
+        for group in self.groups.values():
+            if group.worker is not None:
+                load = group.worker.load()
+                total.num_queued += load.num_queued
+                total.num_running += load.num_running
+                total.kv_tokens_free += load.kv_tokens_free
+                total.tokens_per_s += load.tokens_per_s
+        return total
 
     def load_of(self, peer_id: str) -> int:
         if peer_id == self.peer_id:
@@ -136,20 +163,23 @@ class Node:
     def digest(self) -> MemberDigest:
         self.sequence += 1
         load = self.load()
+        ready = self.ready_group_ids()
         return MemberDigest(
             peer_id=self.peer_id, sequence=self.sequence, addrs=tuple(self.host.addrs[:8]),
             signed_profile=self.signed_profile,
             max_epoch=max(self.membership.max_epoch, self.holder.epoch, 0),
             coordinator_term=self.membership.election.term, coordinator_id=self.coordinator_id(),
             plan=self.holder.plan, plan_term=self.holder.term, plan_coordinator_id=self.holder.coordinator_id,
-            plan_hosts=self.holder.hosts, ready_epoch=self.ready_epoch, num_queued=load.num_queued,
-            num_running=load.num_running, kv_tokens_free=load.kv_tokens_free,
-            tokens_per_s=load.tokens_per_s, known=self.membership.known(), links_gbps=dict(self.links_gbps))
+            plan_hosts=self.holder.hosts, ready_epoch=self.ready_epoch if ready else -1,
+            num_queued=load.num_queued, num_running=load.num_running, kv_tokens_free=load.kv_tokens_free,
+            tokens_per_s=round(load.tokens_per_s, 3), known=self.membership.known(), links_gbps=dict(self.links_gbps),
+            ready_groups=ready)
 
     # ---- engine ----------------------------------------------------------------------------------------
 
     async def preload(self) -> None:
-        """Load the whole model (role `both`) before any plan arrives, so applying a plan is a role flip."""
+        """Load the whole model (role `both`) before any plan arrives, so applying a plan is a role flip for
+        the group that takes it (`spare`)."""
         import torch
 
         from peers.engine import Engine, EngineConfig
@@ -160,24 +190,37 @@ class Node:
                               kv_cache_bytes=self.config.kv_cache_bytes,
                               max_num_seqs=self.config.max_num_seqs)
         start = time.perf_counter()
-        engine = await trio.to_thread.run_sync(Engine.load, self.model_path, config)
-        await self.start_worker(EngineWorker(engine))
+        self.spare = await trio.to_thread.run_sync(Engine.load, self.model_path, config)
         self.preloaded.set()
-        logger.info("model %s loaded in %.1f s (%d layers)", self.model_name, time.perf_counter() - start,
-                    engine.model_config.num_layers)
+        logger.info("model %s loaded in %.1f s (%d layers) on %s", self.model_name, time.perf_counter() - start,
+                    self.spare.model_config.num_layers, config.torch_device())
 
-    async def start_worker(self, worker: EngineWorker) -> None:
-        """Run `worker` (an engine's driver), replacing (and stopping) the previous one."""
+    async def start_group(self, group: GroupWorker, worker: EngineWorker) -> None:
+        """Run `worker` (an engine's driver) for `group`, replacing the worker it had (stopped)."""
 
         async def run(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
             with trio.CancelScope() as scope:
+                group.is_running = True
                 task_status.started(scope)
-                await worker.run_worker()
+                try:
+                    await worker.run_worker()
+                finally:
+                    group.is_running = False
 
-        scope = await self.nursery.start(run)
-        if self.worker_scope is not None:
-            self.worker_scope.cancel()
-        self.worker, self.worker_scope = worker, scope
+        if group.worker is not None and group.worker is not worker:
+            self.stop_group(group)
+        group.worker = worker
+        group.scope = await self.nursery.start(run)
+
+    def stop_group(self, group: GroupWorker) -> None:
+        """Stop a group's worker: its requests end (their consumers see the channel close), its engine's
+        memory is released once nothing refers to it."""
+        group.is_ready = False
+        if group.scope is not None:
+            group.scope.cancel()
+        if group.worker is not None:
+            group.worker.close_requests()
+        group.worker, group.scope = None, None
 
     # ---- streams ---------------------------------------------------------------------------------------
 

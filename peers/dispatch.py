@@ -3,10 +3,12 @@
 How it works (ThunderServe, MLSys 2025, section 4: the plan's routing LP gives each prefill group a share
 of the requests and each (prefill, decode) pair a share of the KV flow; here those shares are divided by
 1 + the replica's live queue, so a busy replica gets fewer new requests until its load report drops):
-1. wait (bounded) until the plan has a ready route; pick the prefill group, then its decode partner;
+1. wait (bounded) until the plan has a ready route (groups every peer of which is ready for them); pick
+   the prefill group, then its decode partner;
 2. open `/swarm/decode/1.0.0` to the decode replica (it will wait for the KV), then
-   `/swarm/prefill/1.0.0` to the prefill replica, which answers the first token and pushes the KV (slices
-   of layers to each decode stage when either replica is a pipeline across peers: `kvroute`);
+   `/swarm/prefill/1.0.0` to the prefill replica (each record names its group: a peer may serve several),
+   which answers the first token and pushes the KV (slices of layers to each decode stage when either
+   replica is a pipeline across peers: `kvroute`);
 3. relay every token to the client in order. The `Ledger` records each (request id, index) forwarded,
    so a token is never sent twice and a request knows exactly where it stands (the recovery work
    resumes from there). A failure before the first token is retried on a fresh route.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import trio
 
 from peers.daemon_errors import BadRequestError, NoReplicaError, ReplicaFailedError
+from peers.membership import ready_group_ids
 from swarm.errors import SwarmError, WireError
 from swarm.net.rpc import read_message, write_message
 from swarm.wire.requests import Ack, DecodeWatch, GenerateRequest, PrefillJob, RequestFailure, TokenChunk
@@ -50,12 +53,15 @@ class Route:
         return self.prefill_group == self.decode_group
 
 
-def choose_route(holder, ready_peers: set[str], load_of: Callable[[str], int], rng: random.Random) -> Route | None:
-    """A (prefill, decode) pair of ready groups by the plan's shares / (1 + live load); None if none."""
+def choose_route(holder, ready_by_peer: dict[str, set[int]], load_of: Callable[[str], int],
+                 rng: random.Random) -> Route | None:
+    """A (prefill, decode) pair of ready groups by the plan's shares / (1 + live load); None if none. A group
+    is ready when every peer of it says it is ready for that group (`ready_by_peer`: peer id -> group ids;
+    a peer with several GPUs may be ready for one of its groups and still loading another)."""
     plan = holder.plan
     if plan is None:
         return None
-    ready = {g.id for g in plan.groups if all(holder.hosts[gpu.split("/")[0]] in ready_peers for gpu in g.gpu_ids)}
+    ready = ready_group_ids(holder, ready_by_peer)
     pairs = [(p, d, share) for p, d, share in plan.routing.kv if p in ready and d in ready and share > 0]
     if not pairs:
         return None
@@ -154,7 +160,7 @@ async def wait_for_route(node) -> Route:
     """A route over ready replicas, waiting up to `ready_wait_s` for one."""
     with trio.move_on_after(node.config.ready_wait_s):
         while True:
-            route = choose_route(node.holder, node.ready_peers(), node.load_of, node.rng)
+            route = choose_route(node.holder, node.ready_by_peer(), node.load_of, node.rng)
             if route is not None:
                 return route
             await node.wait_for_change()
@@ -163,7 +169,8 @@ async def wait_for_route(node) -> Route:
 
 
 async def _run_on_route(node, request: GenerateRequest, route: Route, forward) -> None:
-    job = PrefillJob(request, route.epoch, route.decode_peer, node.config.kv_bits)
+    job = PrefillJob(request, route.epoch, route.decode_peer, node.config.kv_bits, group_id=route.prefill_group,
+                     decode_group_id=route.decode_group)
     if route.is_colocated:
         prefill = await node.open_stream(route.prefill_peer, PREFILL_PROTOCOL)
         try:
@@ -175,7 +182,7 @@ async def _run_on_route(node, request: GenerateRequest, route: Route, forward) -
         return
     decode = await node.open_stream(route.decode_peer, DECODE_PROTOCOL)
     try:
-        await write_message(decode, DecodeWatch(request, route.epoch))
+        await write_message(decode, DecodeWatch(request, route.epoch, group_id=route.decode_group))
         with trio.fail_after(ACK_TIMEOUT_S):
             await _expect_ack(decode, route.decode_peer)
         prefill = await node.open_stream(route.prefill_peer, PREFILL_PROTOCOL)

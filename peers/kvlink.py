@@ -185,28 +185,28 @@ async def serve_kv_channel(node, peer_id: str, channel: SealedChannel) -> None:
 
 async def take_pushed_kv(node, push: KvPush, blob) -> Ack | RequestFailure:
     """Hand a received KV blob (or slice of layers) to the decode session waiting for it, or on a later stage
-    of a decode pipeline to its engine; the answer for the sender."""
+    of a decode pipeline to the engine of the group the push names; the answer for the sender."""
     session = node.decode_sessions.get(push.request_id)
-    worker = node.worker
-    is_later_stage = worker is not None and not worker.engine.stage.is_first
-    if session is None and not is_later_stage:
+    worker = node.later_stage_worker(push.group_id) if session is None else None
+    if session is None and worker is None:
         return RequestFailure(push.request_id, "unknown_request",
-                              "no entry peer is waiting for this request's tokens here")
+                              "no entry peer is waiting for this request's tokens here, and this peer holds no "
+                              f"later stage of decode group {push.group_id}")
     try:
         if session is not None:
             await session.take_kv(push, blob)
         else:
-            await take_stage_kv(node, push, blob)
+            await take_stage_kv(node, worker, push, blob)
     except Exception as e:  # an engine refusal (capacity, wrong model) goes back to the sender
         logger.warning("request %s: KV import failed: %s", push.request_id, e)
         return RequestFailure(push.request_id, "kv_import_failed", str(e)[:4000])
     return Ack(push.request_id)
 
 
-async def take_stage_kv(node, push: KvPush, blob) -> None:
-    """A later decode stage: import a slice; the first slice of a request starts a KV_PART_WAIT_S deadline
-    after which an incomplete set is freed (its prefill side failed; the decode head frees its own)."""
-    worker = node.worker
+async def take_stage_kv(node, worker, push: KvPush, blob) -> None:
+    """A later decode stage (`worker`, its engine's): import a slice; the first slice of a request starts a
+    KV_PART_WAIT_S deadline after which an incomplete set is freed (its prefill side failed; the decode head
+    frees its own)."""
     is_new = push.request_id not in worker.engine.partial_imports
     await worker.import_kv_part(push.request_id, blob, prompt_token_ids=list(push.prompt_token_ids),
                                 output_token_ids=list(push.output_token_ids), params=None)

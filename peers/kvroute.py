@@ -30,6 +30,7 @@ from kernels import KvFormat
 from peers.daemon_errors import ReplicaFailedError
 from peers.kvlink import send_kv
 from peers.membership import peer_stages
+from peers.worker import GroupWorker, group_for
 from swarm.errors import SwarmError
 from swarm.net.rpc import read_message, write_message
 from swarm.wire.requests import Ack, KvExportJob, KvPush, KvTarget, PrefillJob, RequestFailure
@@ -80,34 +81,44 @@ def hand_off_phases(routes: list[KvRoute]) -> list[list[KvRoute]]:
     return [phase for phase in (later, head) if phase]
 
 
-def replica_stages(node, job: PrefillJob) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
-    """(this peer's prefill replica's stages, the decode replica's stages) as the followed plan has them.
+def replica_stages(node, group: GroupWorker, job: PrefillJob) -> tuple[list[tuple[str, int, int]],
+                                                                    list[tuple[str, int, int]]]:
+    """(the stages of this peer's prefill group `group`, the decode group's stages) as the followed plan has
+    them; the decode group is the one the job names (for a job from an entry peer that predates group ids,
+    the decode or both group headed on the job's decode peer).
 
     The plan may have changed since the request was routed (a peer joined, say): a replica the current
     plan no longer shows is taken to be one peer holding every layer, which is what a one-peer replica
     is; a decode peer that holds other layers refuses the KV with an error naming them."""
-    holder, engine = node.holder, node.worker.engine
+    holder, engine = node.holder, group.worker.engine
     num_layers = engine.model_config.num_layers
-    own = holder.groups_of_peer(node.peer_id) if holder.plan is not None else []
-    prefill = peer_stages(holder.plan.group(own[0]), holder.hosts) if own else []
+    plan = holder.plan
+    own = plan.group(group.group_id) if plan is not None and group.group_id in {g.id for g in plan.groups} else None
+    prefill = peer_stages(own, holder.hosts) if own is not None else []
     if (node.peer_id, engine.stage.first_layer, engine.stage.last_layer) not in prefill[:1]:
         if not (engine.stage.is_first and engine.stage.is_last):
             raise ReplicaFailedError(f"the plan changed during request {job.request.request_id} (routed in epoch "
                                      f"{job.epoch}, this peer follows {holder.epoch}) and this peer's pipeline "
                                      "is not in it any more: retry the request")
         prefill = [(node.peer_id, 0, num_layers)]
-    heads = [g for g in holder.groups_of_peer(job.decode_peer_id) if holder.peer_of_group(g) == job.decode_peer_id
-             and holder.plan.group(g).role in ("decode", "both")] if holder.plan is not None else []
-    decode = peer_stages(holder.plan.group(heads[0]), holder.hosts) if heads else [(job.decode_peer_id, 0, num_layers)]
+    if plan is None:
+        heads = []
+    elif job.decode_group_id >= 0:
+        heads = [g.id for g in plan.groups if g.id == job.decode_group_id
+                 and holder.peer_of_group(g.id) == job.decode_peer_id]
+    else:
+        heads = [g for g in holder.groups_of_peer(job.decode_peer_id) if holder.peer_of_group(g) == job.decode_peer_id
+                 and plan.group(g).role in ("decode", "both")]
+    decode = peer_stages(plan.group(heads[0]), holder.hosts) if heads else [(job.decode_peer_id, 0, num_layers)]
     return prefill, decode
 
 
-async def hand_off_kv(node, job: PrefillJob, prompt_token_ids: tuple[int, ...],
+async def hand_off_kv(node, group: GroupWorker, job: PrefillJob, prompt_token_ids: tuple[int, ...],
                       output_token_ids: tuple[int, ...]) -> None:
-    """On the prefill head: move a prefilled request's KV from every prefill stage to the decode stages
-    holding those layers, in two phases; raises ReplicaFailedError if any slice is not taken."""
+    """On the head of prefill group `group`: move a prefilled request's KV from every prefill stage to the
+    decode stages holding those layers, in two phases; raises ReplicaFailedError if any slice is not taken."""
     request_id = job.request.request_id
-    phases = hand_off_phases(kv_routes(*replica_stages(node, job)))
+    phases = hand_off_phases(kv_routes(*replica_stages(node, group, job)))
     last_phase_of = {r.source: i for i, phase in enumerate(phases) for r in phase}
     for i, phase in enumerate(phases):
         tasks = []
@@ -116,16 +127,18 @@ async def hand_off_kv(node, job: PrefillJob, prompt_token_ids: tuple[int, ...],
             if source == node.peer_id:
                 tasks.append(lambda targets=targets: push_slices(node, request_id, job.epoch, job.kv_bits,
                                                                  prompt_token_ids, output_token_ids, targets,
-                                                                 export=_head_export(node, request_id)))
+                                                                 job.decode_group_id,
+                                                                 export=_head_export(group, request_id)))
             else:
                 export_job = KvExportJob(request_id, job.epoch, job.kv_bits, prompt_token_ids, output_token_ids,
-                                         targets, release=last_phase_of[source] == i)
+                                         targets, release=last_phase_of[source] == i, group_id=group.group_id,
+                                         decode_group_id=job.decode_group_id)
                 tasks.append(lambda source=source, export_job=export_job: ask_stage(node, source, export_job))
         await run_all(tasks)
 
 
-def _head_export(node, request_id: str):
-    worker = node.worker
+def _head_export(group: GroupWorker, request_id: str):
+    worker = group.worker
 
     async def export(layers: tuple[int, int], fmt: KvFormat) -> bytes:
         # the parked sequence stays until the prefill job ends (serve_prefill aborts it then)
@@ -135,13 +148,15 @@ def _head_export(node, request_id: str):
 
 
 async def push_slices(node, request_id: str, epoch: int, kv_bits: int, prompt_token_ids: tuple[int, ...],
-                      output_token_ids: tuple[int, ...], targets: tuple[KvTarget, ...], *, export) -> None:
-    """Export each target's layers (`export(layers, fmt)`) and push them to its peer, targets concurrently."""
+                      output_token_ids: tuple[int, ...], targets: tuple[KvTarget, ...], decode_group_id: int, *,
+                      export) -> None:
+    """Export each target's layers (`export(layers, fmt)`) and push them to its peer (for decode group
+    `decode_group_id`), targets concurrently."""
     fmt = KvFormat(bits=kv_bits)
 
     async def push(target: KvTarget) -> None:
         blob = await export((target.first_layer, target.last_layer), fmt)
-        record = KvPush(request_id, epoch, prompt_token_ids, output_token_ids, len(blob))
+        record = KvPush(request_id, epoch, prompt_token_ids, output_token_ids, len(blob), group_id=decode_group_id)
         await send_kv(node, target.peer_id, record, blob, epoch)
         logger.debug("request %s: layers [%d, %d) sent to %s", request_id, target.first_layer, target.last_layer,
                      target.peer_id)
@@ -177,11 +192,12 @@ async def serve_kv_export(node, stream) -> None:
     """`/swarm/kvexport/1.0.0` on a later prefill stage: export the job's slices, push them, answer."""
     with trio.fail_after(READ_TIMEOUT_S):
         job = await read_message(stream, expect=KvExportJob)
-    worker = node.worker
-    if worker is None or worker.engine.stage.is_first or worker.engine.config.role != "prefill":
-        await write_message(stream, RequestFailure(job.request_id, "not_a_stage",
-                                                   "this peer holds no later stage of a prefill pipeline"))
+    group = group_for(node.groups, job.group_id, lambda g: g.stage > 0 and g.role == "prefill")
+    if group is None:
+        await write_message(stream, RequestFailure(job.request_id, "not_a_stage", "this peer holds no later stage "
+                                                   f"of prefill group {job.group_id} (plan epoch {node.holder.epoch})"))
         return
+    worker = group.worker
     engine = worker.engine
     num_tokens = len(job.prompt_token_ids) + len(job.output_token_ids) - 1
 
@@ -191,7 +207,7 @@ async def serve_kv_export(node, stream) -> None:
     try:
         with trio.fail_after(EXPORT_TIMEOUT_S):
             await push_slices(node, job.request_id, job.epoch, job.kv_bits, job.prompt_token_ids,
-                              job.output_token_ids, job.targets, export=export)
+                              job.output_token_ids, job.targets, job.decode_group_id, export=export)
     except (SwarmError, trio.TooSlowError) as e:
         message = str(e) or f"not done within {EXPORT_TIMEOUT_S:g} s"
         logger.warning("request %s: KV export failed: %s", job.request_id, message)

@@ -165,7 +165,7 @@ class PlanHolder:
 
 def peer_stages(group, hosts: dict[str, str]) -> list[tuple[str, int, int]]:
     """(peer id, first layer, last layer) per peer along a group's pipeline: consecutive stages on one peer
-    (several of its GPUs) merge into one range, since a peer runs one engine."""
+    (several of its GPUs) merge into one range, since a peer runs one engine per group."""
     out: list[tuple[str, int, int]] = []
     for stage in group.stages:
         peer = hosts[stage.gpus[0].split("/")[0]]
@@ -176,16 +176,85 @@ def peer_stages(group, hosts: dict[str, str]) -> list[tuple[str, int, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class Placement:
+    """One peer's part of one group of a plan: its engine's role and layers, where it sits in the group's
+    pipeline, and `gpu_index`, the i of the group's first GPU "host/i" on this peer (its device on CUDA)."""
+
+    group_id: int
+    role: str
+    stage: int  # index of this peer's part along the group's pipeline (`peer_stages`); 0: the head
+    num_stages: int
+    first_layer: int
+    last_layer: int
+    next_peer: str | None  # the peer of the next part, None on the last
+    gpu_index: int
+
+    def describe(self) -> str:
+        """E.g. "group 2 (decode, stage 1 of 2, layers 0-15)"."""
+        where = f"stage {self.stage + 1} of {self.num_stages}, " if self.num_stages > 1 else ""
+        return f"group {self.group_id} ({self.role}, {where}layers {self.first_layer}-{self.last_layer})"
+
+
+def placements(plan: Plan | None, hosts: dict[str, str], peer_id: str) -> list[Placement]:
+    """This peer's part of every group of `plan` with a GPU on its host(s), by group id: a peer with several
+    GPUs runs one engine per group it is in (`is_servable` guarantees one consecutive range per group)."""
+    if plan is None:
+        return []
+    out = []
+    for group in plan.groups:
+        stages = peer_stages(group, hosts)
+        index = next((i for i, (peer, _, _) in enumerate(stages) if peer == peer_id), None)
+        if index is None:
+            continue
+        gpu = next(gpu for stage in group.stages for gpu in stage.gpus if hosts.get(gpu.split("/")[0]) == peer_id)
+        _, first, last = stages[index]
+        next_peer = stages[index + 1][0] if index + 1 < len(stages) else None
+        out.append(Placement(group.id, group.role, index, len(stages), first, last, next_peer,
+                             gpu_index(gpu)))
+    return out
+
+
+def gpu_index(gpu_id: str) -> int:
+    """The i of a plan GPU id "host/i" (0 for one without an index)."""
+    _, _, index = gpu_id.partition("/")
+    return int(index) if index.isdigit() else 0
+
+
+def ready_groups(digest: MemberDigest, holder: PlanHolder) -> set[int]:
+    """The groups of the followed plan a member's digest says it is ready for. A digest from a peer that
+    predates per-group readiness (`ready_groups` empty, `ready_epoch` set) counts for its first group,
+    the only one such a peer serves."""
+    if digest.ready_epoch < 0 or digest.ready_epoch != holder.epoch:
+        return set()
+    if digest.ready_groups:
+        return set(digest.ready_groups)
+    return set(holder.groups_of_peer(digest.peer_id)[:1])
+
+
+def ready_group_ids(holder: PlanHolder, ready: dict[str, set[int]]) -> set[int]:
+    """Groups of the followed plan every peer of which is ready for it (`ready`: peer id -> its groups)."""
+    if holder.plan is None:
+        return set()
+    out = set()
+    for group in holder.plan.groups:
+        peers = {holder.hosts.get(gpu.split("/")[0]) for gpu in group.gpu_ids}
+        if all(peer is not None and group.id in ready.get(peer, ()) for peer in peers):
+            out.add(group.id)
+    return out
+
+
 def is_servable(plan: Plan, hosts: dict[str, str]) -> str:
     """"" if every group can be served here, else why not. Any group may be a pipeline across peers (prefill
-    and decode pipelines hand KV over per layer slice, `peers.kvroute`), but a peer runs one engine, so it
-    cannot hold two stages of one pipeline with another peer's stage between them."""
+    and decode pipelines hand KV over per layer slice, `peers.kvroute`), and a peer may serve several groups
+    (one engine each), but one group's engine on a peer holds one consecutive layer range, so a group cannot
+    put two of its stages on a peer with another peer's stage between them."""
     for group in plan.groups:
         peers = [peer for peer, _, _ in peer_stages(group, hosts)]
         twice = sorted({peer for peer in peers if peers.count(peer) > 1})
         if twice:
             return (f"group {group.id} puts stages on peer(s) {', '.join(twice)} on both sides of another peer's "
-                    "stage; a peer runs one engine, which holds one consecutive layer range")
+                    "stage; a peer runs one engine per group, which holds one consecutive layer range")
     return ""
 
 

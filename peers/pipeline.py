@@ -1,8 +1,9 @@
 """Pipeline replicas across peers: the first stage's peer drives, the others run their layers on its hidden states.
 
 How it works (one micro-batch in flight, the engine's `step_hidden`/`run_hidden`/`accept_tokens`):
-the first stage's `PipelineWorker` runs a step of its layers in a worker thread and sends the hidden-state
-blob (checksummed frames, `swarm.wire.hidden` header inside) on `/swarm/hidden/1.0.0` to the next stage's
+the first stage's `PipelineWorker` runs a step of its layers in a worker thread and sends a `HiddenRoute`
+(which group of the receiving peer runs it: a peer may serve several groups) and the hidden-state blob
+(checksummed frames, `swarm.wire.hidden` header inside) on `/swarm/hidden/1.1.0` to the next stage's
 peer. That peer runs its layers and either forwards its own blob to the stage after it or, as the last
 stage, samples; the `StageTokens` travel back up the chain to the first stage, which turns them into
 token events. Requests finished or aborted on the first stage are freed downstream by the next blob.
@@ -21,26 +22,28 @@ import time
 import trio
 
 from peers.daemon_errors import ReplicaFailedError
-from peers.worker import EngineWorker
+from peers.worker import EngineWorker, GroupWorker, group_for
 from swarm.errors import SwarmError
 from swarm.net.frames import libp2p_frames
 from swarm.net.rpc import read_message, write_message
-from swarm.wire.requests import RequestFailure, StageTokens
+from swarm.wire.requests import HiddenRoute, RequestFailure, StageTokens
 
 logger = logging.getLogger(__name__)
 
-HIDDEN_PROTOCOL = "/swarm/hidden/1.0.0"
+HIDDEN_PROTOCOL = "/swarm/hidden/1.1.0"  # 1.1.0: a HiddenRoute precedes the blob
 FRAME_TIMEOUT_S = 10.0
 MAX_HIDDEN_BYTES = 1 << 30
 
 
-async def forward_hidden(node, peer_id: str | None, blob: bytes) -> dict[str, int]:
-    """Send a hidden-state blob to the next stage; the last stage's tokens come back."""
+async def forward_hidden(node, group: GroupWorker, blob: bytes) -> dict[str, int]:
+    """Send a hidden-state blob to the next stage of `group`; the last stage's tokens come back."""
+    peer_id = group.next_peer
     if not peer_id:
-        raise ReplicaFailedError("this pipeline stage has no next stage in the current plan")
+        raise ReplicaFailedError(f"group {group.group_id}: this pipeline stage has no next stage in the current plan")
     stream = await node.open_stream(peer_id, HIDDEN_PROTOCOL)
     try:
         with trio.fail_after(node.config.request_timeout_s):
+            await write_message(stream, HiddenRoute(group.group_id, max(node.holder.epoch, 0)))
             await libp2p_frames(stream, timeout_s=FRAME_TIMEOUT_S).send_blob(0, node.holder.epoch, "hidden", blob)
             answer = await read_message(stream)
     except trio.TooSlowError:
@@ -56,19 +59,24 @@ async def forward_hidden(node, peer_id: str | None, blob: bytes) -> dict[str, in
 
 
 async def serve_hidden(node, stream) -> None:
-    """A later stage: run this stage's layers on the blob; forward, or sample if last; answer the tokens."""
-    worker = node.worker
-    if worker is None or not node.pipeline_stage:
-        await write_message(stream, RequestFailure("", "not_a_stage", "this peer holds no later pipeline stage"))
+    """A later stage: run this stage's layers of the named group on the blob; forward, or sample if last;
+    answer the tokens."""
+    with trio.fail_after(FRAME_TIMEOUT_S):
+        route = await read_message(stream, expect=HiddenRoute)
+    group = group_for(node.groups, route.group_id, lambda g: g.stage > 0)
+    if group is None:
+        await write_message(stream, RequestFailure("", "not_a_stage", f"this peer holds no later pipeline stage "
+                                                   f"of group {route.group_id} (plan epoch {node.holder.epoch})"))
         return
+    worker = group.worker
     with trio.fail_after(FRAME_TIMEOUT_S * 2):
         _, blob = await libp2p_frames(stream, timeout_s=FRAME_TIMEOUT_S).receive_blob(max_bytes=MAX_HIDDEN_BYTES)
     try:
         result = await worker.call(worker.engine.run_hidden, blob)
         if isinstance(result, bytes | bytearray):
-            result = await forward_hidden(node, node.pipeline_next, bytes(result))
+            result = await forward_hidden(node, group, bytes(result))
     except SwarmError as e:
-        logger.warning("pipeline stage failed on a micro-batch: %s", e)
+        logger.warning("group %d: pipeline stage failed on a micro-batch: %s", group.group_id, e)
         await write_message(stream, RequestFailure("", "stage_failed", str(e)[:4000]))
         return
     await write_message(stream, StageTokens(tuple(result), tuple(result.values())))
@@ -77,9 +85,10 @@ async def serve_hidden(node, stream) -> None:
 class PipelineWorker(EngineWorker):
     """The first stage of a multi-peer pipeline: drives micro-batches through the later stages' peers."""
 
-    def __init__(self, engine, node) -> None:
+    def __init__(self, engine, node, group: GroupWorker) -> None:
         super().__init__(engine)
         self.node = node
+        self.group = group  # its place (group id, next peer) follows re-plans that keep this engine
 
     async def run_worker(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -91,9 +100,9 @@ class PipelineWorker(EngineWorker):
                     await self.has_work.wait()
                 continue
             try:
-                tokens = await forward_hidden(self.node, self.node.pipeline_next, blob)
+                tokens = await forward_hidden(self.node, self.group, blob)
             except SwarmError as e:
-                logger.error("pipeline replica stopped: %s", e)
+                logger.error("group %d: pipeline replica stopped: %s", self.group.group_id, e)
                 await self._fail_all()
                 return
             events = await self.call(self.engine.accept_tokens, tokens)
@@ -105,8 +114,7 @@ class PipelineWorker(EngineWorker):
         return self.engine.step_hidden() if self.engine.has_work() else None
 
     async def _fail_all(self) -> None:
-        """End every request of this replica: their consumers see the channel close early."""
-        self.node.set_ready(-1, None)
-        for request_id, channel in list(self.channels.items()):
-            channel.close()
-            self.channels.pop(request_id, None)
+        """End every request of this replica (their consumers see the channel close early); the group is not
+        ready until a re-plan restarts it."""
+        self.node.group_failed(self.group)
+        self.close_requests()

@@ -6,7 +6,9 @@ either replica is a pipeline across peers), and an `Ack` ends the stream;
 on a colocated (`both`) replica every token comes back on this stream. `/swarm/decode/1.0.0`: a
 `DecodeWatch` in, `Ack` out, then, once all of its first stage's layers of the KV have arrived and been
 imported, the tokens (a decode head that gets no complete KV within KV_WAIT_S frees what came). Jobs carrying
-an epoch older than this peer's plan are refused (fencing), so the entry peer re-routes.
+an epoch older than this peer's plan are refused (fencing), so the entry peer re-routes. A peer may serve
+several groups (one engine each): a job goes to the group it names (`group_for`), which must be ready and
+have the right role.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import trio
 
 from peers.engine import SamplingParams
 from peers.kvroute import hand_off_kv
+from peers.worker import GroupWorker, group_for
 from swarm.errors import SwarmError
 from swarm.net.rpc import read_message, write_message
 from swarm.wire.requests import (
@@ -64,12 +67,17 @@ async def serve_prefill(node, stream) -> None:
     with trio.fail_after(READ_TIMEOUT_S):
         job = await read_message(stream, expect=PrefillJob)
     request = job.request
-    failure = check_epoch(node, job.epoch, request.request_id) or _role_failure(node, request.request_id, "prefill")
+    group = head_for(node, job.group_id, "prefill")
+    failure = check_epoch(node, job.epoch, request.request_id) or _role_failure(node, group, job.group_id,
+                                                                             request.request_id, "prefill")
     if failure is not None:
         await write_message(stream, failure)
         return
-    worker = node.worker
-    is_colocated = job.decode_peer_id == node.peer_id and worker.engine.config.role == "both"
+    worker = group.worker
+    if job.decode_group_id >= 0:
+        is_colocated = job.decode_group_id == group.group_id and group.role == "both"
+    else:  # an entry peer that predates group ids
+        is_colocated = job.decode_peer_id == node.peer_id and group.role == "both"
     try:
         prompt, messages = prompt_of(request)
         events = await worker.add(request.request_id, prompt, messages=messages, params=sampling_params(request))
@@ -81,12 +89,12 @@ async def serve_prefill(node, stream) -> None:
             if is_colocated:
                 await _stream_events(stream, request.request_id, 0, events)
             else:
-                await _prefill_and_push(node, stream, job, events)
+                await _prefill_and_push(node, group, stream, job, events)
     finally:
         await worker.abort(request.request_id)
 
 
-async def _prefill_and_push(node, stream, job: PrefillJob, events) -> None:
+async def _prefill_and_push(node, group: GroupWorker, stream, job: PrefillJob, events) -> None:
     request_id = job.request.request_id
     try:
         first = await events.receive()
@@ -98,7 +106,7 @@ async def _prefill_and_push(node, stream, job: PrefillJob, events) -> None:
     if first.finish_reason != "prefilled":
         return
     try:
-        await hand_off_kv(node, job, first.prompt_token_ids, tuple(first.token_ids))
+        await hand_off_kv(node, group, job, first.prompt_token_ids, tuple(first.token_ids))
     except SwarmError as e:
         await write_message(stream, RequestFailure(request_id, "kv_push_failed", str(e)[:4000]))
         return
@@ -126,10 +134,11 @@ async def _stream_events(stream, request_id: str, index: int, events) -> None:
 
 
 class DecodeSession:
-    """A decode replica waiting for one request's KV, then streaming its tokens to the entry peer."""
+    """A decode replica (the head of group `group`) waiting for one request's KV, then streaming its tokens to
+    the entry peer."""
 
-    def __init__(self, node, watch: DecodeWatch) -> None:
-        self.node = node
+    def __init__(self, group: GroupWorker, watch: DecodeWatch) -> None:
+        self.worker = group.worker  # the group's engine when the session opened (a re-plan may stop it)
         self.watch = watch
         self.events = None
         self.first_index = 0
@@ -138,7 +147,7 @@ class DecodeSession:
     async def take_kv(self, push: KvPush, blob: bytes) -> None:
         """Import (a slice of) the KV; once this stage holds all its layers, start streaming."""
         request = self.watch.request
-        events = await self.node.worker.import_kv_part(
+        events = await self.worker.import_kv_part(
             request.request_id, blob, prompt_token_ids=list(push.prompt_token_ids),
             output_token_ids=list(push.output_token_ids), params=sampling_params(request))
         if events is not None:
@@ -151,13 +160,15 @@ async def serve_decode(node, stream) -> None:
     with trio.fail_after(READ_TIMEOUT_S):
         watch = await read_message(stream, expect=DecodeWatch)
     request_id = watch.request.request_id
-    failure = check_epoch(node, watch.epoch, request_id) or _role_failure(node, request_id, "decode")
+    group = head_for(node, watch.group_id, "decode")
+    failure = check_epoch(node, watch.epoch, request_id) or _role_failure(node, group, watch.group_id, request_id,
+                                                                          "decode")
     if failure is None and request_id in node.decode_sessions:
         failure = RequestFailure(request_id, "duplicate", "a decode session for this request id is open")
     if failure is not None:
         await write_message(stream, failure)
         return
-    session = DecodeSession(node, watch)
+    session = DecodeSession(group, watch)
     node.decode_sessions[request_id] = session
     try:
         await write_message(stream, Ack(request_id))
@@ -170,16 +181,26 @@ async def serve_decode(node, stream) -> None:
     finally:
         node.decode_sessions.pop(request_id, None)
         if session.events is not None:
-            await node.worker.abort(request_id)
+            await session.worker.abort(request_id)
         else:
-            await node.worker.drop_partial_kv(request_id)
+            await session.worker.drop_partial_kv(request_id)
 
 
-def _role_failure(node, request_id: str, phase: str) -> RequestFailure | None:
-    worker = node.worker
-    if worker is None or node.ready_epoch < 0:
-        return RequestFailure(request_id, "not_ready", "this replica is not ready (loading, or in no group)")
-    role = worker.engine.config.role
+def head_for(node, group_id: int, phase: str) -> GroupWorker | None:
+    """The group a prefill job or decode watch names, if this peer holds its first stage; for a record
+    from an entry peer that predates group ids, the one group headed here that serves `phase`."""
+    if group_id >= 0:
+        return group_for(node.groups, group_id, lambda g: g.stage == 0)
+    return group_for(node.groups, group_id, lambda g: g.stage == 0 and g.role in (phase, "both"))
+
+
+def _role_failure(node, group: GroupWorker | None, group_id: int, request_id: str,
+                  phase: str) -> RequestFailure | None:
+    if group is None or not group.is_ready or node.ready_epoch < 0:
+        what = f"group {group_id}" if group_id >= 0 else f"a {phase} group"
+        return RequestFailure(request_id, "not_ready", f"this peer is not ready to serve {what} as its first "
+                              f"stage (loading, or not in it in plan epoch {node.holder.epoch})")
+    role = group.role
     if role != "both" and role != phase:
-        return RequestFailure(request_id, "wrong_role", f"this replica serves {role}, not {phase}")
+        return RequestFailure(request_id, "wrong_role", f"group {group.group_id} serves {role}, not {phase}")
     return None

@@ -4,18 +4,24 @@ How it works: one task (`run_worker`) loops `engine.step()` in a thread (through
 one, so engine calls never overlap) while any request waits or runs, and sleeps on an event otherwise.
 Each request gets a bounded memory channel sized for all its events (max_tokens + 2), so handing out a
 step's events never blocks the loop; a consumer that goes away aborts its request.
+
+A peer runs one `EngineWorker` per group of the plan it is in (a host's GPUs may be split over several
+groups); `GroupWorker` is that bookkeeping: the group, this peer's place in its pipeline, the device, the
+worker and whether it is ready. `group_for` finds the group a request record names.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from peers.engine import Engine, SamplingParams, TokenEvent
 from peers.errors import CapacityError
+from swarm.wire.requests import NO_GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +129,12 @@ class EngineWorker:
             for event in events:
                 self._deliver(event)
 
+    def close_requests(self) -> None:
+        """End every request of this worker (it is stopping): their consumers see the channel close early."""
+        for request_id, channel in list(self.channels.items()):
+            channel.close()
+            self.channels.pop(request_id, None)
+
     def _step_if_busy(self) -> list[TokenEvent] | None:
         """In the worker thread: one step if any request waits or runs, else None."""
         return self.engine.step() if self.engine.has_work() else None
@@ -144,3 +156,47 @@ class EngineWorker:
         send, receive = trio.open_memory_channel(params.max_tokens + 2)
         self.channels[request_id] = send
         return receive
+
+
+@dataclass
+class GroupWorker:
+    """One group of the plan this peer serves: its engine's worker and this peer's place in the group.
+
+    `group_id` and the place follow the followed plan (a re-plan that keeps the layers and device keeps the
+    worker and rewrites these); the role lives in the engine's config (`role`)."""
+
+    group_id: int
+    stage: int  # this peer's part along the group's pipeline; 0: the head, which the entry peers talk to
+    num_stages: int
+    next_peer: str | None  # the peer of the group's next stage, None on the last
+    device: str  # the torch device of the engine, e.g. "cuda:1" or "cpu"
+    worker: EngineWorker | None = None
+    scope: trio.CancelScope | None = None
+    is_ready: bool = False
+    is_running: bool = False  # the worker's loop runs (a pipeline head's stops when a stage fails)
+
+    @property
+    def role(self) -> str:
+        return self.worker.engine.config.role
+
+    @property
+    def layers(self) -> tuple[int, int]:
+        stage = self.worker.engine.stage
+        return stage.first_layer, stage.last_layer
+
+    def describe(self) -> str:
+        """E.g. "group 2 (decode, stage 1 of 2, layers 0-15) on cuda:1"."""
+        where = f"stage {self.stage + 1} of {self.num_stages}, " if self.num_stages > 1 else ""
+        first, last = self.layers
+        return f"group {self.group_id} ({self.role}, {where}layers {first}-{last}) on {self.device}"
+
+
+def group_for(groups: dict[int, GroupWorker], group_id: int,
+              fits: Callable[[GroupWorker], bool] = lambda g: True) -> GroupWorker | None:
+    """The group `group_id` of `groups` (this peer's, by id) if it `fits`; for NO_GROUP (a record from a peer
+    that predates group ids) the one group that fits, None if none or several do."""
+    if group_id != NO_GROUP:
+        group = groups.get(group_id)
+        return group if group is not None and group.worker is not None and fits(group) else None
+    candidates = [g for g in groups.values() if g.worker is not None and fits(g)]
+    return candidates[0] if len(candidates) == 1 else None

@@ -19,7 +19,8 @@ def addrs_file() -> Path:
     import os
 
     return Path(os.environ.get("SWARM_ADDRS_FILE") or DEFAULT_ADDRS_FILE).expanduser()
-COLUMNS = ("host", "gpu", "role", "group", "ready", "queued", "running", "kv free", "tok/s", "heard", "peer")
+COLUMNS = ("host", "gpu", "role", "group", "layers", "device", "ready", "queued", "running", "kv free", "tok/s",
+           "heard", "peer")
 
 
 def default_peer_addrs() -> list[str]:
@@ -61,7 +62,7 @@ def status_dict(reply: StatusReply) -> dict:
 
 def format_status(reply: StatusReply) -> str:
     """A table of the members, then the plan's groups and predictions."""
-    rows = [COLUMNS] + [_row(m, reply.coordinator_id) for m in reply.members]
+    rows = [COLUMNS] + [row for m in reply.members for row in _rows(m, reply.coordinator_id)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = [f"coordinator {reply.coordinator_id or '(none)'}   plan epoch {reply.epoch}   "
              f"{sum(m.is_serving for m in reply.members)} serving peers"]
@@ -88,9 +89,19 @@ def describe_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def _row(m: MemberStatus, coordinator_id: str) -> tuple[str, ...]:
+def _rows(m: MemberStatus, coordinator_id: str) -> list[tuple[str, ...]]:
+    """A peer's row (its first group's role, layers, device and readiness), then one short row per further
+    group it serves (a peer with several GPUs may serve several groups)."""
     gpu = f"{m.gpu}x{m.num_gpus}{'*' if m.is_emulated else ''}" if m.is_serving else "-"
     mark = " (coordinator)" if m.peer_id == coordinator_id else ""
-    return (m.host, gpu, m.role, str(m.group_id) if m.group_id >= 0 else "-", "yes" if m.is_ready else "no",
-            str(m.num_queued), str(m.num_running), str(m.kv_tokens_free), f"{m.tokens_per_s:.1f}",
-            f"{m.last_heard_s:.1f}s", m.peer_id[-10:] + mark)
+    groups = [(g.role, str(g.group_id), _layers(g), g.device, "yes" if g.is_ready else "no") for g in m.groups]
+    if not groups:  # a reply from a peer that predates `groups`, or a peer in no group
+        groups = [(m.role, str(m.group_id) if m.group_id >= 0 else "-", "-", "-", "yes" if m.is_ready else "no")]
+    first = (m.host, gpu, *groups[0], str(m.num_queued), str(m.num_running), str(m.kv_tokens_free),
+             f"{m.tokens_per_s:.1f}", f"{m.last_heard_s:.1f}s", m.peer_id[-10:] + mark)
+    return [first] + [("", "", *group, "", "", "", "", "", "") for group in groups[1:]]
+
+
+def _layers(g) -> str:
+    where = f" ({g.stage + 1}/{g.num_stages})" if g.num_stages > 1 else ""
+    return f"{g.first_layer}-{g.last_layer}{where}"

@@ -4,8 +4,14 @@ Client -> entry peer: `GenerateRequest`, answered by a stream of `TokenChunk`s (
 Entry -> prefill replica: `PrefillJob`; entry -> decode replica: `DecodeWatch` (answered by `Ack`, then
 the tokens); prefill -> decode: `KvPush` followed by the KV blob in frames (one per slice of layers when
 either replica is a pipeline across peers); prefill pipeline head -> its later stages: `KvExportJob`
-(answered by `Ack` once every slice was taken). Peers exchange `MemberDigest` records (push-pull, every
-half second) and answer `StatusRequest` with a `StatusReply`.
+(answered by `Ack` once every slice was taken); a pipeline stage -> the next: `HiddenRoute`, then the
+hidden-state blob. Peers exchange `MemberDigest` records (push-pull, every half second) and answer
+`StatusRequest` with a `StatusReply`.
+
+A peer with several GPUs may serve several groups of the plan, one engine each, so every record bound for
+a replica names its group (`group_id`, an id of the plan of the record's epoch). These fields were added
+after the records' first version, as trailing fields: a record from an older peer decodes with
+`NO_GROUP` (-1) there, and the receiver picks the one group that fits (see `peers.replica.group_for`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,16 @@ MAX_PEERS = 1024
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 FINISH_REASONS = ("", "stop", "length", "prefilled", "aborted")
 KV_BITS = (4, 8, 16)
+NO_GROUP = -1  # a record from a peer that predates group ids: the receiver picks the group
+MAX_GROUP_ID = 1 << 20
+MAX_GROUPS_PER_PEER = 64  # HardwareProfile's GPUs per peer: at most one group each
+
+
+def check_group_id(name: str, value: object) -> None:
+    """A plan group id, or NO_GROUP."""
+    if type(value) is not int or not NO_GROUP <= value <= MAX_GROUP_ID:
+        raise WireError(f"{name} must be a plan group id in [0, {MAX_GROUP_ID}] or {NO_GROUP} (none given), "
+                        f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -123,8 +139,24 @@ class StatusRequest:
 
 
 @dataclass(frozen=True)
+class GroupStatus:
+    """One group a peer serves, as the answering peer sees it: role, its part of the group's pipeline
+    (stage `stage` of `num_stages`, layers [first_layer, last_layer)), the device and whether it is ready."""
+
+    group_id: int
+    role: str
+    stage: int
+    num_stages: int
+    first_layer: int
+    last_layer: int
+    device: str
+    is_ready: bool
+
+
+@dataclass(frozen=True)
 class MemberStatus:
-    """One peer as the answering peer sees it."""
+    """One peer as the answering peer sees it; `group_id`/`role`/`is_ready` are its first group's (kept for
+    older clients), `groups` lists every group it serves."""
 
     peer_id: str
     host: str
@@ -143,6 +175,7 @@ class MemberStatus:
     addrs: tuple[str, ...] = ()
     profile: HardwareProfile | None = None
     links_gbps: dict[str, float] = field(default_factory=dict)
+    groups: tuple[GroupStatus, ...] = ()
 
 
 @message(84)
@@ -163,15 +196,20 @@ class StatusReply:
 @message(85)
 @dataclass(frozen=True)
 class PrefillJob:
-    """Entry -> prefill replica: compute `request`'s prompt, send its KV to `decode_peer_id`."""
+    """Entry -> prefill replica: compute `request`'s prompt on group `group_id`, send its KV to group
+    `decode_group_id`, whose first stage is on `decode_peer_id` (the same group: a colocated replica)."""
 
     request: GenerateRequest
     epoch: int
     decode_peer_id: str
     kv_bits: int = 4
+    group_id: int = NO_GROUP
+    decode_group_id: int = NO_GROUP
 
     def __post_init__(self) -> None:
         check_peer_id("PrefillJob.decode_peer_id", self.decode_peer_id)
+        check_group_id("PrefillJob.group_id", self.group_id)
+        check_group_id("PrefillJob.decode_group_id", self.decode_group_id)
         if self.kv_bits not in KV_BITS:
             raise WireError(f"PrefillJob.kv_bits must be one of {KV_BITS}, got {self.kv_bits}")
         if not 0 <= self.epoch <= MAX_U63:
@@ -181,10 +219,15 @@ class PrefillJob:
 @message(86)
 @dataclass(frozen=True)
 class DecodeWatch:
-    """Entry -> decode replica: the KV of `request_id` is coming; stream its tokens back on this stream."""
+    """Entry -> decode replica (group `group_id`): the KV of `request_id` is coming; stream its tokens back
+    on this stream."""
 
     request: GenerateRequest
     epoch: int
+    group_id: int = NO_GROUP
+
+    def __post_init__(self) -> None:
+        check_group_id("DecodeWatch.group_id", self.group_id)
 
 
 @message(87)
@@ -196,16 +239,19 @@ class Ack:
 @message(88)
 @dataclass(frozen=True)
 class KvPush:
-    """Prefill -> decode: the header in front of a request's KV blob (sent in frames right after)."""
+    """Prefill -> decode: the header in front of a request's KV blob (sent in frames right after), for the
+    decode replica's group `group_id`."""
 
     request_id: str
     epoch: int
     prompt_token_ids: tuple[int, ...]
     output_token_ids: tuple[int, ...]
     blob_bytes: int
+    group_id: int = NO_GROUP
 
     def __post_init__(self) -> None:
         check_request_id("KvPush.request_id", self.request_id)
+        check_group_id("KvPush.group_id", self.group_id)
         if not self.output_token_ids or len(self.prompt_token_ids) > MAX_PROMPT_TOKENS:
             raise WireError("KvPush needs the first output token and at most "
                             f"{MAX_PROMPT_TOKENS} prompt tokens")
@@ -240,16 +286,29 @@ class MemberDigest:
     plan_term: int = 0  # the term and coordinator that published `plan` (its fence)
     plan_coordinator_id: str = ""
     plan_hosts: dict[str, str] = field(default_factory=dict)  # host name in the plan -> peer id
-    ready_epoch: int = -1  # the plan epoch this peer's replica is ready for (-1: not ready)
+    ready_epoch: int = -1  # the plan epoch this peer's `ready_groups` are ready for (-1: none is)
     num_queued: int = 0
     num_running: int = 0
     kv_tokens_free: int = 0
     tokens_per_s: float = 0.0
     known: tuple[PeerAddress, ...] = ()
     links_gbps: dict[str, float] = field(default_factory=dict)  # measured bandwidth to a peer id
+    # the groups of plan `ready_epoch` this peer serves and is ready for, ascending; empty with a
+    # ready_epoch >= 0: a peer that predates per-group readiness, ready for its first group only
+    ready_groups: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_peer_id("MemberDigest.peer_id", self.peer_id)
+        if len(self.ready_groups) > MAX_GROUPS_PER_PEER:
+            raise WireError(f"MemberDigest.ready_groups: at most {MAX_GROUPS_PER_PEER} groups, "
+                            f"got {len(self.ready_groups)}")
+        for group_id in self.ready_groups:
+            if type(group_id) is not int or not 0 <= group_id <= MAX_GROUP_ID:
+                raise WireError(f"MemberDigest.ready_groups: {group_id!r} is not a group id in [0, {MAX_GROUP_ID}]")
+        if list(self.ready_groups) != sorted(set(self.ready_groups)):
+            raise WireError(f"MemberDigest.ready_groups must be ascending without repeats, got {self.ready_groups}")
+        if self.ready_groups and self.ready_epoch < 0:
+            raise WireError("MemberDigest.ready_groups needs the epoch they are ready for (ready_epoch >= 0)")
         if len(self.known) > MAX_PEERS or len(self.plan_hosts) > MAX_PEERS or len(self.links_gbps) > MAX_PEERS:
             raise WireError(f"MemberDigest: at most {MAX_PEERS} known peers, plan hosts and links")
         check_peer_id("MemberDigest.coordinator_id", self.coordinator_id, may_be_empty=True)
@@ -322,7 +381,8 @@ class KvTarget:
 class KvExportJob:
     """Prefill pipeline head -> one of its later stages: export these layers of a prefilled request's KV
     and push each slice to its decode stage (`KvPush` + blob, as the head does); `release`: free the
-    request's KV on this stage afterwards (its last job for the request)."""
+    request's KV on this stage afterwards (its last job for the request). `group_id`: the prefill group
+    (which of the stage's engines holds the KV), `decode_group_id`: the decode group the slices are for."""
 
     request_id: str
     epoch: int
@@ -331,9 +391,13 @@ class KvExportJob:
     output_token_ids: tuple[int, ...]
     targets: tuple[KvTarget, ...]
     release: bool = True
+    group_id: int = NO_GROUP
+    decode_group_id: int = NO_GROUP
 
     def __post_init__(self) -> None:
         check_request_id("KvExportJob.request_id", self.request_id)
+        check_group_id("KvExportJob.group_id", self.group_id)
+        check_group_id("KvExportJob.decode_group_id", self.decode_group_id)
         if not 0 <= self.epoch <= MAX_U63:
             raise WireError(f"KvExportJob.epoch must be in [0, 2**63), got {self.epoch}")
         if self.kv_bits not in KV_BITS:
@@ -345,3 +409,20 @@ class KvExportJob:
         spans = sorted((t.first_layer, t.last_layer) for t in self.targets)
         if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
             raise WireError(f"KvExportJob.targets overlap: {spans}")
+
+
+@message(93)
+@dataclass(frozen=True)
+class HiddenRoute:
+    """A pipeline stage -> the next stage's peer, in front of a hidden-state blob: which of that peer's
+    groups (of plan `epoch`) runs it."""
+
+    group_id: int
+    epoch: int
+
+    def __post_init__(self) -> None:
+        check_group_id("HiddenRoute.group_id", self.group_id)
+        if self.group_id == NO_GROUP:
+            raise WireError("HiddenRoute.group_id must name the group the blob is for")
+        if type(self.epoch) is not int or not 0 <= self.epoch <= MAX_U63:
+            raise WireError(f"HiddenRoute.epoch must be in [0, 2**63), got {self.epoch!r}")

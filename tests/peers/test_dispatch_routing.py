@@ -1,4 +1,5 @@
-"""Entry-peer routing: plan shares weighted by live load, only ready replicas; the token ledger."""
+"""Entry-peer routing: plan shares weighted by live load, only groups every peer of which is ready for them
+(a peer with several GPUs may be ready for one of its groups and not another); the token ledger."""
 
 from __future__ import annotations
 
@@ -27,9 +28,15 @@ def holder() -> PlanHolder:
     return h
 
 
+def ready_for_own_groups(peers) -> dict[str, set[int]]:
+    """Each of `peers` ready for the (one) group on its host."""
+    ids = list(HOSTS.values())
+    return {peer: {ids.index(peer)} for peer in peers}
+
+
 def routes(ready, load=lambda peer: 0, n=2000):
     rng = random.Random(0)
-    return [choose_route(holder(), set(ready), load, rng) for _ in range(n)]
+    return [choose_route(holder(), ready_for_own_groups(ready), load, rng) for _ in range(n)]
 
 
 def test_routes_only_to_ready_replicas():
@@ -40,7 +47,7 @@ def test_routes_only_to_ready_replicas():
 
 def test_no_route_without_a_ready_prefill_and_decode_pair():
     assert routes({"QmP0", "QmP1"}, n=1) == [None]
-    assert choose_route(PlanHolder(), {"QmP0"}, lambda p: 0, random.Random(0)) is None
+    assert choose_route(PlanHolder(), {"QmP0": {0}}, lambda p: 0, random.Random(0)) is None
 
 
 def test_equal_shares_split_evenly_and_load_shifts_requests_away():
@@ -71,3 +78,33 @@ def test_ledger_refuses_a_gap():
     ledger.record(chunk(0, [1]))
     with pytest.raises(ReplicaFailedError, match="lost"):
         ledger.record(chunk(3, [4]))
+
+
+def three_gpu_holder() -> PlanHolder:
+    """One peer "duo" with 3 GPUs: prefill group 3 on duo/0, decode group 7 on duo/1 and, as a pipeline
+    with peer "tail", decode group 8 (duo/2 layers 0-2, tail/0 layers 2-4)."""
+    groups = (Group(3, "prefill", 1, 1, (Stage(("duo/0",), (0, 4)),)),
+              Group(7, "decode", 1, 1, (Stage(("duo/1",), (0, 4)),)),
+              Group(8, "decode", 1, 2, (Stage(("duo/2",), (0, 2)), Stage(("tail/0",), (2, 4)))))
+    view = SwarmView("QmDuo", is_serving=True, now_s=0.0)
+    view.tick(5.0)
+    h = PlanHolder()
+    plan = Plan(PLAN_FORMAT, 2, "m", groups, Routing({3: 1.0}, ((3, 7, 0.5), (3, 8, 0.5))))
+    assert h.offer(view, plan, {"duo": "QmDuo", "tail": "QmTail"}, view.election.term, "QmDuo") == "applied"
+    return h
+
+
+def test_a_group_is_routed_to_only_when_every_peer_is_ready_for_that_group():
+    h, rng = three_gpu_holder(), random.Random(0)
+
+    def pairs(ready):
+        return {(r.prefill_group, r.decode_group) for r in (choose_route(h, ready, lambda p: 0, rng)
+                                                             for _ in range(200)) if r is not None}
+
+    assert pairs({"QmDuo": {3}}) == set()  # prefill ready, both decode groups still loading
+    assert pairs({"QmDuo": {3, 7}}) == {(3, 7)}
+    assert pairs({"QmDuo": {3, 7, 8}}) == {(3, 7)}  # group 8's second stage, on "tail", is not ready
+    assert pairs({"QmDuo": {3, 7, 8}, "QmTail": {8}}) == {(3, 7), (3, 8)}
+    assert pairs({"QmDuo": {3, 8}, "QmTail": {7}}) == set()  # ready for another group counts for nothing
+    route = choose_route(h, {"QmDuo": {3, 7}}, lambda p: 0, rng)
+    assert (route.prefill_peer, route.decode_peer, route.is_colocated) == ("QmDuo", "QmDuo", False)

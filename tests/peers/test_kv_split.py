@@ -3,6 +3,8 @@ the engines' partial imports (slices of layers arriving separately, a stage runn
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from kernels import KvFormat
@@ -175,7 +177,8 @@ def test_a_later_decode_stage_frees_a_kv_set_that_never_completes(tiny_model_dir
     import trio
 
     from peers import kvlink
-    from peers.worker import EngineWorker
+    from peers.daemon import Node
+    from peers.worker import EngineWorker, GroupWorker
     from swarm.wire.requests import Ack, KvPush
 
     monkeypatch.setattr(kvlink, "KV_PART_WAIT_S", 0.3)
@@ -185,12 +188,18 @@ def test_a_later_decode_stage_frees_a_kv_set_that_never_completes(tiny_model_dir
     slices = {layers: export_slice(prefill, "r0", num_tokens, layers) for layers in ((1, 2), (2, 4))}
     tail = engine(tiny_model_dir, "decode", 1, 4)
 
-    def push(request_id: str, blob: bytes) -> KvPush:
-        return KvPush(request_id, 1, first.prompt_token_ids, first.token_ids, len(blob))
+    def push(request_id: str, blob: bytes, group_id: int = 5) -> KvPush:
+        return KvPush(request_id, 1, first.prompt_token_ids, first.token_ids, len(blob), group_id=group_id)
 
     async def main():
         async with trio.open_nursery() as nursery:
-            node = SimpleNamespace(worker=EngineWorker(tail), nursery=nursery, decode_sessions={})
+            # this peer holds the second stage of decode group 5 (and the prefill group 2, on another GPU)
+            groups = {5: GroupWorker(5, 1, 2, None, "cpu", EngineWorker(tail)),
+                      2: GroupWorker(2, 0, 1, None, "cpu", EngineWorker(prefill[0]))}
+            node = SimpleNamespace(groups=groups, nursery=nursery, decode_sessions={})
+            node.later_stage_worker = partial(Node.later_stage_worker, node)
+            refused = await kvlink.take_pushed_kv(node, push("other", slices[(2, 4)], 2), slices[(2, 4)])
+            assert refused.code == "unknown_request" and "group 2" in refused.message
             assert await kvlink.take_pushed_kv(node, push("lost", slices[(2, 4)]), slices[(2, 4)]) == Ack("lost")
             assert "lost" in tail.partial_imports and tail.scheduler.blocks.num_used_blocks > 0
             for layers in ((1, 2), (2, 4)):  # a set that completes is kept for the decode steps
@@ -208,6 +217,7 @@ def test_the_hand_off_follows_the_plan_and_a_one_peer_replica_survives_a_re_plan
 
     from peers.kvroute import replica_stages
     from peers.membership import PlanHolder
+    from peers.worker import GroupWorker
     from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Routing, Stage
     from swarm.wire.requests import GenerateRequest, PrefillJob
 
@@ -215,16 +225,19 @@ def test_the_hand_off_follows_the_plan_and_a_one_peer_replica_survives_a_re_plan
     plan = Plan(PLAN_FORMAT, 5, "m", (Group(0, "prefill", 1, 2, (Stage(("pa/0",), (0, 1)), Stage(("pb/0",), (1, 4)))),
                                       Group(1, "decode", 1, 2, (Stage(("da/0",), (0, 3)), Stage(("db/0",), (3, 4))))),
                 Routing({0: 1.0}, ((0, 1, 1.0),)))
-    job = PrefillJob(GenerateRequest("r", prompt="x"), 5, "QmDa", 16)
+    job = PrefillJob(GenerateRequest("r", prompt="x"), 5, "QmDa", 16, group_id=0, decode_group_id=1)
+    old_job = PrefillJob(GenerateRequest("r", prompt="x"), 5, "QmDa", 16)  # from an entry peer without group ids
 
-    def node(first: int, last: int | None, holder: PlanHolder) -> SimpleNamespace:
-        return SimpleNamespace(peer_id="QmPa", holder=holder,
-                               worker=SimpleNamespace(engine=engine(tiny_model_dir, "prefill", first, last)))
+    def stages(first: int, last: int | None, holder: PlanHolder, job=job):
+        group = GroupWorker(0, 0, 2, "QmPb", "cpu",
+                            SimpleNamespace(engine=engine(tiny_model_dir, "prefill", first, last)))
+        return replica_stages(SimpleNamespace(peer_id="QmPa", holder=holder), group, job)
 
     following = PlanHolder(plan, peers)
-    assert replica_stages(node(0, 1, following), job) == ([("QmPa", 0, 1), ("QmPb", 1, 4)],
-                                                          [("QmDa", 0, 3), ("QmDb", 3, 4)])
+    split = ([("QmPa", 0, 1), ("QmPb", 1, 4)], [("QmDa", 0, 3), ("QmDb", 3, 4)])
+    assert stages(0, 1, following) == split
+    assert stages(0, 1, following, old_job) == split
     gone = PlanHolder(Plan(PLAN_FORMAT, 6, "m", (), Routing({}, ())), {})
-    assert replica_stages(node(0, None, gone), job) == ([("QmPa", 0, 4)], [("QmDa", 0, 4)])
+    assert stages(0, None, gone) == ([("QmPa", 0, 4)], [("QmDa", 0, 4)])
     with pytest.raises(ReplicaFailedError, match="plan changed"):
-        replica_stages(node(0, 1, gone), job)
+        stages(0, 1, gone)

@@ -33,7 +33,9 @@ class FakeNode:
         self.peer_id = host.peer_id
         self.kv_links = KvLinks()
         self.decode_sessions: dict[str, FakeSession] = {}
-        self.worker = None  # no engine: a push for a request without a decode session is refused
+
+    def later_stage_worker(self, group_id: int):
+        return None  # no engine: a push for a request without a decode session is refused
 
     async def open_stream(self, peer_id: str, protocol: str):
         return await self.host.open_stream(peer_id, protocol)

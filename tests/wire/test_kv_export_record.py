@@ -23,14 +23,20 @@ def test_round_trip():
 
 
 def test_golden_bytes():
-    # [wire version 1, type 92, ["r", 3, 16, [1, 2], [3], [["QmB", 20, 30]], true]]
-    data = encode(job(targets=(KvTarget("QmB", 20, 30),)))
-    assert data == bytes.fromhex("93015c97a172031092010291039193a3516d42141ec3")
+    # [wire version 1, type 92, ["r", 3, 16, [1, 2], [3], [["QmB", 20, 30]], true, 4, 9]]
+    data = encode(job(targets=(KvTarget("QmB", 20, 30),), group_id=4, decode_group_id=9))
+    assert data == bytes.fromhex("93015c99a172031092010291039193a3516d42141ec30409")
 
 
 def test_an_old_sender_without_release_means_release():
     data = msgpack.packb([1, 92, ["r", 3, 16, [1, 2], [3], [["QmB", 0, 4]]]])
     assert decode(data) == job(targets=(KvTarget("QmB", 0, 4),))
+
+
+def test_an_old_sender_without_group_ids_names_no_group():
+    data = msgpack.packb([1, 92, ["r", 3, 16, [1, 2], [3], [["QmB", 0, 4]], False]])
+    decoded = decode(data)
+    assert (decoded.group_id, decoded.decode_group_id, decoded.release) == (-1, -1, False)
 
 
 @pytest.mark.parametrize("fields,match", [
@@ -41,6 +47,8 @@ def test_an_old_sender_without_release_means_release():
     ({"targets": ()}, "targets"),
     ({"targets": (KvTarget("QmA", 0, 10), KvTarget("QmB", 5, 20))}, "overlap"),
     ({"request_id": ""}, "request_id"),
+    ({"group_id": -2}, "group_id"),
+    ({"decode_group_id": 1 << 21}, "decode_group_id"),
 ])
 def test_bad_jobs_are_refused(fields, match):
     with pytest.raises(WireError, match=match):
