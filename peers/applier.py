@@ -24,6 +24,7 @@ import gc
 import logging
 from dataclasses import replace
 
+import torch
 import trio
 
 from peers.daemon_errors import PlanApplyError
@@ -46,8 +47,6 @@ def group_device(node, placement: Placement) -> str:
         return "cpu"
     if node.config.device.startswith("cuda:"):
         return node.config.device
-    import torch
-
     count = torch.cuda.device_count()
     index = placement.gpu_index
     if 0 < count <= index and node.profile.is_emulated:
@@ -89,8 +88,6 @@ def release_memory(devices: set[str]) -> None:
     """Give the memory of stopped engines back (CUDA caches it otherwise)."""
     gc.collect()
     if any(d.startswith("cuda") for d in devices):
-        import torch
-
         torch.cuda.empty_cache()
 
 
@@ -125,8 +122,8 @@ async def apply_plan(node, plan: Plan) -> None:
     for placement, device in wanted:
         if placement.group_id not in kept:
             await start_new_group(node, placement, device, plan.epoch, take_spare=placement.group_id == spare_taker)
-    logger.info("plan epoch %d: serving %s", plan.epoch, " and ".join(
-        g.describe() for g in sorted(node.groups.values(), key=lambda g: g.group_id)))
+    serving = " and ".join(g.describe() for g in sorted(node.groups.values(), key=lambda g: g.group_id))
+    logger.info("plan epoch %d: serving %s", plan.epoch, serving or "nothing (no group could be loaded)")
 
 
 async def keep_group(node, group: GroupWorker, placement: Placement, epoch: int) -> None:
@@ -145,14 +142,19 @@ async def keep_group(node, group: GroupWorker, placement: Placement, epoch: int)
 
 
 async def start_new_group(node, placement: Placement, device: str, epoch: int, *, take_spare: bool) -> None:
-    """Load (or take the preloaded engine for) a part of a group, start its worker, mark it ready."""
+    """Load (or take the preloaded engine for) a part of a group, start its worker, mark it ready; a part
+    that cannot be loaded (a CUDA device this machine lacks, too little memory) is logged and left out."""
     config = engine_config(node, placement, device)
     if take_spare:
         engine, node.spare = node.spare, None
         engine.config = replace(engine.config, role=placement.role)
     else:
         logger.info("plan epoch %d: loading %s on %s", epoch, placement.describe(), device)
-        engine = await trio.to_thread.run_sync(Engine.load, node.model_path, config)
+        try:
+            engine = await trio.to_thread.run_sync(Engine.load, node.model_path, config)
+        except (SwarmError, torch.cuda.OutOfMemoryError) as e:  # this group cannot be served here, the others can
+            logger.error("plan epoch %d: cannot load %s on %s: %s", epoch, placement.describe(), device, e)
+            return
     group = GroupWorker(placement.group_id, placement.stage, placement.num_stages, placement.next_peer, device)
     is_head = placement.num_stages > 1 and placement.stage == 0
     await node.start_group(group, PipelineWorker(engine, node, group) if is_head else EngineWorker(engine))

@@ -181,3 +181,20 @@ def test_requests_of_a_stopped_group_end_instead_of_hanging(duo_node_run):
             assert [e async for e in events] == []
 
     duo_node_run(body)
+
+
+def test_a_group_that_cannot_be_loaded_is_left_out_and_the_others_serve(duo_node_run, caplog):
+    async def body(node):
+        # a plan for a 9-layer model, on the 4-layer tiny model: duo's part of group 0 (layers 0-4) loads,
+        # its part of group 1 (layers 0-9) cannot
+        groups = (Group(0, "prefill", 1, 2, (Stage(("duo/0",), (0, 4)), Stage(("tail/0",), (4, 9)))),
+                  Group(1, "decode", 1, 1, (Stage(("duo/1",), (0, 9)),)))
+        p = Plan(PLAN_FORMAT, 1, node.model_name, groups, Routing({0: 1.0}, ((0, 1, 1.0),)))
+        node.holder = PlanHolder(p, HOSTS, 1, DUO)
+        await apply_plan(node, p)
+        assert list(node.groups) == [0] and node.digest().ready_groups == (0,)
+        assert "cannot load group 1 (decode, layers 0-9) on cpu" in caplog.text
+        assert "serving group 0 (prefill, stage 1 of 2, layers 0-4) on cpu" in caplog.text
+
+    caplog.set_level("INFO", logger="peers.applier")
+    duo_node_run(body)
