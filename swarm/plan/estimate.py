@@ -1,29 +1,35 @@
 """The SLO estimator: TTFT/TPOT attainment of deployments under a routing, in well under a millisecond.
 
-How it works (DistServe, OSDI 2024, section 4: per-phase queueing models), over a fixed sample of
-NUM_REQUESTS (prompt, output) pairs of the workload (`Problem.lengths`):
+How it works (DistServe, OSDI 2024, section 4: per-phase queueing models, made to follow what the
+simulator and the entry peer do; `python -m sims.validate_estimator` compares them group by group), over
+NUM_REQUESTS (prompt, output) pairs of the workload stratified by prompt length (`sample_index`):
   * Prefill. Each prefill group's service time is its pipeline's prefill interval (a colocated group's:
-    the whole latency). With orchestration (`problem.orchestrate`), the entry peer sends each prompt to
-    the least-loaded prefill replica (as the simulator does), so the groups with a share form ONE pooled
-    M/G/c queue at the total rate lam: capacity mu = sum_g 1/E[S_g], effective servers
-    c = mu^2 / sum_g (1/E[S_g])^2 (the count when alike, fewer when one dominates), service shape
-    E[S^k]/E[S]^k mixed by the routed shares x_g; it is solved as one server c times as fast (T = S/c,
-    E[T^k] = shape_k / mu^k, rho = lam / mu): P(wait) = rho^(sqrt(2(c + 1)) - 1) (Sakasegawa's Erlang-C
-    approximation), else a lognormal wait with the fast server's M/G/1 conditional moments
-    (Pollaczek-Khinchine, Takacs), so E[W] = P(wait) (1 + cs^2)/2 E[S] / (c (1 - rho)) (Allen-Cunneen);
-    c = 1 is the M/G/1 queue exactly. Without orchestration (uniform routing, the ablation) each group
-    is its own M/G/1 queue at rate * x_p. TTFT = wait + own prefill latency (+ blocking): the prefill
-    replica computes the first token and sends it to the entry peer itself (as in DistServe, and as the
-    simulator counts). Blocking: prompts cannot overtake each other in a pipeline, so one that enters
-    behind a longer prompt (latency T) is held (T - t)(pp - 1)/pp at the stages; with probability
-    min(1, lam E[latency]) (Little's law) a prompt is inside when it enters, so a request's TTFT gains
-    min(1, lam E[latency]) E[(T - t)+] (pp - 1)/pp. Zero for one stage, at zero load, and when colocated.
+    the whole latency). With orchestration (`problem.orchestrate`) the entry peer sends each prompt to
+    the replica with the least outstanding prompt tokens per routing share x_g, in flight included, so
+    a replica holding its prompts longer (a pipeline: latency T_g) gets less than x_g: `_dispatch`
+    solves lam_g proportional to x_g / (W_g + T_g) (Little's law). The replicas then wait as servers of
+    one pool: c = mu^2 / sum_g mu_g^2 effective servers (mu_g = 1 / E[S_g]; the count when alike), each
+    at its own utilisation rho_g = lam_g E[S_g], solved as one server c times as fast: P(wait) =
+    rho_g^(sqrt(2(c + 1)) - 1) (Sakasegawa's Erlang-C approximation), else a lognormal wait with that
+    server's M/G/1 conditional moments (Pollaczek-Khinchine, Takacs); c = 1 is the M/G/1 queue exactly.
+    Without orchestration (uniform routing, the ablation) each group is its own M/G/1 queue at
+    rate * x_p. Prompts are prefilled in batches of everything queued, so a prompt that waited leaves
+    with the prompts that queued behind it: the wait is stretched by 1 + rho_g (`_prefill_wait`).
+    TTFT = wait + own prefill latency (+ blocking): the prefill replica computes the first token and
+    sends it to the entry peer itself (as in DistServe, and as the simulator counts). Blocking: prompts
+    cannot overtake each other in a pipeline, so one that enters behind a batch (latency T_b, about
+    1 + rho_g prompts) is held (T_b - t)(pp - 1)/pp at the stages; with probability
+    min(1, lam E[latency]) (Little's law) a batch is inside when it enters (`_blocking_s`). Zero for
+    one stage, at zero load, and when colocated.
+  * Decode dispatch: among a prefill group's KV partners the entry peer picks the least KV load per
+    pair share y_pd, which evens out N_d / y_pd: lam_d proportional to y_pd / step_d (`_decode_dispatch`).
   * Decode group d holds N sequences on average, by Little's law the fixed point
     N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context);
     the number decoding is about Poisson (sd sqrt N). A request's mean TPOT is step(N) plus its KV
     transfer spread over its o - 1 later tokens, slowed by 1 / (1 - rho_link) (transfers share a host
     link fairly: an M/G/1 processor-sharing queue, so a long prompt's KV is delayed in proportion to its
-    size); linearising the step in the batch and its KV tokens (sd_step^2 = N (d_N step^2 + d_C step^2 var(context))):
+    size); linearising the step in the batch and its KV tokens
+    (sd_step^2 = N (d_N step^2 + d_C step^2 var(context))):
         P(TPOT met) = Phi((TPOT - step(N) - kv / (o - 1)) / sd_step)
     and, with probability `blocked` the KV memory is full when it arrives and it first waits to be
     admitted (`_DecodeState`), the same with that wait spread over its o - 1 tokens.
@@ -342,12 +348,6 @@ class Scenario:
         the plan is orchestrated; uniform routing (the ablation) is fixed shares and independent queues."""
         return bool(self.problem.orchestrate)
 
-    @cached_property
-    def normalised_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """(groups,) E[S^2] / E[S]^2 and E[S^3] / E[S]^3 of each group's prefill service (its shape)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (self.moment2_s2 / self.mean_service_s ** 2, self.moment3_s3 / self.mean_service_s ** 3)
-
     def _decode_dispatch(self, flow: np.ndarray, plan_shares: np.ndarray, to_p: np.ndarray, to_d: np.ndarray,
                          pair_p: np.ndarray, pair_d: np.ndarray) -> np.ndarray:
         """(..., pairs) request rates per (prefill, decode) pair as load-aware dispatch splits `flow`.
@@ -384,11 +384,10 @@ class Scenario:
     def _fifo_wait(self, prefill_rate: np.ndarray) -> tuple[np.ndarray, ...]:
         """(P(wait), mean wait, mu, sigma) per group of a FIFO prefill queue of single prompts, (..., groups).
 
-        Independent queues (not pooled): each group is its own M/G/1 queue at its routed rate. Pooled:
-        the groups with a share form one M/G/c queue (`queue_wait`) at the total rate: capacity
-        mu_tot = sum 1 / E[S_g], c = mu_tot^2 / sum (1 / E[S_g])^2 (the effective number of servers;
-        the count when alike), and the service shape (E[S^k] / E[S]^k) mixed by the routed shares; the
-        pooled T = S / c has E[T^k] = shape_k / mu_tot^k. Every group then sees the pool's wait."""
+        Independent queues (not pooled): each group is its own M/G/1 queue at its routed rate. Pooled
+        (load-aware dispatch): each group waits as a server of an M/G/c pool (`queue_wait`) of
+        c = `_servers` effective servers, all at the group's own utilisation rho_g = lam_g E[S_g]: one
+        server c times as fast, T = S_g / c, E[T^k] = E[S_g^k] / c^k, at rate c lam_g."""
         if not self.pooled:
             return queue_wait(prefill_rate, self.mean_service_s, self.moment2_s2, self.moment3_s3)
         c = self._servers(prefill_rate)
