@@ -17,9 +17,9 @@ bytes (its layers plus the head on the last stage), link_Bps = gbps * 1e9 / 8 * 
     (the KV written). Latency = sum of stages; a pipeline accepts a new prefill every max-stage time
     (`prefill_interval_s`), which is what a prefill queue sees as service time. Prompts keep their
     order through the stages, so a short prompt right behind a long one (latencies t < T) finishes at
-    T + t/pp rather than t: the estimator adds the expected (T - t)+ (pp - 1)/pp, weighted by the
-    chance that a prompt is inside the pipeline (estimate.py). Capacity is unchanged: a saturated flow
-    shop of equal-stage jobs still finishes one job per mean interval.
+    T + t/pp rather than t: the estimator adds the expected (T - t)+ (pp - 1)/pp for the batch ahead,
+    weighted by the chance that one is inside the pipeline (estimate.py). Capacity is unchanged: a
+    saturated flow shop of equal-stage jobs still finishes one job per mean interval.
   * decode step of a batch of B sequences holding C KV tokens in all: n = g = B, A = 4 * hidden * C,
     K = (C + B) * kv_layer. Pipelines micro-batch: the batch is split in m = min(pp, B) micro-batches
     that circulate through the stages, so every sequence advances one token per
