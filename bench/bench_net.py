@@ -10,7 +10,7 @@ interleaved, and reports the median MB/s and its ratio to the raw socket measure
 - fastpath-auth: plain TCP, each frame authenticated only (GCM tag over header and payload);
 - raw: plain TCP, length-prefixed, no integrity at all (the ceiling).
 
-    python -m bench.bench_net [--quick] [--json]
+    python -m bench.bench_net [--quick] [--json] [--skip-paths | --skip-swarm] [--swarm-peers N]
 """
 
 from __future__ import annotations
@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--swarm-peers", type=int, default=8, help="peer processes for the swarm figures")
     parser.add_argument("--skip-paths", action="store_true", help="only the swarm figures")
+    parser.add_argument("--skip-swarm", action="store_true", help="only the KV-transfer figures")
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--peer", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     blob_mib, count, repeats = (16, 2, 3) if args.quick else (64, 2, 5)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     paths = {} if args.skip_paths else trio.run(measure_paths, blob_mib << 20, count, repeats)
-    swarm = measure_swarm(args.swarm_peers, 4 if args.quick else 8)
+    swarm = {} if args.skip_swarm else measure_swarm(args.swarm_peers, 4 if args.quick else 8)
     result = {"date": started, "blob_mib": blob_mib, "blobs_per_run": count, "repeats": repeats,
               "paths": paths, "swarm": swarm}
     if not args.json:

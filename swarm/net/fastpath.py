@@ -52,6 +52,7 @@ SESSION_ID_BYTES = 16
 GRANT_TTL_S = 10.0
 ACK = struct.Struct(">Q")
 MAX_BLOB_BYTES = 8 << 30
+INLINE_CRYPTO_BYTES = 64 << 10  # frames up to this size are sealed and opened on the trio thread
 TO_RECEIVER, TO_SENDER = 0, 1
 BlobHandler = Callable[[str, FrameHeader, bytes], Awaitable[None]]
 ChannelHandler = Callable[[str, "SealedChannel"], Awaitable[None]]
@@ -118,16 +119,22 @@ class SealedChannel:
         out_dir, in_dir = (TO_RECEIVER, TO_SENDER) if is_sender else (TO_SENDER, TO_RECEIVER)
         self.out = Sealer(key, out_dir, is_encrypted=is_encrypted)
         self.inp = Sealer(key, in_dir, is_encrypted=is_encrypted)
-        # two frame buffers, reused: one is sealed/opened while the other is on the wire
-        self.buffers = [memoryview(bytearray(MAX_FRAME_PAYLOAD_BYTES + TAG_BYTES)) for _ in range(2)]
+        # two frame buffers, reused: one is sealed/opened while the other is on the wire; each holds a whole
+        # sealed frame (header, ciphertext, tag), so an encrypted frame leaves in one send
+        self.buffers = [memoryview(bytearray(HEADER_BYTES + MAX_FRAME_PAYLOAD_BYTES + TAG_BYTES)) for _ in range(2)]
         self.buffer = self.buffers[0]  # for the small announcement and acknowledgement frames
 
     async def seal(self, header: FrameHeader, payload: memoryview, buffer: memoryview) -> list:
-        """The wire pieces of one frame: header, then ciphertext+tag (into `buffer`) or payload and tag."""
+        """The wire pieces of one frame: header+ciphertext+tag (in `buffer`), or header, payload and tag."""
         head = encode_frame_header(header)
-        if self.is_encrypted:  # AES runs in a worker thread: it releases the GIL
-            return [head, await trio.to_thread.run_sync(self.out.seal_into, head, payload, buffer)]
-        return [head, payload, self.out.tag(head, payload)]
+        if not self.is_encrypted:
+            return [head, payload, self.out.tag(head, payload)]
+        buffer[:HEADER_BYTES] = head
+        body = buffer[HEADER_BYTES:]
+        if len(payload) <= INLINE_CRYPTO_BYTES:  # a thread hop costs more than sealing a few bytes
+            return [buffer[:HEADER_BYTES + len(self.out.seal_into(head, payload, body))]]
+        # AES runs in a worker thread: it releases the GIL
+        return [buffer[:HEADER_BYTES + len(await trio.to_thread.run_sync(self.out.seal_into, head, payload, body))]]
 
     async def send_frame(self, header: FrameHeader, payload: memoryview) -> None:
         for piece in await self.seal(header, payload, self.buffer):
@@ -158,7 +165,10 @@ class SealedChannel:
         """Verify (and decrypt) a frame read by `read_frame`; WireError if its tag is wrong."""
         if self.is_encrypted:
             head, body, out = sealed
-            await trio.to_thread.run_sync(self.inp.open_into, head, body, out)
+            if len(out) <= INLINE_CRYPTO_BYTES:
+                self.inp.open_into(head, body, out)
+            else:
+                await trio.to_thread.run_sync(self.inp.open_into, head, body, out)
             return out
         head, out, tag = sealed
         self.inp.check_tag(head, out, tag)

@@ -85,8 +85,8 @@ def test_tampered_middle_frame_of_a_long_blob_is_refused(host_config, caplog, is
                 view = memoryview(data)
                 if len(view) > 1 << 20 and not getattr(flip_second_frame, "seen", False):
                     flip_second_frame.seen = True  # let the first big piece (data frame 1) through
-                elif len(view) > 1 << 20:
-                    data = bytes([view[0] ^ 1]) + bytes(view[1:])
+                elif len(view) > 1 << 20:  # its last byte: ciphertext/tag (aead) or payload (auth-only)
+                    data = bytes(view[:-1]) + bytes([view[-1] ^ 1])
                 await real_send_all(data)
 
             channel.sock.send_all = flip_second_frame
