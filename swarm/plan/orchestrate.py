@@ -289,6 +289,11 @@ def _solve(h: highspy.Highs, cost: np.ndarray | None) -> np.ndarray:
         h.changeColsCost(len(cost), np.arange(len(cost), dtype=np.int32), cost)
     h.run()
     status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kTimeLimit:
+        raise InfeasibleError(f"the routing LP ({h.getNumCol()} columns, {h.getNumRow()} rows) was not solved "
+                              f"within its {LP_TIME_LIMIT_S:g} s time limit: too many (prefill, decode) pairs "
+                              "for one LP (the search plans large clusters zone by zone, and keeps the zone "
+                              "plans side by side when the whole-cluster LP cannot be solved)")
     if status != highspy.HighsModelStatus.kOptimal:
         raise InfeasibleError(f"the routing LP has no optimal solution (HiGHS: {h.modelStatusToString(status)}): "
                               "no group has capacity within the SLO; add decode capacity or relax the TPOT target")
