@@ -19,7 +19,6 @@ every frame straight into place) and ends with the receiver's sealed 8-byte ackn
 from __future__ import annotations
 
 import logging
-import mmap
 import secrets
 import struct
 from collections.abc import Awaitable, Callable
@@ -54,7 +53,6 @@ GRANT_TTL_S = 10.0
 ACK = struct.Struct(">Q")
 MAX_BLOB_BYTES = 8 << 30
 INLINE_CRYPTO_BYTES = 64 << 10  # frames up to this size are sealed and opened on the trio thread
-LAZY_BLOB_BYTES = 1 << 20  # blobs from this size up are received into an anonymous map (see new_blob)
 TO_RECEIVER, TO_SENDER = 0, 1
 BlobHandler = Callable[[str, FrameHeader, bytes], Awaitable[None]]
 ChannelHandler = Callable[[str, "SealedChannel"], Awaitable[None]]
@@ -92,18 +90,6 @@ class Sealer:
     def check_tag(self, header: bytes, payload: memoryview, tag: bytes) -> None:
         if not secrets.compare_digest(self.tag(header, payload), tag):
             raise WireError(f"fast-path frame {self.counter}: authentication failed")
-
-
-def new_blob(num_bytes: int) -> bytearray | mmap.mmap:
-    """A zeroed, writable buffer for an incoming blob of `num_bytes`.
-
-    `bytearray(n)` zeroes all n bytes at once on the calling thread, holding the GIL: for a 64 MiB KV blob
-    that is about 40 ms of page faults here before the first frame is read, with the receiver's event
-    loop stalled. A blob of LAZY_BLOB_BYTES or more is an anonymous map instead: the kernel zeroes each
-    page when it is first written, in the thread that writes it (the AES worker for an encrypted blob),
-    while the event loop reads the next frame. Both are bytes-like and writable; the map is unmapped
-    when its last reference goes."""
-    return bytearray(num_bytes) if num_bytes < LAZY_BLOB_BYTES else mmap.mmap(-1, num_bytes)
 
 
 async def receive_into(sock: trio.SocketStream, out: memoryview) -> None:
@@ -242,7 +228,7 @@ class SealedChannel:
             await self.open_frame(pending)
         return offset
 
-    async def receive_blob(self, max_bytes: int | None = None) -> tuple[FrameHeader, bytearray | mmap.mmap]:
+    async def receive_blob(self, max_bytes: int | None = None) -> tuple[FrameHeader, bytearray]:
         """The next blob, checked frame by frame, acknowledged to the sender; WireError (before anything
         is allocated) if it announces more than `max_bytes` (or the channel's cap)."""
         first, announce = await self.receive_frame_into(None, None)
@@ -252,7 +238,7 @@ class SealedChannel:
         cap = self.max_blob_bytes if max_bytes is None else min(max_bytes, self.max_blob_bytes)
         if total > cap:
             raise WireError(f"fast path: announced blob of {total} bytes exceeds {cap}")
-        blob = new_blob(total)
+        blob = bytearray(total)
         offset = await self._receive_data_frames(first, memoryview(blob)) if not first.is_last else 0
         if offset != total:
             raise WireError(f"fast path: blob ended after {offset} of {total} announced bytes")
