@@ -14,6 +14,9 @@ A5000 and RTX 3090 Ti are GA102 chips like the A40; the A100-40G is an A100; the
 The fits are stored as the planner's package data (`swarm/plan/data/efficiency.json`, read by
 `swarm.plan.cost.calibrated_efficiency`), which the planner, the daemon and these experiments all use;
 `python -m sims.calibrate --write` refits and rewrites it, `python -m sims.calibrate` prints the fits.
+The CPU-only terms of `Efficiency` (attention, overlap) stay at their neutral 1 on GPUs, and entries not
+fitted here (the "CPU" one, fitted by `python -m bench.calibrate_cpu --write` against the real engine)
+are kept as they are.
 """
 
 from __future__ import annotations
@@ -142,22 +145,30 @@ def calibrated_efficiency() -> dict[str, Efficiency]:
 def write_data(path: Path | None = None) -> Path:
     """Refit every GPU type (same-silicon fits for unprofiled GPUs) and write the planner's package data."""
     path = path or Path(cost.__file__).parent / cost.EFFICIENCY_DATA
-    gpus = {}
+    gpus = {name: entry for name, entry in _stored_entries(path).items() if name not in SAME_SILICON}
     for gpu, profile in SAME_SILICON.items():
         f = fit(profile)
         e = f.efficiency
         gpus[gpu] = {"compute": e.compute, "memory": e.memory, "network": e.network,
-                     "layer_overhead_s": e.layer_overhead_s, "profile": PROFILED[profile],
-                     "mean_abs_error": round(f.mean_abs_error, 4), "rows": f.num_rows}
+                     "layer_overhead_s": e.layer_overhead_s, "attention": e.attention, "overlap": e.overlap,
+                     "profile": PROFILED[profile], "mean_abs_error": round(f.mean_abs_error, 4), "rows": f.num_rows}
     provenance = (
         "Fitted by `python -m sims.calibrate --write` (sims/calibrate.py): grid search of (compute, memory, "
         "layer_overhead_s) minimising the mean squared relative error of the cost model's Llama-2-7B layer "
         "time against Vidur's measured operator profiles (sims/data/vidur, MIT; all rows of token counts 1 "
         "to 4096+ and TP 1/2/4). GPUs Vidur did not profile borrow the fit of the same silicon (profile "
-        "field). network is the cost model's default (not fitted).")
+        "field). network is the cost model's default (not fitted); attention and overlap are 1 (the roofline) on "
+        "GPUs. Entries with another provenance field (CPU) were fitted elsewhere and are kept by the refit.")
     path.write_text(json.dumps({"provenance": provenance, "gpus": gpus}, indent=1) + "\n")
     cost.calibrated_efficiency.cache_clear()
     return path
+
+
+def _stored_entries(path: Path) -> dict:
+    """The entries of the efficiency file at `path` ({} if there is none yet)."""
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())["gpus"]
 
 
 def report() -> str:

@@ -2,15 +2,28 @@
 
 A CPU box may *declare* a GPU profile (`--profile A40` or `--profile RTX3090Tix2`) to emulate a
 heterogeneous cluster; the profile then says `is_emulated=True` and `device="cpu"`.
+
+A CPU is measured as one core, the way swarm runs CPU peers (one torch thread each): a float32 matmul
+for the compute rate and a float32 matrix-vector product over a matrix larger than the caches for the
+memory bandwidth, which is how a decode step streams its weights (a plain buffer copy, measured before,
+read a third of that: page faults of the fresh copy and write-allocate traffic). Both run in a fresh
+interpreter with one BLAS thread (the BLAS thread count cannot be changed once numpy is loaded) and
+are timed by the process's CPU time, medians of a few repeats, so that other processes sharing the
+cores slow the probe down less than they would a wall clock.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import socket
+import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -91,18 +104,58 @@ def _catalog_name(nvml_name: str, memory_gb: float) -> str:
     return name
 
 
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+PROBE_TIMEOUT_S = 60.0
+
+
 def _probe_cpu(peer_id: str, host: str) -> HardwareProfile:
-    """A CPU measured in a fraction of a second: float32 matmul rate and memory copy bandwidth."""
-    a = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
-    start = time.perf_counter()
-    for _ in range(8):
-        a @ a
-    tflops = 8 * 2 * 512**3 / (time.perf_counter() - start) / 1e12
-    buf = np.ones(16 << 20, dtype=np.float32)  # 64 MiB
-    start = time.perf_counter()
-    for _ in range(4):
-        buf.copy()
-    bandwidth_gbs = 4 * 2 * buf.nbytes / (time.perf_counter() - start) / 1e9
+    """A CPU measured as one core (`measure_cpu_core` in a one-BLAS-thread interpreter), within a second."""
+    tflops, bandwidth_gbs = measure_cpu_core_isolated()
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     return HardwareProfile(peer_id=peer_id, host=host, gpu="CPU", num_gpus=1, tflops=max(tflops, 1e-3),
                            memory_gb=memory_gb, memory_bandwidth_gbs=max(bandwidth_gbs, 0.1), device="cpu")
+
+
+def measure_cpu_core_isolated() -> tuple[float, float]:
+    """`measure_cpu_core` in a fresh interpreter with one BLAS thread: (TFLOPS fp32, GB/s).
+
+    Raises:
+        HardwareError: the measuring interpreter failed or timed out (its stderr is in the message).
+    """
+    code = "import json; from swarm.hardware.probe import measure_cpu_core; print(json.dumps(measure_cpu_core()))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ONE_THREAD_ENV},
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise HardwareError(f"the CPU probe took over {PROBE_TIMEOUT_S:.0f} s; is the machine swapping? "
+                            "Declare the hardware with --profile instead") from exc
+    if done.returncode != 0:
+        raise HardwareError(f"the CPU probe failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    tflops, bandwidth_gbs = json.loads(done.stdout.splitlines()[-1])
+    return float(tflops), float(bandwidth_gbs)
+
+
+def measure_cpu_core(repeats: int = 7) -> tuple[float, float]:
+    """(float32 matmul TFLOPS, GB/s streamed by a float32 matrix-vector product) of this process.
+
+    One core's figures only if BLAS runs one thread (`measure_cpu_core_isolated` makes sure): the
+    time is the process's CPU time, which counts every BLAS thread.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((512, 512), dtype=np.float32)
+    tflops = 2 * 512**3 / _median_cpu_s(lambda: a @ a, repeats) / 1e12
+    matrix = np.ones((4096, 4096), dtype=np.float32)  # 64 MiB, twice a large L3: streamed from memory
+    vector = rng.standard_normal(4096, dtype=np.float32)
+    bandwidth_gbs = matrix.nbytes / _median_cpu_s(lambda: matrix @ vector, repeats) / 1e9
+    return tflops, bandwidth_gbs
+
+
+def _median_cpu_s(work: Callable[[], object], repeats: int) -> float:
+    """Median process CPU seconds of `work` over `repeats` runs after one warm-up run."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        work()
+        times.append(time.process_time() - start)
+    return max(statistics.median(times), 1e-9)

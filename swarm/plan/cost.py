@@ -4,11 +4,12 @@ How it works (a roofline per pipeline stage, as in DistServe's and ThunderServe'
 of `tp` GPUs holding `L` layers processes `n` new tokens (for `g` of which it computes logits, if it
 holds the head) while reading `K` KV bytes per layer and doing `A` attention FLOPs per layer:
 
-    compute_s = (n * F_layer * L + g * F_head + A * L) / (tp * tflops * 1e12 * eff.compute)
-    memory_s  = (W_stage + K * L) / (tp * mem_bw * 1e9 * eff.memory)
+    compute_s = (n * F_layer * L + g * F_head + A * L / eff.attention) / (tp * tflops * 1e12 * eff.compute)
+    memory_s  = (W_stage + K * L / eff.attention) / (tp * mem_bw * 1e9 * eff.memory)
     allreduce_s = 2 * L * (2 (tp-1)/tp * n * hidden * 2 B / link_Bps + lat)   # ring, 2 per layer (tp>1)
     send_s    = n * hidden * 2 B / link_Bps(stage -> next stage) + lat          # not after the last stage
-    t_stage   = max(compute_s, memory_s) + allreduce_s + send_s + L * eff.layer_overhead_s
+    t_stage   = max(compute_s, memory_s) + (1 - eff.overlap) min(compute_s, memory_s)
+                + allreduce_s + send_s + L * eff.layer_overhead_s
 
 with F_layer = 2 x matmul params of a layer, F_head = 2 * vocab * hidden, W_stage the stage's weight
 bytes (its layers plus the head on the last stage), link_Bps = gbps * 1e9 / 8 * eff.network.
@@ -33,7 +34,15 @@ bytes (its layers plus the head on the last stage), link_Bps = gbps * 1e9 / 8 * 
     with the largest share / bandwidth bounds the transfer (`kv_route`, as the simulator routes it).
 
 All inputs may be numpy arrays (broadcast), so the estimator evaluates thousands of requests at once.
-`Efficiency` is the fraction of peak a GPU type achieves. The calibrated figures per GPU type are package
+`Efficiency` is the fraction of peak a GPU type achieves. Two of its terms exist for CPUs and are neutral
+(1) on GPUs: `attention` scales the rates further for the work on the KV cache (attention FLOPs, KV
+reads), which runs below the matmul and weight-streaming rates where attention is not a fused kernel
+(on one CPU thread: a gather of the paged cache, small batched matmuls and a softmax, op by op); and
+`overlap` is how much of the shorter of compute and memory time hides under the longer (the roofline's
+max is overlap 1; one CPU core running a model op by op streams weights and computes one after the
+other, about 0). On GPUs both stay 1: Vidur's profiles, the GPU calibration's data, leave attention
+out, and the roofline fits them within 6-9% (docs/results.md section 0). The calibrated figures per GPU
+type are package
 data (`swarm/plan/data/efficiency.json`, fitted to Vidur's measured profiles by `python -m sims.calibrate
 --write`, provenance inside): `Problem(efficiency=None)` uses them, so `swarm plan`, the daemon and the
 simulator share one table; GPU types it lacks get DEFAULT_EFFICIENCY.
@@ -69,18 +78,26 @@ KV_WIRE_BITS = {16: 16.0, 8: 8.5, 4: 4.5}
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Fraction of peak that a GPU type achieves, plus a fixed per-layer cost (kernel launches)."""
+    """Fraction of peak that a GPU type achieves, plus a fixed per-layer cost (kernel launches).
+
+    `attention` is the fraction of those rates that the work on the KV cache achieves (1: as fast as
+    the matmuls and the weight reads); `overlap` the fraction of the shorter of a stage's compute and
+    memory times that hides under the longer (1: the roofline's max; 0: their sum)."""
 
     compute: float
     memory: float
     network: float
     layer_overhead_s: float = 0.0
+    attention: float = 1.0
+    overlap: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("compute", "memory", "network"):
+        for name in ("compute", "memory", "network", "attention"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise PlanError(f"efficiency {name} must be a fraction of peak in (0, 1], got {value!r}")
+        if not 0 <= self.overlap <= 1:
+            raise PlanError(f"efficiency overlap must be a fraction in [0, 1], got {self.overlap!r}")
         if self.layer_overhead_s < 0:
             raise PlanError(f"efficiency layer_overhead_s must be >= 0, got {self.layer_overhead_s!r}")
 
@@ -96,7 +113,8 @@ def calibrated_efficiency() -> dict[str, Efficiency]:
     try:
         gpus = json.loads(text)["gpus"]
         return {name: Efficiency(compute=float(e["compute"]), memory=float(e["memory"]),
-                                 network=float(e["network"]), layer_overhead_s=float(e["layer_overhead_s"]))
+                                 network=float(e["network"]), layer_overhead_s=float(e["layer_overhead_s"]),
+                                 attention=float(e["attention"]), overlap=float(e["overlap"]))
                 for name, e in gpus.items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise PlanError(f"swarm/plan/{EFFICIENCY_DATA} is malformed ({exc!r}): regenerate it with "
@@ -161,6 +179,8 @@ class GroupCost:
     is_last: np.ndarray
     flops_per_s: np.ndarray
     bytes_per_s: np.ndarray
+    attention: np.ndarray
+    overlap: np.ndarray
     weight_bytes: np.ndarray
     overhead_s: np.ndarray
     allreduce_bps: np.ndarray
@@ -182,14 +202,22 @@ class GroupCost:
             c.reshape(shape) for c in self._coefficients)
         compute_s = n * per_token + g * per_logit + a * per_attention
         memory_s = weights_s + k * per_kv
-        return np.maximum(compute_s, memory_s) + (n * per_hidden + fixed_s)
+        busy_s = np.maximum(compute_s, memory_s)
+        if self._has_serial_part:
+            busy_s = busy_s + (1.0 - self.overlap.reshape(shape)) * np.minimum(compute_s, memory_s)
+        return busy_s + (n * per_hidden + fixed_s)
+
+    @cached_property
+    def _has_serial_part(self) -> bool:
+        """Whether some stage does not overlap compute with memory traffic fully (CPUs; GPUs do)."""
+        return bool((self.overlap < 1.0).any())
 
     @cached_property
     def _coefficients(self) -> tuple[np.ndarray, ...]:
         """The module docstring's t_stage as max(n a + g b + A c, d + K e) + n f + h, per stage (pp,):
         computed once per deployment, so a call costs a dozen array operations."""
         model, tp, layers = self.model, self.tp, self.num_layers.ravel()
-        flops, bandwidth = self.flops_per_s.ravel(), self.bytes_per_s.ravel()
+        flops, bandwidth, attention = self.flops_per_s.ravel(), self.bytes_per_s.ravel(), self.attention.ravel()
         hidden_bytes = model.hidden_size * model.dtype_bytes
         per_hidden = hidden_bytes / self.send_bps.ravel()
         fixed_s = self.send_latency_s.ravel() + self.overhead_s.ravel()
@@ -197,7 +225,8 @@ class GroupCost:
             per_hidden = per_hidden + 2 * layers * 2 * (tp - 1) / tp * hidden_bytes / self.allreduce_bps.ravel()
             fixed_s = fixed_s + 2 * layers * INTRA_HOST_LATENCY_S
         return (_layer_flops(model) * layers / flops, self.is_last.ravel() * _head_flops(model) / flops,
-                layers / flops, self.weight_bytes.ravel() / bandwidth, layers / bandwidth, per_hidden, fixed_s)
+                layers / (flops * attention), self.weight_bytes.ravel() / bandwidth, layers / (bandwidth * attention),
+                per_hidden, fixed_s)
 
     def _prefill_stages(self, num_tokens, num_seqs) -> np.ndarray:
         n = np.asarray(num_tokens, dtype=np.float64)
@@ -272,6 +301,7 @@ def build_group_cost(cluster: Cluster, model: ModelSpec, efficiency: Mapping[str
         model=model, tp=tp, pp=pp, num_layers=num_layers, is_last=is_last,
         flops_per_s=_col([tp * g.tflops * 1e12 * e.compute for g, e in pairs]),
         bytes_per_s=_col([tp * g.memory_bandwidth_gbs * 1e9 * e.memory for g, e in pairs]),
+        attention=_col([e.attention for e in effs]), overlap=_col([e.overlap for e in effs]),
         weight_bytes=num_layers * model.layer_bytes + is_last * head_bytes,
         overhead_s=_col([e.layer_overhead_s for e in effs]) * num_layers,
         allreduce_bps=_col([h.intra_gbps * 1e9 / 8 * e.network for h, e in zip(hosts, effs, strict=True)]),

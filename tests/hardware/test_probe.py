@@ -1,7 +1,10 @@
+import sys
+
 import pytest
 
 from swarm.errors import HardwareError
 from swarm.hardware import declared_profile, parse_declared, probe
+from swarm.hardware.probe import measure_cpu_core_isolated
 
 
 def test_declared_profile_is_emulated_catalog_figures():
@@ -25,3 +28,14 @@ def test_probe_on_this_machine_gives_a_valid_profile():
     profile = probe(peer_id="p", host="h")
     assert profile.num_gpus >= 1 and profile.tflops > 0 and profile.memory_gb > 0
     assert profile.device in ("cpu", "cuda")
+
+
+def test_cpu_probe_measures_one_core_in_a_separate_interpreter():
+    tflops, bandwidth_gbs = measure_cpu_core_isolated()
+    assert tflops > 0 and bandwidth_gbs > 0
+
+
+def test_a_failing_cpu_probe_says_why(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(HardwareError, match="CPU probe failed"):
+        measure_cpu_core_isolated()

@@ -82,6 +82,35 @@ def test_memory_efficiency_scales_memory_bound_decode(cloud32, llama7b, conv, ma
     assert steps[1] == pytest.approx(2 * steps[0], rel=0.05)
 
 
+def test_overlap_zero_adds_compute_and_memory_time_and_one_is_the_roofline(cloud32, llama7b, conv, make_problem):
+    deployment = configure(make_problem(cloud32, llama7b, conv), ["a40-0/0"], "decode")
+
+    def step_s(**terms):
+        efficiency = {"A40": Efficiency(compute=0.5, memory=0.8, network=0.7, **terms)}
+        return group_cost(make_problem(cloud32, llama7b, conv, efficiency=efficiency), deployment).decode_step_s(
+            64, 64 * 500)
+
+    roofline, serial = step_s(), step_s(overlap=0.0)
+    half = step_s(overlap=0.5)
+    assert roofline == step_s(overlap=1.0)  # the default is the plain roofline
+    assert roofline < half < serial
+    assert half == pytest.approx((roofline + serial) / 2)
+
+
+def test_attention_efficiency_slows_only_the_work_on_the_kv_cache(cloud32, llama7b, conv, make_problem):
+    deployment = configure(make_problem(cloud32, llama7b, conv), ["a40-0/0"], "decode")
+
+    def step_s(batch, context_tokens, attention):
+        efficiency = {"A40": Efficiency(compute=0.5, memory=0.8, network=0.7, attention=attention)}
+        cost = group_cost(make_problem(cloud32, llama7b, conv, efficiency=efficiency), deployment)
+        return cost.decode_step_s(batch, context_tokens)
+
+    # a short context is weight-bound: attention's speed barely matters; a long one is KV-bound
+    assert step_s(1, 10, 0.25) == pytest.approx(step_s(1, 10, 1.0), rel=0.01)
+    long_full, long_slow = step_s(8, 8 * 4000, 1.0), step_s(8, 8 * 4000, 0.25)
+    assert long_slow > 1.5 * long_full
+
+
 def test_larger_tpot_target_allows_larger_batches(cloud32, llama7b, conv, make_problem, hosts_of):
     problem = make_problem(cloud32, llama7b, conv)
     cost = group_cost(problem, configure(problem, hosts_of(cloud32)["a40-0"][:2], "decode"))
@@ -94,6 +123,10 @@ def test_larger_tpot_target_allows_larger_batches(cloud32, llama7b, conv, make_p
 def test_efficiency_rejects_impossible_fractions():
     with pytest.raises(PlanError, match="fraction of peak"):
         Efficiency(compute=1.5, memory=0.8, network=0.7)
+    with pytest.raises(PlanError, match="attention"):
+        Efficiency(compute=0.5, memory=0.8, network=0.7, attention=0.0)
+    with pytest.raises(PlanError, match="overlap"):
+        Efficiency(compute=0.5, memory=0.8, network=0.7, overlap=-0.1)
 
 
 def test_kv_route_is_bounded_by_the_slowest_host_pair(cloud32, llama30b, conv, make_problem, hosts_of):

@@ -67,7 +67,10 @@ def test_the_planners_efficiency_data_is_the_fit_of_every_gpu_type():
     from swarm.plan.cost import efficiency_of
 
     stored = calibrate.calibrated_efficiency()
-    assert stored == {gpu: calibrate.fit(profile).efficiency for gpu, profile in calibrate.SAME_SILICON.items()}
+    fitted = {gpu: calibrate.fit(profile).efficiency for gpu, profile in calibrate.SAME_SILICON.items()}
+    assert {gpu: stored[gpu] for gpu in fitted} == fitted
+    assert set(stored) - set(fitted) <= {"CPU"}  # bench.calibrate_cpu's fit against the real engine
+    assert all(e.attention == e.overlap == 1.0 for e in fitted.values())  # GPUs keep the roofline
     assert efficiency_of(None, "A40") == stored["A40"]  # a Problem without efficiency uses the package data
 
 
