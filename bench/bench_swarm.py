@@ -18,6 +18,7 @@ in the same run; median MB/s and the ratio to raw.
 
     python -m bench.bench_swarm [--quick] [--json] [--kv-bits 4|16]
     python -m bench.bench_swarm --kv-transfer [--blob-mib 64] [--repeats 5] [--json]
+    python -m bench.bench_swarm --membership 8 [--runs 5] [--json]   (`bench.bench_membership`)
 """
 
 from __future__ import annotations
@@ -242,8 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-transfer", action="store_true", help="KV hand-off throughput only (see above)")
     parser.add_argument("--blob-mib", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--membership", type=int, metavar="N", help="the daemon's membership with N peers: "
+                        "convergence, election, plan, re-election (bench.bench_membership)")
+    parser.add_argument("--runs", type=int, default=5, help="with --membership")
     parser.add_argument("--kv-receiver", metavar="TMP", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.membership:
+        from bench import bench_membership
+
+        return bench_membership.main(["--peers", str(args.membership), "--runs", str(args.runs)]
+                                     + (["--json"] if args.json else []))
     if args.kv_receiver:
         import trio
 
