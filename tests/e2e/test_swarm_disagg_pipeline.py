@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+from e2e_helpers import local_tokens
 
 from kernels import KvFormat
 from peers.engine import Engine, EngineConfig, SamplingParams
@@ -35,15 +36,6 @@ def disagg_plan(model_name: str, prefill_cut: int = 1, decode_cut: int = 3, num_
     return Plan(PLAN_FORMAT, 0, model_name, (prefill, decode), Routing({0: 1.0}, ((0, 1, 1.0),)))
 
 
-def local_tokens(folder, prompt: str) -> list[int]:
-    engine = Engine.load(folder, EngineConfig(num_kv_blocks=64))
-    engine.add("r", prompt, params=SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
-    tokens = []
-    while engine.has_work():
-        tokens += [t for e in engine.step() for t in e.token_ids]
-    return tokens
-
-
 def test_prefill_pipeline_hands_kv_to_a_decode_pipeline_split_differently(tiny_model_dir, tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(disagg_plan(tiny_model_dir.name).to_json())
@@ -54,7 +46,7 @@ def test_prefill_pipeline_hands_kv_to_a_decode_pipeline_split_differently(tiny_m
         client = swarm.client()
         for prompt in ("disaggregated", "two pipelines, two splits"):
             completion = client.generate(prompt, max_tokens=MAX_TOKENS, ignore_eos=True)
-            assert list(completion.token_ids) == local_tokens(tiny_model_dir, prompt)
+            assert list(completion.token_ids) == local_tokens(tiny_model_dir, prompt, MAX_TOKENS)
         assert "stage 2 of 2" in swarm.log("pre-b") and "stage 2 of 2" in swarm.log("dec-b")
 
         chunks = swarm.client(timeout_s=60.0).stream("a long answer", max_tokens=LONG_TOKENS, ignore_eos=True)

@@ -12,8 +12,8 @@ import time
 
 import pytest
 import trio
+from e2e_helpers import local_tokens
 
-from peers.engine import Engine, EngineConfig, SamplingParams
 from swarm.client import AsyncSwarmClient
 from swarm.client.localswarm import LocalSwarm, PeerSpec
 from swarm.net.rpc import read_message, write_message
@@ -52,21 +52,12 @@ def test_membership_converges_on_one_coordinator_and_the_plan_is_applied(swarm):
     assert all(m.is_ready for m in views["bootstrap"].members if m.group_id >= 0)
 
 
-def local_tokens(folder, prompt: str) -> list[int]:
-    engine = Engine.load(folder, EngineConfig(num_kv_blocks=64))
-    engine.add("r", prompt, params=SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
-    tokens = []
-    while engine.has_work():
-        tokens += [t for e in engine.step() for t in e.token_ids]
-    return tokens
-
-
 @pytest.mark.parametrize("entry", ["bootstrap", "p-a40"])
 def test_greedy_answers_equal_a_local_engine_with_fp16_kv(swarm, tiny_model_dir, entry):
     client = swarm.client(entry)
     for prompt in PROMPTS:
         completion = client.generate(prompt, max_tokens=MAX_TOKENS, ignore_eos=True)
-        assert list(completion.token_ids) == local_tokens(tiny_model_dir, prompt)
+        assert list(completion.token_ids) == local_tokens(tiny_model_dir, prompt, MAX_TOKENS)
         assert completion.finish_reason == "length" and completion.ttft_s > 0
 
 
@@ -248,7 +239,7 @@ def test_a_killed_coordinator_is_replaced_with_a_higher_epoch(swarm, tiny_model_
     assert len(survivors) == 1 and new.coordinator_id == survivors[0].peer_id
     assert wait_for(lambda s: all(m.is_ready for m in s.members if m.group_id >= 0), 30.0, swarm)
     completion = swarm.client("bootstrap").generate("one peer left", max_tokens=MAX_TOKENS, ignore_eos=True)
-    assert list(completion.token_ids) == local_tokens(tiny_model_dir, "one peer left")
+    assert list(completion.token_ids) == local_tokens(tiny_model_dir, "one peer left", MAX_TOKENS)
 
 
 def test_a_new_peer_joins_and_the_next_plan_uses_it(swarm, tiny_model_dir):
@@ -261,4 +252,4 @@ def test_a_new_peer_joins_and_the_next_plan_uses_it(swarm, tiny_model_dir):
     assert {m.host for m in grown.members if m.is_serving} == {"p-late", *(m.host for m in before.members
                                                                         if m.is_serving)}
     completion = swarm.client("bootstrap").generate("two peers again", max_tokens=MAX_TOKENS, ignore_eos=True)
-    assert list(completion.token_ids) == local_tokens(tiny_model_dir, "two peers again")
+    assert list(completion.token_ids) == local_tokens(tiny_model_dir, "two peers again", MAX_TOKENS)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import trio
+from e2e_helpers import local_tokens
 
-from peers.engine import Engine, EngineConfig, SamplingParams
 from swarm.client import AsyncSwarmClient
 from swarm.client.localswarm import LocalSwarm, PeerSpec
 from swarm.client.status import format_status
@@ -25,15 +25,6 @@ def two_gpu_plan(model_name: str) -> Plan:
               Group(1, "decode", 1, 1, (Stage(("duo/1",), (0, 4)),)),
               Group(2, "prefill", 1, 1, (Stage(("solo/0",), (0, 4)),)))
     return Plan(PLAN_FORMAT, 0, model_name, groups, Routing({0: 0.5, 2: 0.5}, ((0, 1, 0.5), (2, 1, 0.5))))
-
-
-def local_tokens(folder, prompt: str) -> list[int]:
-    engine = Engine.load(folder, EngineConfig(num_kv_blocks=64))
-    engine.add("r", prompt, params=SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
-    tokens = []
-    while engine.has_work():
-        tokens += [t for e in engine.step() for t in e.token_ids]
-    return tokens
 
 
 def test_a_two_gpu_peer_serves_a_prefill_and_a_decode_group(tiny_model_dir, tmp_path):
@@ -62,6 +53,6 @@ def test_a_two_gpu_peer_serves_a_prefill_and_a_decode_group(tiny_model_dir, tmp_
                 return out
 
         got = trio.run(answers)
-        assert got == {prompt: local_tokens(tiny_model_dir, prompt) for prompt in prompts}
+        assert got == {prompt: local_tokens(tiny_model_dir, prompt, MAX_TOKENS) for prompt in prompts}
         log = swarm.log("duo")
         assert "serving group 0 (prefill, layers 0-4) on cpu and group 1 (decode, layers 0-4) on cpu" in log

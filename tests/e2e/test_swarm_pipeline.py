@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import trio
+from e2e_helpers import local_tokens
 
-from peers.engine import Engine, EngineConfig, SamplingParams
 from swarm.client import AsyncSwarmClient
 from swarm.client.localswarm import LocalSwarm, PeerSpec
 from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Routing, Stage
@@ -20,15 +20,6 @@ def pipeline_plan(model_name: str) -> Plan:
     return Plan(PLAN_FORMAT, 0, model_name, (Group(0, "both", 1, 2, stages),), Routing({0: 1.0}, ((0, 0, 1.0),)))
 
 
-def local_tokens(folder, prompt: str) -> list[int]:
-    engine = Engine.load(folder, EngineConfig(num_kv_blocks=64))
-    engine.add("r", prompt, params=SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
-    tokens = []
-    while engine.has_work():
-        tokens += [t for e in engine.step() for t in e.token_ids]
-    return tokens
-
-
 def test_two_peer_pipeline_replica_serves_like_one_engine(tiny_model_dir, tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(pipeline_plan(tiny_model_dir.name).to_json())
@@ -40,7 +31,7 @@ def test_two_peer_pipeline_replica_serves_like_one_engine(tiny_model_dir, tmp_pa
         client = swarm.client()
         for prompt in ("pipeline", "two stages on two peers"):
             completion = client.generate(prompt, max_tokens=MAX_TOKENS, ignore_eos=True)
-            assert list(completion.token_ids) == local_tokens(tiny_model_dir, prompt)
+            assert list(completion.token_ids) == local_tokens(tiny_model_dir, prompt, MAX_TOKENS)
 
         async def concurrent() -> list[int]:
             async with AsyncSwarmClient([swarm.bootstrap_addr]) as many:
