@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
@@ -37,6 +39,7 @@ from swarm.wire.codec import decode, encode
 from swarm.wire.requests import Ack, BandwidthProbe, KvPush, RequestFailure
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KV_PROTOCOL = "/swarm/kv/1.0.0"
 BANDWIDTH_PROTOCOL = "/swarm/bandwidth/1.0.0"
@@ -122,6 +125,25 @@ async def send_kv(node, decode_peer_id: str, push: KvPush, blob: bytes, epoch: i
 
 async def _send_fast(node, peer_id: str, push: KvPush, blob: bytes, epoch: int):
     """The answer to a push over the fast path, or None if the fast path cannot be negotiated."""
+
+    async def push_and_wait(channel: SealedChannel, frame_id: int):
+        with trio.fail_after(ANSWER_TIMEOUT_S):
+            return await _push_on(channel, frame_id, push, blob, epoch)
+
+    try:
+        return await on_fast_channel(node, peer_id, push_and_wait)
+    except BROKEN as e:
+        raise ReplicaFailedError(f"KV of {push.request_id} to {peer_id} over the fast path: {e}") from None
+    except trio.TooSlowError:
+        raise ReplicaFailedError(f"decode peer {peer_id} did not take the KV of {push.request_id} "
+                                 f"within {ANSWER_TIMEOUT_S:g} s") from None
+
+
+async def on_fast_channel(node, peer_id: str, exchange: Callable[[SealedChannel, int], Awaitable[T]]) -> T | None:
+    """`await exchange(channel, frame_id)` on a pooled fast-path connection to `peer_id`; None if the fast
+    path to that peer cannot be negotiated. A pooled connection that went stale while idle is replaced and
+    the exchange tried again on a new one; the connection goes back to the pool after a successful exchange
+    and is closed after any error, which is raised."""
     links = node.kv_links
     while True:
         channel, is_reused = await links.take(node.host, peer_id)
@@ -129,23 +151,18 @@ async def _send_fast(node, peer_id: str, push: KvPush, blob: bytes, epoch: int):
             return None
         links.next_id += 1
         try:
-            with trio.fail_after(ANSWER_TIMEOUT_S):
-                answer = await _push_on(channel, links.next_id, push, blob, epoch)
+            result = await exchange(channel, links.next_id)
         except BROKEN as e:
             await close_quietly(channel)
-            if is_reused:  # a connection that went stale while idle: the push did not start, try a new one
-                logger.info("fast-path KV connection to %s was gone (%s); reconnecting", peer_id, e)
+            if is_reused:  # the exchange did not start: try a new connection
+                logger.info("fast-path connection to %s was gone (%s); reconnecting", peer_id, e)
                 continue
-            raise ReplicaFailedError(f"KV of {push.request_id} to {peer_id} over the fast path: {e}") from None
-        except trio.TooSlowError:
-            await close_quietly(channel)
-            raise ReplicaFailedError(f"decode peer {peer_id} did not take the KV of {push.request_id} "
-                                     f"within {ANSWER_TIMEOUT_S:g} s") from None
+            raise
         except BaseException:
             await close_quietly(channel)
             raise
         await links.give_back(peer_id, channel)
-        return answer
+        return result
 
 
 async def _push_on(channel: SealedChannel, frame_id: int, push: KvPush, blob: bytes, epoch: int):
@@ -264,29 +281,17 @@ async def measure_gbps(node, peer_id: str, num_bytes: int) -> tuple[float, str]:
 async def _probe_fast(node, peer_id: str, payload: bytes) -> float | None:
     """Seconds to send `payload` on a fast-path connection and get it acknowledged; None if the fast path
     to that peer is unavailable (KV goes over libp2p then too)."""
-    links = node.kv_links
-    while True:
-        channel, is_reused = await links.take(node.host, peer_id)
-        if channel is None:
-            return None
-        links.next_id += 1
-        try:
-            start = time.perf_counter()
-            await channel.send_blob(links.next_id, 0, "bench", encode(BandwidthProbe(len(payload))))
-            await channel.send_blob(links.next_id, 0, "bench", payload)
-            _, reply = await channel.receive_blob(max_bytes=MAX_RPC_BYTES)
-            elapsed_s = time.perf_counter() - start
-            decode(bytes(reply), expect=Ack, max_bytes=MAX_RPC_BYTES)
-        except BROKEN:
-            await close_quietly(channel)
-            if is_reused:  # went stale while idle: try a new connection
-                continue
-            raise
-        except BaseException:
-            await close_quietly(channel)
-            raise
-        await links.give_back(peer_id, channel)
+
+    async def timed_send(channel: SealedChannel, frame_id: int) -> float:
+        start = time.perf_counter()
+        await channel.send_blob(frame_id, 0, "bench", encode(BandwidthProbe(len(payload))))
+        await channel.send_blob(frame_id, 0, "bench", payload)
+        _, reply = await channel.receive_blob(max_bytes=MAX_RPC_BYTES)
+        elapsed_s = time.perf_counter() - start
+        decode(bytes(reply), expect=Ack, max_bytes=MAX_RPC_BYTES)
         return elapsed_s
+
+    return await on_fast_channel(node, peer_id, timed_send)
 
 
 async def _probe_libp2p(node, peer_id: str, payload: bytes) -> float:
