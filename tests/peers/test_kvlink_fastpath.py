@@ -92,6 +92,30 @@ def test_kv_blobs_cross_on_the_fast_path_over_one_reused_connection(tmp_path, mo
     run_pair(tmp_path, body)
 
 
+def test_a_pooled_connection_that_went_stale_is_replaced_and_the_push_goes_through(tmp_path, monkeypatch):
+    negotiations = []
+    connect = kvlink.connect_fastpath
+
+    async def counting_connect(*args, **kwargs):
+        negotiations.append(args[1])
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(kvlink, "connect_fastpath", counting_connect)
+
+    async def body(prefill, decode):
+        for i in range(2):
+            decode.decode_sessions[f"r{i}"] = FakeSession()
+        await send_kv(prefill, decode.peer_id, push_of("r0", b"first"), b"first", 3)
+        [(pooled, _)] = prefill.kv_links.idle[decode.peer_id]
+        await pooled.aclose()  # the connection breaks while it sits idle in the pool
+        await send_kv(prefill, decode.peer_id, push_of("r1", b"second"), b"second", 3)
+        assert decode.decode_sessions["r1"].blobs == [b"second"]
+        assert negotiations == [decode.peer_id, decode.peer_id]  # a new connection replaced the stale one
+        assert (prefill.kv_links.num_fast, prefill.kv_links.num_fallback) == (2, 0)
+
+    run_pair(tmp_path, body)
+
+
 def test_a_push_for_an_unknown_request_is_refused_and_the_connection_stays_usable(tmp_path):
     async def body(prefill, decode):
         with pytest.raises(ReplicaFailedError, match="unknown_request"):
