@@ -60,6 +60,7 @@ GRID = {  # coarse grid of the fit; the best point is then refined on a grid 4x 
 
 def measure(engine, repeats: int) -> tuple[list[tuple], list[tuple]]:
     """(prefill rows (n, seconds), decode rows (batch, context total, seconds)), thread CPU seconds."""
+    from peers.engine.sampling import SamplingParams
     rng = np.random.default_rng(0)
     vocab = engine.model_config.vocab_size
     prefill, decode, counter = [], [], iter(range(10**9))
@@ -75,8 +76,9 @@ def measure(engine, repeats: int) -> tuple[list[tuple], list[tuple]]:
         prefill.append((n, statistics.median(times[1:])))
     for batch, context in DECODE_POINTS:
         ids = [f"d{next(counter)}" for _ in range(batch)]
-        for rid in ids:
-            engine.add(rid, [int(t) for t in rng.integers(10, vocab - 10, context)])
+        for rid in ids:  # every sequence stays for all the timed steps (no end-of-sequence token ends it)
+            engine.add(rid, [int(t) for t in rng.integers(10, vocab - 10, context)],
+                       params=SamplingParams(max_tokens=repeats + 2, ignore_eos=True))
         while any(engine.seqs[r].num_tokens <= context for r in ids if r in engine.seqs):
             engine.step()  # prefills, then the first decode
         times = []
