@@ -318,7 +318,7 @@ class FastPathServer:
                 await self.on_blob(peer, header, blob)
         except StreamError:
             pass  # the sender closed the session
-        except (WireError, trio.TooSlowError, OSError) as e:
+        except (WireError, trio.TooSlowError, trio.BrokenResourceError, OSError) as e:  # Broken...: a reset
             logger.warning("fast path from peer %s: %s; connection closed", peer, e)
         finally:
             await sock.aclose()
