@@ -139,6 +139,7 @@ async def one_run(model: Path, num_peers: int) -> dict:
              for i in range(num_peers)]
     swarm = LocalSwarm(specs, model=str(model), kv_bits=16)
     await trio.to_thread.run_sync(swarm.__enter__)
+    error = None
     try:
         config = HostConfig(listen_addrs=("/ip4/127.0.0.1/tcp/0",), dial_timeout_s=STATUS_TIMEOUT_S,
                             stream_timeout_s=STATUS_TIMEOUT_S)
@@ -177,8 +178,13 @@ async def one_run(model: Path, num_peers: int) -> dict:
             }, FAILOVER_TIMEOUT_S)
         return {**forming, **failover, "old_term": old_term,
                 "poll_round_ms": round(1e3 * statistics.median(rounds + more_rounds), 1)}
-    finally:
-        await trio.to_thread.run_sync(swarm.__exit__, None, None, None)
+    except BaseException as e:
+        error = e
+        raise
+    finally:  # stops every process; after an error the peer logs are kept (LocalSwarm prints nothing: say where)
+        await trio.to_thread.run_sync(swarm.__exit__, type(error), error, None)
+        if error is not None:
+            print(f"run failed; peer logs kept in {swarm.workdir}", file=sys.stderr)
 
 
 def summarize(runs: list[dict]) -> dict:
