@@ -38,7 +38,7 @@ from peers.kvlink import (
 )
 from peers.kvroute import KV_EXPORT_PROTOCOL, serve_kv_export
 from peers.loopback import loopback_pair
-from peers.membership import PlanHolder, SwarmView, ready_groups
+from peers.membership import PlanHolder, SwarmView, ready_groups, trimmed_for
 from peers.pipeline import HIDDEN_PROTOCOL, serve_hidden
 from peers.replica import serve_decode, serve_prefill
 from peers.status import STATUS_PROTOCOL, serve_status
@@ -160,20 +160,25 @@ class Node:
         member = self.membership.members.get(peer_id)
         return 0 if member is None else member.digest.num_queued + member.digest.num_running
 
-    def digest(self) -> MemberDigest:
+    def digest(self, receiver: MemberDigest | None = None) -> MemberDigest:
+        """This peer's digest; for a peer whose last digest is `receiver`, without the plan and the known
+        addresses when that digest showed it holds them (`trimmed_for`); in full for `receiver` None."""
         self.sequence += 1
         load = self.load()
         ready = self.ready_group_ids()
-        return MemberDigest(
-            peer_id=self.peer_id, sequence=self.sequence, addrs=tuple(self.host.addrs[:8]),
+        addrs = tuple(self.host.addrs[:8])
+        known = self.membership.known()
+        return trimmed_for(MemberDigest(
+            peer_id=self.peer_id, sequence=self.sequence, addrs=addrs,
             signed_profile=self.signed_profile,
             max_epoch=max(self.membership.max_epoch, self.holder.epoch, 0),
             coordinator_term=self.membership.election.term, coordinator_id=self.coordinator_id(),
             plan=self.holder.plan, plan_term=self.holder.term, plan_coordinator_id=self.holder.coordinator_id,
             plan_hosts=self.holder.hosts, ready_epoch=self.ready_epoch if ready else -1,
             num_queued=load.num_queued, num_running=load.num_running, kv_tokens_free=load.kv_tokens_free,
-            tokens_per_s=round(load.tokens_per_s, 3), known=self.membership.known(), links_gbps=dict(self.links_gbps),
-            ready_groups=ready)
+            tokens_per_s=round(load.tokens_per_s, 3), known=known, links_gbps=dict(self.links_gbps),
+            ready_groups=ready, plan_hash=self.holder.plan_hash,
+            members_hash=self.membership.members_fingerprint(known, addrs)), receiver)
 
     # ---- engine ----------------------------------------------------------------------------------------
 

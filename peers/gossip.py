@@ -3,7 +3,9 @@
 How it works: each gossip interval (sooner after a change) this peer opens `/swarm/member/1.0.0` to every
 peer in its address book, writes its digest and reads the other's. The stream's peer id is authenticated
 by Noise, so a digest can only speak for its sender, and the hardware profile inside is signed with the
-sender's libp2p key (`swarm.net.signed`), verified once per new signature. Each digest and each libp2p
+sender's libp2p key (`swarm.net.signed`), verified once per new signature. Each digest is trimmed for
+its receiver (`membership.trimmed_for`): the plan and the known addresses go only to a peer whose last
+digest (the one just read, when serving) shows it lacks them. Each digest and each libp2p
 disconnect is fed to the sans-IO view (`membership.SwarmView`, over `swarm.proto`); its actions are logged
 in words and wake the tasks waiting for a change. Link probes time 4 MiB transfers to a few serving peers
 on the path their KV would take (the fast path when it can be negotiated, else libp2p; the log says which).
@@ -38,7 +40,7 @@ async def serve_member(node, stream) -> None:
     with trio.fail_after(EXCHANGE_TIMEOUT_S):
         digest = await read_message(stream, expect=MemberDigest)
         profile = verified_profile(node, digest, remote_peer_id(stream))
-        await write_message(stream, node.digest())
+        await write_message(stream, node.digest(receiver=digest))
     take_digest(node, digest, profile)
     await node.close_stream(stream)
 
@@ -88,7 +90,7 @@ async def exchange(node, peer_id: str, addrs) -> None:
         with trio.fail_after(EXCHANGE_TIMEOUT_S):
             stream = await node.open_stream(peer_id, MEMBER_PROTOCOL)
             try:
-                await write_message(stream, node.digest())
+                await write_message(stream, node.digest(receiver=last_digest(node, peer_id)))
                 digest = await read_message(stream, expect=MemberDigest)
                 take_digest(node, digest, verified_profile(node, digest, peer_id))
             finally:
@@ -99,6 +101,12 @@ async def exchange(node, peer_id: str, addrs) -> None:
         logger.debug("no digest exchange with %s: %s", peer_id, e)
     except Exception as e:  # libp2p raises its own types for refused or reset connections
         logger.debug("no digest exchange with %s: %s: %s", peer_id, type(e).__name__, e)
+
+
+def last_digest(node, peer_id: str) -> MemberDigest | None:
+    """The last digest heard from `peer_id` (what it holds, as far as this peer knows), or None."""
+    member = node.membership.digests.get(peer_id)
+    return None if member is None else member.digest
 
 
 def on_disconnect(node, peer_id: str) -> None:

@@ -11,11 +11,19 @@ How it works (still sans-IO: time is a parameter, the daemon executes nothing he
   whom its sender follows in which term, which is how a claim spreads. Bootstrap nodes never claim;
 - a plan travels with the (term, coordinator) that published it and is followed only if the election
   accepts it: from the current term's coordinator, and (term, epoch) not older than the last one
-  (`Fence`). Older plans are ignored everywhere.
+  (`Fence`). Older plans are ignored everywhere;
+- lighter digests: a digest carries fingerprints of the plan its sender follows and of the peers it knows
+  (`plan_hash`, `members_hash`), and the bodies (plan with host map, known addresses) only where the
+  receiver may lack them: `trimmed_for` leaves a body out when the receiver's last digest showed the same
+  fingerprint, i.e. it holds that plan or knows those peers already. A late joiner (no plan, few peers),
+  a peer that missed a change, a restarted one and a peer that predates the fingerprints (empty ones)
+  show a different fingerprint, so they get the bodies, in the reply to their own push at the latest.
+  In a settled swarm the digest is the sender's own state only (profile, load, term, fingerprints).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -24,7 +32,7 @@ from swarm.proto.membership import Membership, MembershipChanged, MembershipConf
 from swarm.wire.hardware import HardwareProfile
 from swarm.wire.messages import PlanAnnouncement
 from swarm.wire.plan import Plan
-from swarm.wire.requests import MemberDigest, PeerAddress
+from swarm.wire.requests import MemberDigest, PeerAddress, fingerprint
 
 REDIAL_DEAD_S = 2.0  # a dead peer's address is retried this often (it may come back)
 FORGET_DEAD_S = 60.0  # after this, a dead peer's address is dropped
@@ -117,6 +125,11 @@ class SwarmView:
     def known(self) -> tuple[PeerAddress, ...]:
         return tuple(PeerAddress(p, m.digest.addrs) for p, m in sorted(self.members.items()) if m.digest.addrs)
 
+    def members_fingerprint(self, known: tuple[PeerAddress, ...], self_addrs: tuple[str, ...]) -> bytes:
+        """Fingerprint of the peers this one knows (`known()`) and itself, with their addresses: two peers
+        with equal ones know each other and the same others at the same addresses."""
+        return fingerprint(sorted([(a.peer_id, a.addrs) for a in known] + [(self.self_id, self_addrs)]))
+
     def _membership(self, actions: list, now_s: float) -> list:
         for action in actions:
             if isinstance(action, PeerLeft):
@@ -134,6 +147,10 @@ class PlanHolder:
     hosts: dict[str, str] = field(default_factory=dict)  # host name in the plan -> peer id
     term: int = 0
     coordinator_id: str = ""
+    plan_hash: bytes = field(init=False, default=b"")  # `fingerprint` of the above; empty: no plan
+
+    def __post_init__(self) -> None:
+        self.plan_hash = plan_fingerprint(self.plan, self.hosts, self.term, self.coordinator_id)
 
     @property
     def epoch(self) -> int:
@@ -147,6 +164,7 @@ class PlanHolder:
         if (plan, hosts, term, coordinator_id) == (self.plan, self.hosts, self.term, self.coordinator_id):
             return "same"
         self.plan, self.hosts, self.term, self.coordinator_id = plan, dict(hosts), term, coordinator_id
+        self.plan_hash = plan_fingerprint(plan, self.hosts, term, coordinator_id)
         view.max_epoch = max(view.max_epoch, plan.epoch)
         return "applied"
 
@@ -161,6 +179,28 @@ class PlanHolder:
             return []
         names = {h for h, p in self.hosts.items() if p == peer_id}
         return [g.id for g in self.plan.groups if any(gpu.split("/")[0] in names for gpu in g.gpu_ids)]
+
+
+def plan_fingerprint(plan: Plan | None, hosts: dict[str, str], term: int, coordinator_id: str) -> bytes:
+    """Fingerprint of a followed plan with its host map (sorted), term and coordinator; empty for no plan."""
+    return b"" if plan is None else fingerprint((plan, sorted(hosts.items()), term, coordinator_id))
+
+
+def trimmed_for(digest: MemberDigest, receiver: MemberDigest | None) -> MemberDigest:
+    """`digest` as sent to the peer whose last digest heard here is `receiver` (None: none yet): the plan
+    and its host map are left out when the receiver showed the same `plan_hash` (it follows that plan),
+    the known addresses when it showed the same `members_hash` (it knows the same peers at the same
+    addresses). Anything else, an empty (older peer's) fingerprint included, gets the bodies. A receiver
+    whose state changed since its last digest may get a body it has, never lack one for long: its next
+    digest shows its fingerprints, and the reply to that digest is trimmed for it exactly."""
+    if receiver is None:
+        return digest
+    changes: dict = {}
+    if digest.plan is not None and digest.plan_hash and receiver.plan_hash == digest.plan_hash:
+        changes.update(plan=None, plan_hosts={})
+    if digest.known and digest.members_hash and receiver.members_hash == digest.members_hash:
+        changes["known"] = ()
+    return dataclasses.replace(digest, **changes) if changes else digest
 
 
 def peer_stages(group, hosts: dict[str, str]) -> list[tuple[str, int, int]]:

@@ -16,11 +16,14 @@ after the records' first version, as trailing fields: a record from an older pee
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+
+import msgpack
 
 from swarm.errors import WireError
 from swarm.wire.checks import MAX_U63, check_peer_id, check_range, check_request_id, check_text
-from swarm.wire.codec import message
+from swarm.wire.codec import message, to_primitive
 from swarm.wire.hardware import HardwareProfile
 from swarm.wire.messages import SignedRecord
 from swarm.wire.plan import Plan
@@ -259,6 +262,16 @@ class KvPush:
             raise WireError(f"KvPush.blob_bytes must be in (0, 16 GiB], got {self.blob_bytes}")
 
 
+FINGERPRINT_BYTES = 16
+
+
+def fingerprint(value: object) -> bytes:
+    """FINGERPRINT_BYTES of BLAKE2b over a value's wire form (records as their field lists): equal values
+    give equal fingerprints on every peer, whatever the platform."""
+    return hashlib.blake2b(msgpack.packb(to_primitive(value), use_bin_type=True),
+                           digest_size=FINGERPRINT_BYTES).digest()
+
+
 @dataclass(frozen=True)
 class PeerAddress:
     peer_id: str
@@ -296,9 +309,21 @@ class MemberDigest:
     # the groups of plan `ready_epoch` this peer serves and is ready for, ascending; empty with a
     # ready_epoch >= 0: a peer that predates per-group readiness, ready for its first group only
     ready_groups: tuple[int, ...] = ()
+    # `fingerprint`s (FINGERPRINT_BYTES, or empty from a peer that predates them) of the plan this peer
+    # follows (with its host map, term and coordinator) and of the peers it knows (itself included, with
+    # their addresses). A digest leaves `plan`/`plan_hosts` and `known` out when its receiver's last digest
+    # showed the same fingerprint (`peers.membership.trimmed_for`): a None plan with a plan_hash means
+    # "left out", not "none followed"
+    plan_hash: bytes = b""
+    members_hash: bytes = b""
 
     def __post_init__(self) -> None:
         check_peer_id("MemberDigest.peer_id", self.peer_id)
+        for name in ("plan_hash", "members_hash"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) not in (0, FINGERPRINT_BYTES):
+                raise WireError(f"MemberDigest.{name} must be {FINGERPRINT_BYTES} bytes (a fingerprint) or empty, "
+                                f"got {value!r}")
         if len(self.ready_groups) > MAX_GROUPS_PER_PEER:
             raise WireError(f"MemberDigest.ready_groups: at most {MAX_GROUPS_PER_PEER} groups, "
                             f"got {len(self.ready_groups)}")
