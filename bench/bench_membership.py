@@ -15,17 +15,28 @@ then it SIGKILLs the coordinator's process (time zero again) and notes when:
   status replies: the one thing read from logs);
 - left: no survivor lists the killed peer among its members;
 - replanned: every survivor follows one plan without the killed peer's host.
+The survivors' logs also say why the killed peer left ("disconnected": the libp2p connection closed,
+"silent": the heartbeat timeout), counted over the survivors.
 Figures are the median and min-max over --runs runs, with the load average before and after. A time
 is only as fine as one poll round (POLL_S plus the answers, printed as `poll_round_ms`). Every wait has a
 deadline; every process is stopped at the end of its run, also on error (`LocalSwarm`).
 
+Digest bytes (`--digest-bytes`): no processes; N real `Node`s in memory, each with an Ed25519 identity, a
+signed declared profile, a 127.0.0.1 address, 4 measured links, every other peer as a member and a plan of N
+one-GPU groups (the shape of the networking.md assessment). The wire size of a digest (`encode`, what the
+stream carries less its length prefix) in full, as a peer that lacks the plan and the peers gets it, and as
+trimmed for a settled peer (`membership.trimmed_for`), with the bytes per exchange (push + reply) and per
+peer per second (2 (N-1) exchanges a gossip interval).
+
     python -m bench.bench_membership [--peers 8] [--runs 5] [--json]
+    python -m bench.bench_membership --digest-bytes 8 64 [--json]
     python -m bench.bench_swarm --membership 8 [--runs 5] [--json]      (the same)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -187,6 +198,65 @@ async def one_run(model: Path, num_peers: int) -> dict:
             print(f"run failed; peer logs kept in {swarm.workdir}", file=sys.stderr)
 
 
+def digest_sizes(num_peers: int, gossip_interval_s: float = 0.5) -> dict:
+    """Wire bytes of one peer's digest in full and trimmed for a settled receiver (see the module doc)."""
+    from types import SimpleNamespace
+
+    import msgpack
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from peers.config import PeerConfig
+    from peers.daemon import Node
+    from peers.gossip import take_digest
+    from peers.membership import PlanHolder
+    from swarm.hardware import declared_profile
+    from swarm.net.identity import peer_id_of
+    from swarm.net.signed import sign_record
+    from swarm.wire.codec import WIRE_VERSION, encode, to_primitive
+    from swarm.wire.plan import PLAN_FORMAT, Group, Plan, Routing, Stage
+
+    nodes = []
+    for i in range(num_peers):
+        key_pair = create_new_key_pair()
+        peer_id, name, gpu = peer_id_of(key_pair), f"peer-{i}", PROFILES[i % len(PROFILES)]
+        node = Node(PeerConfig(profile=gpu, name=name), SimpleNamespace(
+            peer_id=peer_id, addrs=[f"/ip4/127.0.0.1/tcp/{40000 + i}/p2p/{peer_id}"]), None)
+        node.profile = declared_profile(gpu, peer_id=peer_id, host=name)
+        node.signed_profile = sign_record(key_pair, node.profile, 1)
+        nodes.append(node)
+    for node in nodes:
+        node.links_gbps = dict([(other.peer_id, 9.875) for other in nodes if other is not node][:4])
+        for other in nodes:
+            if other is not node:
+                take_digest(node, other.digest(), other.profile)
+    share = 1.0 / num_peers
+    groups = tuple(Group(i, "both", 1, 1, (Stage((f"peer-{i}/0",), (0, 30)),)) for i in range(num_peers))
+    plan = Plan(PLAN_FORMAT, 1, "SmolLM2-135M", groups, Routing({i: share for i in range(num_peers)},
+                                                                   tuple((i, i, share) for i in range(num_peers))))
+    coordinator = nodes[0].peer_id
+    for node in nodes:
+        node.membership.election.heartbeat_received(1, coordinator, 0.0)
+        node.holder = PlanHolder(plan, {f"peer-{i}": n.peer_id for i, n in enumerate(nodes)}, 1, coordinator)
+    sender, receiver = nodes[1], nodes[2]
+    full = sender.digest()
+    trimmed = sender.digest(receiver=receiver.digest())
+    if trimmed.plan is not None or trimmed.known:
+        raise RuntimeError("a settled receiver still got the plan or the known addresses: the fingerprints differ")
+    full_bytes, trimmed_bytes = len(encode(full)), len(encode(trimmed))
+    # before the fingerprints: the same digest without its last two fields, as an older peer sends it
+    before_bytes = len(msgpack.packb([WIRE_VERSION, 89, to_primitive(full)[:-2]], use_bin_type=True))
+    profile_bytes = full_bytes - len(encode(dataclasses.replace(full, signed_profile=None)))
+    exchanges_per_s = 2 * (num_peers - 1) / gossip_interval_s
+    return {"num_peers": num_peers, "digest_before_bytes": before_bytes, "digest_full_bytes": full_bytes, "digest_trimmed_bytes": trimmed_bytes,
+            "plan_and_hosts_bytes": full_bytes - len(encode(dataclasses.replace(full, plan=None, plan_hosts={}))),
+            "known_bytes": full_bytes - len(encode(dataclasses.replace(full, known=()))),
+            "signed_profile_bytes": profile_bytes,
+            "exchange_full_bytes": 2 * full_bytes, "exchange_trimmed_bytes": 2 * trimmed_bytes,
+            "per_peer_full_kb_s": round(exchanges_per_s * full_bytes / 1e3, 1),
+            "per_peer_trimmed_kb_s": round(exchanges_per_s * trimmed_bytes / 1e3, 1),
+            "ratio_to_before": round(before_bytes / trimmed_bytes, 1)}
+
+
 def summarize(runs: list[dict]) -> dict:
     out = {}
     for key in (*STAGES, *FAILOVER_STAGES, "poll_round_ms"):
@@ -228,7 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=8, help="serving peers (besides the bootstrap node)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--digest-bytes", type=int, nargs="+", metavar="N",
+                        help="digest sizes at N peers, in memory (no processes): see the module doc")
     args = parser.parse_args(argv)
+    if args.digest_bytes:
+        sizes = [digest_sizes(n) for n in args.digest_bytes]
+        if not args.json:
+            for r in sizes:
+                print(f"{r['num_peers']:3d} peers: digest {r['digest_before_bytes']} B before, "
+                      f"{r['digest_full_bytes']} B in full (plan+hosts {r['plan_and_hosts_bytes']} B, known "
+                      f"addresses {r['known_bytes']} B, signed profile {r['signed_profile_bytes']} B), "
+                      f"{r['digest_trimmed_bytes']} B trimmed ({r['ratio_to_before']}x less); per peer "
+                      f"{r['per_peer_full_kb_s']} -> {r['per_peer_trimmed_kb_s']} kB/s sent")
+        print(json.dumps(sizes))
+        return 0
     if args.peers < 2 or args.runs < 1:
         parser.error("--peers must be at least 2 (one is killed) and --runs at least 1")
     result = measure(args.peers, args.runs)
