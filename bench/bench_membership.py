@@ -36,6 +36,7 @@ peer per second (2 (N-1) exchanges a gossip interval).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import importlib.util
 import json
@@ -187,7 +188,9 @@ async def one_run(model: Path, num_peers: int) -> dict:
                 "replanned_s": lambda rs: same(rs, lambda r: r.plan_json and r.epoch + 1)
                 and all(victim not in plan_hosts(r) for r in rs.values()),
             }, FAILOVER_TIMEOUT_S)
-        return {**forming, **failover, "old_term": old_term,
+            left = [re.findall(rf"peer {coordinator_id} left the swarm \((\w+)", swarm.log(name)) for name in survivors]
+            reasons = collections.Counter(found[-1] if found else "not logged" for found in left)
+        return {**forming, **failover, "old_term": old_term, "left_because": dict(reasons),
                 "poll_round_ms": round(1e3 * statistics.median(rounds + more_rounds), 1)}
     except BaseException as e:
         error = e
@@ -275,8 +278,12 @@ def measure(num_peers: int, num_runs: int) -> dict:
         model = write_tiny_model(Path(tmp) / "tiny-llama")
         for _ in range(num_runs):
             runs.append(trio.run(one_run, model, num_peers))
-            print(json.dumps({k: round(v, 3) for k, v in runs[-1].items()}), file=sys.stderr, flush=True)
-    return {"num_peers": num_peers, "num_runs": num_runs, "poll_s": POLL_S,
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in runs[-1].items()}),
+                  file=sys.stderr, flush=True)
+    left_because = collections.Counter()
+    for run in runs:
+        left_because.update(run["left_because"])
+    return {"num_peers": num_peers, "num_runs": num_runs, "poll_s": POLL_S, "left_because": dict(left_because),
             "load_avg_before": [round(x, 2) for x in load_before],
             "load_avg_after": [round(x, 2) for x in os.getloadavg()], **summarize(runs), "runs": runs}
 
@@ -291,6 +298,7 @@ def report(result: dict) -> None:
     for key, label in labels.items():
         s = result[key]
         print(f"  {label:58s} {s['median']:7.2f}  [{s['min']:.2f}-{s['max']:.2f}]")
+    print(f"  why the killed peer left, over the survivors of all runs: {result['left_because']}")
 
 
 def main(argv: list[str] | None = None) -> int:
