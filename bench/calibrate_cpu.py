@@ -112,9 +112,14 @@ def predict(eff: Efficiency, data: dict) -> list[dict]:
     return rows
 
 
-def fit(data: dict) -> tuple[Efficiency, float, list[dict]]:
-    """Best (compute, memory, attention, overhead) on GRID, refined; its mean abs error and rows."""
-    best = _search(data, _finer(GRID, _search(data, GRID)))
+def fit(data: dict, pinned: dict | None = None) -> tuple[Efficiency, float, list[dict]]:
+    """Best (compute, memory, attention, overhead, overlap) on GRID, refined; its mean abs error and rows.
+
+    `pinned` fixes some terms (name -> value), e.g. {"overlap": 1.0} for the plain roofline's max.
+    """
+    grid = {name: np.array([pinned[name]] * 2) if name in (pinned or {}) else values
+            for name, values in GRID.items()}
+    best = _search(data, _finer(grid, _search(data, grid)))
     rows = predict(best, data)
     return best, float(np.mean([abs(r["model_s"] / r["measured_s"] - 1) for r in rows])), rows
 
@@ -186,6 +191,7 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="write the measurements to this JSON file")
     parser.add_argument("--load", type=Path, help="fit the measurements of this JSON file (no measuring)")
     parser.add_argument("--write", action="store_true", help="store the fit in swarm/plan/data/efficiency.json")
+    parser.add_argument("--ablate", action="store_true", help="also refit with attention and/or overlap at 1")
     args = parser.parse_args()
     data = json.loads(args.load.read_text()) if args.load else measure_all(3 if args.quick else 15)
     if args.save:
@@ -201,6 +207,11 @@ def main() -> None:
     for r in rows:
         print(f"| {r['step']} | {r['measured_s'] * 1e3:.1f} | {r['model_s'] * 1e3:.1f} | "
               f"{r['model_s'] / r['measured_s'] - 1:+.0%} |")
+    if args.ablate:
+        for pinned in ({"attention": 1.0, "overlap": 1.0}, {"overlap": 1.0}, {"attention": 1.0}):
+            pinned_eff, pinned_error, pinned_rows = fit(data, pinned)
+            worst = max(abs(r["model_s"] / r["measured_s"] - 1) for r in pinned_rows)
+            print(f"pinned {pinned}: mean abs error {pinned_error:.1%}, max {worst:.0%} ({pinned_eff})")
     if args.write:
         print(f"wrote the CPU entry of {write_entry(eff, error, data)}")
     if args.json:
