@@ -255,7 +255,7 @@ def digest_sizes(num_peers: int, gossip_interval_s: float = 0.5) -> dict:
             "known_bytes": full_bytes - len(encode(dataclasses.replace(full, known=()))),
             "signed_profile_bytes": profile_bytes,
             "exchange_full_bytes": 2 * full_bytes, "exchange_trimmed_bytes": 2 * trimmed_bytes,
-            "per_peer_full_kb_s": round(exchanges_per_s * full_bytes / 1e3, 1),
+            "per_peer_before_kb_s": round(exchanges_per_s * before_bytes / 1e3, 1),
             "per_peer_trimmed_kb_s": round(exchanges_per_s * trimmed_bytes / 1e3, 1),
             "ratio_to_before": round(before_bytes / trimmed_bytes, 1)}
 
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['digest_full_bytes']} B in full (plan+hosts {r['plan_and_hosts_bytes']} B, known "
                       f"addresses {r['known_bytes']} B, signed profile {r['signed_profile_bytes']} B), "
                       f"{r['digest_trimmed_bytes']} B trimmed ({r['ratio_to_before']}x less); per peer "
-                      f"{r['per_peer_full_kb_s']} -> {r['per_peer_trimmed_kb_s']} kB/s sent")
+                      f"{r['per_peer_before_kb_s']} -> {r['per_peer_trimmed_kb_s']} kB/s sent")
         print(json.dumps(sizes))
         return 0
     if args.peers < 2 or args.runs < 1:

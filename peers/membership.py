@@ -4,8 +4,9 @@ How it works (still sans-IO: time is a parameter, the daemon executes nothing he
 - every peer pushes its `MemberDigest` to every peer it knows each gossip interval and gets the other's
   digest back (push-pull over direct streams, so Noise authenticates the sender). A digest counts as that
   peer's profile (a record signed with its libp2p key, verified by the daemon) and heartbeat for
-  `swarm.proto.membership` (suspect after 60% of the failure timeout, dead after all of it; a closed
-  libp2p connection, e.g. after SIGKILL, is immediate evidence). Digests also carry the addresses their
+  `swarm.proto.membership` (dead after 3x the longest of the peer's last 20 gaps between digests,
+  capped at the failure timeout, 2 s; suspected after 60% of that; after a closed libp2p connection,
+  e.g. a SIGKILL, it leaves within 0.75 s unless a digest arrives). Digests also carry the addresses their
   sender knows, so one bootstrap address finds everyone; liveness is only learned first-hand;
 - the serving members feed `swarm.proto.election` (lowest id, sticky, fenced by terms); a digest says
   whom its sender follows in which term, which is how a claim spreads. Bootstrap nodes never claim;
