@@ -35,7 +35,7 @@ SWEEP_S = {False: 120.0, True: 45.0}  # simulated seconds per rate (full, quick)
 SLO_SCALE = 2.0  # the base SLO is an A100 yardstick; A40s and 3090 Tis prefill 2-4x slower
 SYSTEMS = {"colocated": "hexgen-like", "swarm-kv16": "swarm-kv16", "swarm-kv4": "swarm"}
 # Poisson rates of the goodput sweep (req/s): 19% apart in full runs (the goodputs lie at 5-9 req/s, and
-# interpolating a sharp SLO cliff between rates 53% apart, as 10 rates up to 24 did, reads up to 10% low)
+# interpolating a sharp SLO cliff between rates 53% apart, as 10 rates up to 24 did, read it 11% low)
 SWEEP_RATES_RPS = {False: np.geomspace(1.0, 24.0, 19), True: np.geomspace(0.25, 8.0, 5)}
 
 
