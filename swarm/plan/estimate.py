@@ -18,11 +18,14 @@ NUM_REQUESTS (prompt, output) pairs of the workload stratified by prompt length 
     TTFT = wait + own prefill latency (+ blocking): the prefill replica computes the first token and
     sends it to the entry peer itself (as in DistServe, and as the simulator counts). Blocking: prompts
     cannot overtake each other in a pipeline, so one that enters behind a batch (latency T_b, about
-    1 + rho_g prompts) is held (T_b - t)(pp - 1)/pp at the stages; with probability
-    min(1, lam E[latency]) (Little's law) a batch is inside when it enters (`_blocking_s`). Zero for
-    one stage, at zero load, and when colocated.
+    1 + rho_g prompts) is held (T_b - t)(pp - 1)/pp at the stages if T_b > t; with probability
+    min(1, lam E[latency]) (Little's law) a batch is inside when it enters (`_blocking`): a two-point
+    mixture (held up or not) of the TTFT distribution. Zero for one stage, at zero load, and when
+    colocated.
   * Decode dispatch: among a prefill group's KV partners the entry peer picks the least KV load per
-    pair share y_pd, which evens out N_d / y_pd: lam_d proportional to y_pd / step_d (`_decode_dispatch`).
+    pair share y_pd; N_d counts what every prefill group sends d, so each prefill group sends to its
+    partners of least N_d / y_pd only and evens that out among them (a Wardrop equilibrium found by
+    water-filling, `_decode_dispatch`): a decode group fed by many may get nothing from some.
   * Decode group d holds N sequences on average, by Little's law the fixed point
     N = rate_d * E[output] * step(N) (step from the cost model at N * the time-weighted mean context);
     the number decoding is about Poisson (sd sqrt N). A request's mean TPOT is step(N) plus its KV
@@ -63,6 +66,8 @@ MAX_WAIT_S = 1e4  # a saturated replica's wait, in the dispatch split
 UNSTABLE_STEP_S = 1e3  # an overloaded decode group's step, in the decode dispatch split
 BATCH_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0)  # prompts per prefill batch (1 + rho) at which blocking is profiled
 GRID_POINTS = 64
+KV_ADMIT_SHARE = 0.95  # a decode replica admits a sequence while the batch's KV stays under this share of its
+# memory (the engine model's watermark, `sims.replica.WATERMARK`: room for the admitted contexts to grow)
 _Z90 = 1.2816  # standard normal 90th percentile
 
 
@@ -80,10 +85,11 @@ class GroupProfile:
     batch_grid: np.ndarray  # (GRID_POINTS,) mean number of decoding sequences
     step_grid_s: np.ndarray  # (GRID_POINTS,) decode step at that batch (time-weighted mean context)
     context_slope_grid: np.ndarray  # (GRID_POINTS,) d step / d (KV tokens in the batch) there
-    max_batch: float  # KV memory limit on the batch
+    max_batch: float  # admission limit on the batch (KV_ADMIT_SHARE of the KV memory), in mean-context sequences
     prefill_rps: float  # prefill capacity (of a prefill group)
     decode_rps: float  # decode capacity within the TPOT target
     blocked_s: np.ndarray | None = None  # (len(BATCH_FACTORS), NUM_REQUESTS) delay behind the batch ahead
+    blocked_share: np.ndarray | None = None  # (len(BATCH_FACTORS), NUM_REQUESTS) P(the batch ahead is longer)
 
     def service(self, role: str) -> tuple[float, float, float]:
         """(E[S], E[S^2], E[S^3]) of a prefill: the pipeline interval, or the whole latency when colocated."""
@@ -147,7 +153,7 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
     context = problem.decode_context_tokens
     latency, service = (np.asarray(a) for a in cost.prefill_latency_and_interval_s(prompts))
     followed = latency[sample_index(problem)]
-    max_batch = cost.max_kv_tokens / context
+    max_batch = cost.max_kv_tokens * KV_ADMIT_SHARE / context
     grid = np.concatenate(([0.0], np.geomspace(0.05, max(max_batch, 0.1) * 1.05, GRID_POINTS - 1)))
     mean_service = float(service.mean())
     steps = np.asarray(cost.decode_step_s(grid, grid * context))
@@ -161,7 +167,8 @@ def _group_profile(problem: Problem, deployment: Deployment) -> GroupProfile:
         max_batch=max_batch,
         prefill_rps=1.0 / mean_service,
         decode_rps=cost.decode_tokens_per_s(problem.slo.tpot_s, context) / float(outputs.mean()),
-        blocked_s=np.stack([_blocked_s(latency * k, followed, cost.pp) for k in BATCH_FACTORS]))
+        blocked_s=np.stack([_blocked_s(latency * k, followed, cost.pp) for k in BATCH_FACTORS]),
+        blocked_share=np.stack([_blocked_share(latency * k, followed, cost.pp) for k in BATCH_FACTORS]))
 
 
 def _blocked_s(latencies: np.ndarray, own: np.ndarray, pp: int) -> np.ndarray:
@@ -178,6 +185,14 @@ def _blocked_s(latencies: np.ndarray, own: np.ndarray, pp: int) -> np.ndarray:
     count_above = len(ordered) - first_above
     excess = (above_sum[first_above] - own * count_above) / len(ordered)
     return excess * (pp - 1) / pp
+
+
+def _blocked_share(latencies: np.ndarray, own: np.ndarray, pp: int) -> np.ndarray:
+    """Per request of latency t: P(T > t) over the sample's latencies T, the chance that the batch ahead
+    holds it up at all (0 for one stage); `_blocked_s` / this is the delay when it does."""
+    if pp <= 1:
+        return np.zeros_like(own)
+    return 1.0 - np.searchsorted(np.sort(latencies), own, side="right") / len(latencies)
 
 
 def pair_profile(problem: Problem, prefill: Deployment, decode: Deployment) -> PairProfile:
@@ -220,6 +235,7 @@ class Scenario:
     max_batch: np.ndarray  # (groups,)
     prefill_s: np.ndarray  # (groups, requests)
     blocked_s: np.ndarray  # (groups, len(BATCH_FACTORS), requests) delay behind the batch ahead (0 colocated)
+    blocked_share: np.ndarray  # (groups, len(BATCH_FACTORS), requests) P(the batch ahead holds it up)
     mean_latency_s: np.ndarray  # (groups,) E[prefill latency]: Little's law for prompts in the pipeline
     kv_s: np.ndarray  # (pairs, requests)
     link_rps: np.ndarray  # (pairs,)
@@ -247,6 +263,8 @@ class Scenario:
             prefill_s=np.stack([pr.prefill_s for pr in profiles]),
             blocked_s=np.stack([pr.blocked_s if deployments[g].role != "both" else np.zeros_like(pr.blocked_s)
                                 for g, pr in zip(ids, profiles, strict=True)]),
+            blocked_share=np.stack([pr.blocked_share if deployments[g].role != "both"
+                                    else np.zeros_like(pr.blocked_share) for g, pr in zip(ids, profiles, strict=True)]),
             mean_latency_s=np.array([pr.mean_latency_s for pr in profiles]),
             kv_s=np.stack([pp.kv_s for pp in pair_profiles]),
             link_rps=np.array([pp.link_rps for pp in pair_profiles]),
@@ -296,8 +314,9 @@ class Scenario:
         if not with_p90:
             return Estimate(attained, math.nan, math.nan)
         weights = np.repeat(terms.shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
-        ttft_p90 = weighted_p90((terms.ttft_fixed_s + wait_p90_s(terms.p_wait, terms.wait_mu, terms.wait_sigma)[
-            :, None]).ravel(), weights)
+        mean_blocked_s = terms.blocked_p * terms.blocked_delay_s
+        ttft_p90 = weighted_p90((terms.ttft_fixed_s + mean_blocked_s + wait_p90_s(
+            terms.p_wait, terms.wait_mu, terms.wait_sigma)[:, None]).ravel(), weights)
         tpot_values = ((terms.step_s * terms.stretch + _Z90 * terms.spread_s)[:, None] + terms.delay_s
                        + terms.blocked[:, None] * terms.admit_delay_s)
         tpot_p90 = weighted_p90(np.where(terms.decode_ok[:, None] > 0, tpot_values, np.inf).ravel(), weights)
@@ -329,7 +348,8 @@ class Scenario:
             stretch = np.where(self.is_both, 1.0 / np.maximum(1.0 - rho, 1e-12), 1.0)
         decode = self._decode(decode_rate, stretch)
         delay_s = self.kv_s[active] * link_slowdown[:, None] * self.per_token  # (active, requests)
-        ttft_fixed_s = self.prefill_s[pair_p] + self._blocking_s(prefill_rate)[pair_p]
+        blocked_p, blocked_delay_s = (a[pair_p] for a in self._blocking(prefill_rate))
+        ttft_fixed_s = self.prefill_s[pair_p]
         if self.has_both:
             ttft_fixed_s = ttft_fixed_s + np.where(self.is_both, decode.step_s * stretch / 2, 0.0)[pair_p, None]
         stalls = None
@@ -337,7 +357,8 @@ class Scenario:
             stalls = (self, prefill_rate, rho, wait_s, decode.step_s, stretch)
         return LatencyTerms(
             shares=shares, pair_p=pair_p, pair_d=pair_d, p_wait=p_wait[pair_p], wait_mu=wait_mu[pair_p],
-            wait_sigma=wait_sigma[pair_p], ttft_fixed_s=ttft_fixed_s, step_s=decode.step_s[pair_d],
+            wait_sigma=wait_sigma[pair_p], ttft_fixed_s=ttft_fixed_s, blocked_p=blocked_p,
+            blocked_delay_s=blocked_delay_s, step_s=decode.step_s[pair_d],
             stretch=stretch[pair_d], spread_s=decode.spread_s[pair_d], decode_ok=decode.ok[pair_d],
             blocked=decode.blocked[pair_d], admit_delay_s=decode.admit_wait_s[pair_d, None] * self.per_token,
             delay_s=delay_s, is_both_d=self.is_both[pair_d], stalls=stalls)
@@ -353,22 +374,27 @@ class Scenario:
         """(..., pairs) request rates per (prefill, decode) pair as load-aware dispatch splits `flow`.
 
         When a prompt is prefilled, the entry peer (and the simulator) sends it to the KV partner d of its
-        prefill group with the least live load (KV tokens, about N_d sequences) per plan share y_pd. That
-        evens out N_d / y_pd among the partners, and N_d = lam_d E[o] step_d (Little's law), so each
-        prefill group's rate is split in proportion to y_pd / step_d: faster-stepping decode groups get
-        more than their share, and a group that other prefill groups also feed looks busier. step_d from
-        `_decode` at the split's decode rates (an unstable group counts as very slow); damped
-        fixed-point iteration."""
+        prefill group p with the least live load (KV tokens, about N_d sequences) per pair share y_pd. N_d
+        counts every request d holds, whoever prefilled it, so a decode group that other prefill groups
+        also feed looks busier to p than its share with p says: dispatch is a Wardrop equilibrium in which
+        p sends only to the partners of least N_d / y_pd, and evens N_d / y_pd out among those it uses
+        (when d is fed by many prefill groups with small y_pd, p may send it nothing at all). With
+        N_d = lam_d E[o] step_d (Little's law, step_d from `_decode` at the current split; an unstable
+        group counts as very slow), p's best split against the others' flows B_d is water-filling,
+        f_pd = max(0, m_p a_pd - B_d) with a_pd = y_pd / (E[o] step_d) and the level m_p that sends all
+        of p's rate (`_water_fill`); damped Jacobi iteration over the prefill groups."""
         if not self.pooled or self.has_both:
             return flow
         per_prefill = (flow @ to_p)[..., pair_p]
         ones = np.ones(flow.shape[:-1] + (to_d.shape[1],))
+        same_prefill = pair_p[:, None] == pair_p[None, :]
         for _ in range(DISPATCH_ITERATIONS // 2):
-            decode = self._decode(flow @ to_d, ones)
+            into_d = flow @ to_d
+            decode = self._decode(into_d, ones)
             step_s = np.where(decode.ok > 0, decode.step_s, UNSTABLE_STEP_S)
-            pull = plan_shares / step_s[..., pair_d]
-            total = (pull @ to_p)[..., pair_p]
-            flow = 0.5 * (flow + per_prefill * pull / np.where(total > 0, total, 1.0))
+            pull = plan_shares / step_s[..., pair_d]  # a_pd up to the constant E[o]
+            others = into_d[..., pair_d] - flow  # B_d: what the other pairs send to d
+            flow = 0.5 * (flow + _water_fill(per_prefill, pull, others, same_prefill))
         return flow
 
     def _prefill_wait(self, prefill_rate: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -407,7 +433,8 @@ class Scenario:
         The entry peer (and the simulator) sends a prompt to the replica with the least outstanding
         prompt tokens per unit of routing share x_g, counting tokens queued and in flight. By Little's
         law a replica holds lam_g E[tokens] (W_g + T_g) of them (W_g its wait, T_g its mean prefill
-        latency: a pipeline holds several prompts at once), so dispatch evens out
+        latency plus its mean delay behind the batch ahead, `_held_s`: a pipeline holds several prompts
+        at once, and longer when they block each other), so dispatch evens out
         lam_g (W_g + T_g) / x_g: lam_g is proportional to x_g / (W_g + T_g), found by damped fixed-point
         iteration. Pipelines (long T_g) get less than their share, one-stage replicas more; a replica
         near saturation (W_g large) sheds load to the others. Uniform routing and plans with colocated
@@ -426,24 +453,43 @@ class Scenario:
         for _ in range(DISPATCH_ITERATIONS):
             rho = np.minimum(rate * mean_s, 1.0 - 1e-9)
             wait_s = np.minimum(rho ** (exponent - 1.0) * rate * half_moment2 / (1.0 - rho), MAX_WAIT_S)
-            pull = np.where(used, share / (wait_s + self.mean_latency_s), 0.0)
+            pull = np.where(used, share / (wait_s + self._held_s(rate)), 0.0)
             pull_sum = pull.sum(axis=-1, keepdims=True)
             rate = 0.5 * (rate + total * pull / np.where(pull_sum > 0, pull_sum, 1.0))
         return rate
 
-    def _blocking_s(self, prefill_rate: np.ndarray) -> np.ndarray:
-        """(..., groups, requests) expected delay behind the batch ahead in a prefill pipeline.
+    def _blocking(self, prefill_rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(..., groups, requests) (P(held up behind the batch ahead), the delay when it is) in a prefill pipeline.
 
-        P(a batch is inside when a prompt enters) (`_queued_ahead`) times E[(T_b - t)+] (pp - 1) / pp for
-        a batch ahead of latency T_b. Under load a batch carries the prompts that queued while it waited,
-        about 1 + rho_g of them (as in `_prefill_wait`), so T_b = (1 + rho_g) T, interpolated on the
-        profile's BATCH_FACTORS."""
+        A batch is inside when a prompt enters with probability `_queued_ahead`; it holds the prompt up
+        when it is longer (P(T_b > t), `_blocked_share`), by E[(T_b - t)+ | T_b > t] (pp - 1) / pp
+        (`_blocked_s` / `_blocked_share`). Under load a batch carries the prompts that queued while it
+        waited, about 1 + rho_g of them (as in `_prefill_wait`), so T_b = (1 + rho_g) T, interpolated on
+        the profile's BATCH_FACTORS. The delay is all or nothing, not its mean for everyone: TTFT's tail
+        is the prompts that entered behind a long batch."""
         position = np.minimum(prefill_rate * self.mean_service_s, 1.0) * (len(BATCH_FACTORS) - 1)
         lower = np.minimum(position.astype(np.int64), len(BATCH_FACTORS) - 2)
         frac = (position - lower)[..., None]
         rows = self.group_rows
-        blocked = self.blocked_s[rows, lower] * (1 - frac) + self.blocked_s[rows, lower + 1] * frac
-        return self._queued_ahead(prefill_rate)[..., None] * blocked
+        expected = self.blocked_s[rows, lower] * (1 - frac) + self.blocked_s[rows, lower + 1] * frac
+        share = self.blocked_share[rows, lower] * (1 - frac) + self.blocked_share[rows, lower + 1] * frac
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delay_s = np.where(share > 0, expected / np.where(share > 0, share, 1.0), 0.0)
+        return self._queued_ahead(prefill_rate)[..., None] * share, delay_s
+
+    @cached_property
+    def mean_blocked_s(self) -> np.ndarray:
+        """(groups, len(BATCH_FACTORS)) E over requests of the delay behind a batch ahead (if one is inside)."""
+        return self.blocked_s.mean(axis=-1)
+
+    def _held_s(self, prefill_rate: np.ndarray) -> np.ndarray:
+        """(..., groups) how long a replica holds a prompt once it has entered: its mean prefill latency plus
+        the mean delay behind the batch ahead (`_blocking`, 0 for one stage), at these prefill rates."""
+        position = np.minimum(prefill_rate * self.mean_service_s, 1.0) * (len(BATCH_FACTORS) - 1)
+        lower = np.minimum(position.astype(np.int64), len(BATCH_FACTORS) - 2)
+        frac, rows = position - lower, self.group_rows
+        blocked = self.mean_blocked_s[rows, lower] * (1 - frac) + self.mean_blocked_s[rows, lower + 1] * frac
+        return self.mean_latency_s + self._queued_ahead(prefill_rate) * blocked
 
     def _queued_ahead(self, prefill_rate: np.ndarray) -> np.ndarray:
         """P(another prompt is inside the pipeline when one enters): Little's law, lam E[latency], capped at 1."""
@@ -471,8 +517,9 @@ class Scenario:
         stable = (stable | idle) & (batch <= self.max_batch)
         excess = np.sqrt(batch * self.context_dispersion)  # sd of the batch's KV, in mean sequences
         blocked = 1.0 - phi(_ratio(self.max_batch - batch, excess))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            admit_wait_s = np.where(idle, 0.0, excess / np.maximum(rate_rps, 1e-12))
+        with np.errstate(divide="ignore", invalid="ignore"):  # M/M/c: 1 / (c mu - lam), mu = rate / batch
+            admit_wait_s = np.where(idle, 0.0, batch / (np.maximum(rate_rps, 1e-12)
+                                                        * np.maximum(self.max_batch - batch, 1e-9)))
         return _DecodeState(batch=batch, step_s=step_s, spread_s=spread, ok=stable.astype(np.float64),
                             blocked=blocked, admit_wait_s=admit_wait_s)
 
@@ -504,14 +551,17 @@ class Scenario:
         decode = self._decode(decode_rate, np.ones_like(rho))
         delay_s = self.kv_s[active] * link_slowdown[..., None] * self.per_token  # (rates, active, requests)
         senders, sender_of_pair = np.unique(pair_p, return_inverse=True)  # TTFT depends on the prefill group only
-        ttft_fixed_s = self.prefill_s[senders] + self._blocking_s(prefill_rate)[:, senders]
-        ttft_ok = wait_cdf(p_wait[:, senders], wait_mu[:, senders], wait_sigma[:, senders],
-                            slo.ttft_s - ttft_fixed_s)[:, sender_of_pair]  # (rates, active, requests)
+        slack_s = slo.ttft_s - self.prefill_s[senders]
+        wait = p_wait[:, senders], wait_mu[:, senders], wait_sigma[:, senders]
+        blocked_p, blocked_delay_s = (a[:, senders] for a in self._blocking(prefill_rate))
+        ttft_ok = ((1.0 - blocked_p) * wait_cdf(*wait, slack_s)
+                   + blocked_p * wait_cdf(*wait, slack_s - blocked_delay_s))[:, sender_of_pair]  # (rates, active, requests)
         inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
         z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
         blocked = decode.blocked[:, pair_d, None]
-        z_blocked = z - (decode.admit_wait_s * inverse_spread)[:, pair_d, None] * self.per_token
-        tpot_ok = ((1.0 - blocked) * phi(z) + blocked * phi(z_blocked)) * decode.ok[:, pair_d, None]
+        slack_s = np.maximum(z * decode.spread_s[:, pair_d, None], 0.0)
+        admit_s = decode.admit_wait_s[:, pair_d, None] * self.per_token
+        tpot_ok = phi(z) * (1.0 - blocked * _exp_tail(slack_s, admit_s)) * decode.ok[:, pair_d, None]
         per_pair = (ttft_ok * tpot_ok).mean(axis=-1)  # (rates, active)
         per_pair[np.isnan(per_pair)] = 0.0
         return np.minimum((np.where(shares > 0, shares, 0.0) * per_pair).sum(axis=-1), 1.0)
@@ -545,7 +595,9 @@ class LatencyTerms:
     p_wait: np.ndarray  # (pairs,) P(a prompt waits in the prefill queue)
     wait_mu: np.ndarray  # (pairs,) lognormal of the wait, given it waits
     wait_sigma: np.ndarray
-    ttft_fixed_s: np.ndarray  # (pairs, requests) TTFT without the queue wait
+    ttft_fixed_s: np.ndarray  # (pairs, requests) TTFT without the queue wait and the pipeline's blocking
+    blocked_p: np.ndarray  # (pairs, requests) P(held up behind the batch ahead in the prefill pipeline)
+    blocked_delay_s: np.ndarray  # (pairs, requests) how long, when it is
     step_s: np.ndarray  # (pairs,) decode step (not stretched)
     stretch: np.ndarray  # (pairs,) colocated prefills stretch the steps by this
     spread_s: np.ndarray  # (pairs,) standard deviation of the step
@@ -558,15 +610,16 @@ class LatencyTerms:
 
     def ttft_cdf(self, ttft_s: float) -> np.ndarray:
         """(pairs, requests) P(TTFT <= ttft_s)."""
-        return wait_cdf(self.p_wait, self.wait_mu, self.wait_sigma, ttft_s - self.ttft_fixed_s)
+        wait, slack_s = (self.p_wait, self.wait_mu, self.wait_sigma), ttft_s - self.ttft_fixed_s
+        return ((1.0 - self.blocked_p) * wait_cdf(*wait, slack_s)
+                + self.blocked_p * wait_cdf(*wait, slack_s - self.blocked_delay_s))
 
     def tpot_cdf(self, tpot_s: float) -> np.ndarray:
         """(pairs, requests) P(TPOT <= tpot_s): the step's normal spread, memory, and colocated stalls."""
         slack_s = tpot_s - self.step_s[:, None] - self.delay_s
         spread_s, blocked = self.spread_s[:, None], self.blocked[:, None]
-        ok = (1.0 - blocked) * phi(_ratio(slack_s, spread_s)) + blocked * phi(_ratio(slack_s - self.admit_delay_s,
-                                                                                       spread_s))
-        ok = ok * self.decode_ok[:, None]
+        admitted = 1.0 - blocked * _exp_tail(np.maximum(slack_s, 0.0), self.admit_delay_s)
+        ok = phi(_ratio(slack_s, spread_s)) * admitted * self.decode_ok[:, None]
         if self.stalls is not None:
             scenario, *args = self.stalls
             stalls_ok = scenario._stalls_ok(*args, tpot_s)
@@ -610,6 +663,30 @@ def _one_hot(index: np.ndarray, size: int) -> np.ndarray:
     matrix = np.zeros((len(index), size))
     matrix[np.arange(len(index)), index] = 1.0
     return matrix
+
+
+def _water_fill(total: np.ndarray, pull: np.ndarray, others: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """(..., pairs) f = max(0, m pull - others), with one level m per prefill group such that its pairs'
+    f sum to `total` (each pair's group's rate; `same[k, j]`: pairs k and j share a prefill group).
+
+    The level is the smallest of the candidates m_k = (total + sum others_j) / sum pull_j over the pairs j
+    of the group whose threshold others_j / pull_j is at most pair k's: every candidate's linear sum
+    bounds the (convex) water-filling sum from below, so it is at or above the level, and the candidate of
+    the true active set equals it. Pairs with no pull get nothing."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        threshold = np.where(pull > 0, others / np.where(pull > 0, pull, 1.0), np.inf)
+        below = same & (threshold[..., None, :] <= threshold[..., :, None])  # (..., k, j): j active with k
+        candidate = (total + (below * others[..., None, :]).sum(-1)) / (below * pull[..., None, :]).sum(-1)
+        candidate = np.where(np.isfinite(threshold) & (candidate > 0), candidate, np.inf)
+        level = np.where(same, candidate[..., None, :], np.inf).min(-1)  # (..., k): the level of k's group
+        fill = np.where(np.isfinite(level), np.maximum(level * pull - others, 0.0), 0.0)
+    return np.where(total > 0, fill, 0.0)
+
+
+def _exp_tail(slack_s: np.ndarray, mean_s: np.ndarray) -> np.ndarray:
+    """P(an exponential wait of mean `mean_s` exceeds `slack_s`) (1 where the slack is 0 or less)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.where(slack_s > 0, np.exp(-slack_s / np.maximum(mean_s, 1e-12)), 1.0)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

@@ -107,6 +107,19 @@ def test_a_prompt_behind_a_longer_one_waits_for_it_at_every_stage():
     assert not _blocked_s(latencies, latencies, pp=1).any()  # one stage: nothing to catch up with
 
 
+def test_blocking_is_all_or_nothing_with_the_same_mean():
+    """A prompt is held up only by a longer batch ahead: P(T > t), and _blocked_s / P(T > t) when it is."""
+    from swarm.plan.estimate import _blocked_s, _blocked_share
+
+    latencies = np.array([1.0, 2.0, 3.0, 4.0])
+    own = np.array([0.5, 2.5, 4.0])
+    share = _blocked_share(latencies, own, pp=2)
+    assert share == pytest.approx([1.0, 0.5, 0.0])
+    # E[T - t | T > t] (pp - 1) / pp: (2.5 - 0.5) / 2 and (3.5 - 2.5) / 2
+    assert (_blocked_s(latencies, own, pp=2)[:2] / share[:2]) == pytest.approx([1.0, 0.5])
+    assert not _blocked_share(latencies, own, pp=1).any()
+
+
 def test_blocking_in_a_pipeline_lengthens_ttft_only_under_load(cloud32, llama30b, conv, make_problem, hosts_of):
     problem = make_problem(cloud32, llama30b, conv)
     hosts = hosts_of(cloud32)
@@ -271,3 +284,23 @@ def test_decode_dispatch_evens_out_load_per_share(cloud32, llama30b, conv, make_
     uniform = replace(scenario, problem=make_problem(cloud32, llama30b, conv, orchestrate=False))
     routed = rate * shares
     assert uniform._decode_dispatch(routed, shares, to_p, to_d, np.array([0, 0]), np.array([1, 2])) is routed
+
+
+def test_decode_dispatch_sends_nothing_to_a_partner_that_others_keep_busy(cloud32, llama30b, conv, make_problem,
+                                                                        hosts_of):
+    """Prefill group 0 shares decode group 2 with prefill group 1, which sends it all its prompts: by load
+    per pair share, group 2 looks busy to group 0, which sends everything to its other partner, group 3
+    (a Wardrop equilibrium, as the entry peer's least-load-per-share choice makes it)."""
+    hosts = hosts_of(cloud32)
+    problem = make_problem(cloud32, llama30b, conv)
+    deployments = {0: configure(problem, hosts["a40-0"][:2], "prefill"),
+                   1: configure(problem, hosts["a40-0"][2:], "prefill"),
+                   2: configure(problem, hosts["a6000-0"], "decode"),
+                   3: configure(problem, hosts["a6000-1"], "decode")}
+    pairs = [(0, 2), (0, 3), (1, 2)]
+    scenario = Scenario.build(problem, deployments, pairs)
+    to_p, to_d = np.eye(4)[[0, 0, 1]], np.eye(4)[[2, 3, 2]]
+    shares, rate = np.array([0.1, 0.4, 0.5]), 2.0
+    flow = scenario._decode_dispatch(rate * shares, shares, to_p, to_d, np.array([0, 0, 1]), np.array([2, 3, 2]))
+    assert flow.sum() == pytest.approx(rate) and flow[2] == pytest.approx(rate * 0.5)
+    assert flow[0] < 0.05 * flow[1]  # the LP's 0.1 of group 0 barely reaches group 2

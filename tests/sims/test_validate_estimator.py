@@ -40,3 +40,11 @@ def test_estimator_and_simulator_agree_below_and_above_the_goodput(rows_by_rate)
     for name in ("ttft_p50", "tpot_p50"):
         predicted, simulated = low[f"{name}_pred"], low[f"{name}_sim"]
         assert math.isfinite(predicted) and predicted == pytest.approx(simulated, rel=0.3)
+
+
+def test_the_estimator_admits_decode_sequences_at_the_simulated_engine_watermark():
+    """The estimator's KV admission limit is the share of memory the simulated engine admits to."""
+    from sims.replica import WATERMARK
+    from swarm.plan.estimate import KV_ADMIT_SHARE
+
+    assert KV_ADMIT_SHARE == WATERMARK
