@@ -123,8 +123,11 @@ def measure_cpu_core_isolated() -> tuple[float, float]:
         HardwareError: the measuring interpreter failed or timed out (its stderr is in the message).
     """
     code = "import json; from swarm.hardware.probe import measure_cpu_core; print(json.dumps(measure_cpu_core()))"
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    search_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **ONE_THREAD_ENV, "PYTHONPATH": search_path}  # this swarm, wherever the cwd is
     try:
-        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ONE_THREAD_ENV},
+        done = subprocess.run([sys.executable, "-c", code], env=env,
                               capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise HardwareError(f"the CPU probe took over {PROBE_TIMEOUT_S:.0f} s; is the machine swapping? "
