@@ -114,20 +114,34 @@ def on_disconnect(node, peer_id: str) -> None:
 
 
 async def run_gossip(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Exchange digests with every known peer each `gossip_interval_s` (sooner after a change)."""
+    """Exchange digests with every known peer each `gossip_interval_s` (sooner after a change).
+
+    Rounds do not wait for their exchanges: one with a slow or dying peer (up to EXCHANGE_TIMEOUT_S)
+    would hold back the membership's clock (`tick`: suspicion, departures, the election) and the digests
+    to every other peer. A peer whose exchange is still running is skipped until it ends."""
     for addr in node.config.bootstrap:
         node.membership.addrs.setdefault(addr.rsplit("/p2p/", 1)[1], (addr,))
     node.host.on_disconnect(lambda peer_id: on_disconnect(node, peer_id))
-    task_status.started()
-    while True:
-        now = time.monotonic()
-        log_actions(node, node.membership.tick(now))
-        async with trio.open_nursery() as nursery:
+    in_flight: set[str] = set()
+
+    async def exchange_once(peer_id: str, addrs) -> None:
+        try:
+            await exchange(node, peer_id, addrs)
+        finally:
+            in_flight.discard(peer_id)
+
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            now = time.monotonic()
+            log_actions(node, node.membership.tick(now))
             for peer_id, addrs in node.membership.dial_targets(now):
-                nursery.start_soon(exchange, node, peer_id, addrs)
-        node.gossip_soon = trio.Event()
-        with trio.move_on_after(node.config.gossip_interval_s):
-            await node.gossip_soon.wait()
+                if peer_id not in in_flight:
+                    in_flight.add(peer_id)
+                    nursery.start_soon(exchange_once, peer_id, addrs)
+            node.gossip_soon = trio.Event()
+            with trio.move_on_after(node.config.gossip_interval_s):
+                await node.gossip_soon.wait()
 
 
 async def run_link_probes(node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
