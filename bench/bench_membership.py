@@ -28,7 +28,7 @@ stream carries less its length prefix) in full, as a peer that lacks the plan an
 trimmed for a settled peer (`membership.trimmed_for`), with the bytes per exchange (push + reply) and per
 peer per second (2 (N-1) exchanges a gossip interval).
 
-    python -m bench.bench_membership [--peers 8] [--runs 5] [--json]
+    python -m bench.bench_membership [--peers 8] [--runs 5 | --quick] [--json]
     python -m bench.bench_membership --digest-bytes 8 64 [--json]
     python -m bench.bench_swarm --membership 8 [--runs 5] [--json]      (the same)
 """
@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=8, help="serving peers (besides the bootstrap node)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--quick", action="store_true", help="one run (for `python -m bench --quick`)")
     parser.add_argument("--digest-bytes", type=int, nargs="+", metavar="N",
                         help="digest sizes at N peers, in memory (no processes): see the module doc")
     args = parser.parse_args(argv)
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.peers < 2 or args.runs < 1:
         parser.error("--peers must be at least 2 (one is killed) and --runs at least 1")
-    result = measure(args.peers, args.runs)
+    result = measure(args.peers, 1 if args.quick else args.runs)
     if not args.json:
         report(result)
     print(json.dumps(result))
