@@ -1,6 +1,7 @@
 """The fast data path: sealed blobs arrive intact in both modes; tampering and unknown sessions are refused."""
 
 import logging
+from functools import partial
 
 import pytest
 import trio
@@ -99,3 +100,34 @@ def test_tampered_middle_frame_of_a_long_blob_is_refused(host_config, caplog, is
     with caplog.at_level(logging.WARNING, logger="swarm.net.fastpath"):
         run_pair(host_config, body)
     assert "authentication failed" in caplog.text
+
+
+def test_a_connection_reset_closes_that_channel_and_the_server_keeps_serving(host_config, caplog):
+    import socket
+    import struct
+
+    from swarm.net.fastpath import connect_fastpath
+
+    received = []
+
+    async def on_channel(peer_id, channel):
+        while True:
+            _, blob = await channel.receive_blob()
+            received.append(bytes(blob))
+
+    async def main():
+        with trio.fail_after(30):
+            async with open_host(host_config()) as server, open_host(host_config()) as client:
+                await server.nursery.start(partial(run_fastpath_server, server, on_channel=on_channel))
+                await client.dial(server.addrs[0])
+                reset = await connect_fastpath(client, server.peer_id)
+                await reset.send_blob(1, 1, "kv", b"before the reset")
+                reset.sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await reset.sock.aclose()  # linger 0: an RST, as when a peer is SIGKILLed mid-exchange
+                async with open_fastpath(client, server.peer_id) as channel:
+                    await channel.send_blob(2, 1, "kv", b"after the reset")
+
+    with caplog.at_level(logging.WARNING, logger="swarm.net.fastpath"):
+        trio.run(main)
+    assert received == [b"before the reset", b"after the reset"]
+    assert "connection closed" in caplog.text
