@@ -557,11 +557,12 @@ class Scenario:
         ttft_ok = ((1.0 - blocked_p) * wait_cdf(*wait, slack_s)
                    + blocked_p * wait_cdf(*wait, slack_s - blocked_delay_s))[:, sender_of_pair]  # (rates, active, requests)
         inverse_spread = 1.0 / np.maximum(decode.spread_s, 1e-12)
-        z = ((slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s) * inverse_spread[:, pair_d, None]
+        tpot_slack_s = (slo.tpot_s - decode.step_s)[:, pair_d, None] - delay_s
+        z = tpot_slack_s * inverse_spread[:, pair_d, None]
         blocked = decode.blocked[:, pair_d, None]
-        slack_s = np.maximum(z * decode.spread_s[:, pair_d, None], 0.0)
         admit_s = decode.admit_wait_s[:, pair_d, None] * self.per_token
-        tpot_ok = phi(z) * (1.0 - blocked * _exp_tail(slack_s, admit_s)) * decode.ok[:, pair_d, None]
+        tpot_ok = (phi(z) * (1.0 - blocked * _exp_tail(np.maximum(tpot_slack_s, 0.0), admit_s))
+                   * decode.ok[:, pair_d, None])
         per_pair = (ttft_ok * tpot_ok).mean(axis=-1)  # (rates, active)
         per_pair[np.isnan(per_pair)] = 0.0
         return np.minimum((np.where(shares > 0, shares, 0.0) * per_pair).sum(axis=-1), 1.0)
