@@ -52,6 +52,34 @@ def test_membership_converges_on_one_coordinator_and_the_plan_is_applied(swarm):
     assert all(m.is_ready for m in views["bootstrap"].members if m.group_id >= 0)
 
 
+def test_settled_daemons_share_fingerprints_so_the_plan_goes_only_to_a_peer_that_lacks_it(swarm):
+    async def digests():
+        async with AsyncSwarmClient(swarm.addrs["bootstrap"][:1]) as client:
+            async def ask(name: str, fingerprints: dict) -> MemberDigest:
+                peer_id = await client.host.dial(swarm.addrs[name][0])
+                stream = await client.host.open_stream(peer_id, "/swarm/member/1.0.0")
+                with trio.fail_after(8.0):
+                    await write_message(stream, MemberDigest(client.host.peer_id, 1, ("/ip4/127.0.0.1/tcp/9",),
+                                                             **fingerprints))
+                    return await read_message(stream, expect=MemberDigest)
+
+            first = {}
+
+            async def ask_into(name: str) -> None:
+                first[name] = await ask(name, {})
+
+            async with trio.open_nursery() as nursery:  # all at once: before any of them lists this client
+                for name in swarm.addrs:
+                    nursery.start_soon(ask_into, name)
+            return first, await ask("p-a40", {"plan_hash": first["p-a40"].plan_hash})
+
+    first, again = trio.run(digests)
+    assert all(d.plan is not None and d.known for d in first.values())  # no fingerprints sent: full bodies
+    assert len({d.plan_hash for d in first.values()}) == 1 and first["bootstrap"].plan_hash
+    assert len({d.members_hash for d in first.values()}) == 1  # so digests between them carry no addresses
+    assert again.plan is None and again.plan_hash == first["p-a40"].plan_hash  # it holds the plan: left out
+
+
 @pytest.mark.parametrize("entry", ["bootstrap", "p-a40"])
 def test_greedy_answers_equal_a_local_engine_with_fp16_kv(swarm, tiny_model_dir, entry):
     client = swarm.client(entry)
