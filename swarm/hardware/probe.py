@@ -3,10 +3,10 @@
 A CPU box may *declare* a GPU profile (`--profile A40` or `--profile RTX3090Tix2`) to emulate a
 heterogeneous cluster; the profile then says `is_emulated=True` and `device="cpu"`.
 
-A CPU is measured as one core, the way swarm runs CPU peers (one torch thread each): a float32 matmul
+A CPU is measured as one core, as local swarms run CPU peers (`torch_threads` 1 each): a float32 matmul
 for the compute rate and a float32 matrix-vector product over a matrix larger than the caches for the
-memory bandwidth, which is how a decode step streams its weights (a plain buffer copy, measured before,
-read a third of that: page faults of the fresh copy and write-allocate traffic). Both run in a fresh
+memory bandwidth, which is how a decode step streams its weights (a buffer copy, measured before, read
+a seventh of that by the wall clock: each copy's fresh buffer is page-faulted in). Both run in a fresh
 interpreter with one BLAS thread (the BLAS thread count cannot be changed once numpy is loaded) and
 are timed by the process's CPU time, medians of a few repeats, so that other processes sharing the
 cores slow the probe down less than they would a wall clock.
