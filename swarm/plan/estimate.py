@@ -314,11 +314,11 @@ class Scenario:
         if not with_p90:
             return Estimate(attained, math.nan, math.nan)
         weights = np.repeat(terms.shares / self.prefill_s.shape[1], self.prefill_s.shape[1])
-        mean_blocked_s = terms.blocked_p * terms.blocked_delay_s
+        mean_blocked_s = terms.blocked_p * terms.blocked_delay_s + terms.prefill_admit_s[:, None]
         ttft_p90 = weighted_p90((terms.ttft_fixed_s + mean_blocked_s + wait_p90_s(
             terms.p_wait, terms.wait_mu, terms.wait_sigma)[:, None]).ravel(), weights)
         tpot_values = ((terms.step_s * terms.stretch + _Z90 * terms.spread_s)[:, None] + terms.delay_s
-                       + terms.blocked[:, None] * terms.admit_delay_s)
+                       + np.where(terms.is_both_d, 0.0, terms.blocked)[:, None] * terms.admit_delay_s)
         tpot_p90 = weighted_p90(np.where(terms.decode_ok[:, None] > 0, tpot_values, np.inf).ravel(), weights)
         return Estimate(attained, ttft_p90, tpot_p90)
 
@@ -361,7 +361,8 @@ class Scenario:
             blocked_delay_s=blocked_delay_s, step_s=decode.step_s[pair_d],
             stretch=stretch[pair_d], spread_s=decode.spread_s[pair_d], decode_ok=decode.ok[pair_d],
             blocked=decode.blocked[pair_d], admit_delay_s=decode.admit_wait_s[pair_d, None] * self.per_token,
-            delay_s=delay_s, is_both_d=self.is_both[pair_d], stalls=stalls)
+            admit_wait_s=decode.admit_wait_s[pair_d], delay_s=delay_s, is_both_d=self.is_both[pair_d],
+            stalls=stalls)
 
     @cached_property
     def pooled(self) -> bool:
@@ -605,20 +606,32 @@ class LatencyTerms:
     decode_ok: np.ndarray  # (pairs,) 1 if the decode batch is stable within KV memory, else 0
     blocked: np.ndarray  # (pairs,) P(a sequence waits to be admitted for KV memory)
     admit_delay_s: np.ndarray  # (pairs, requests) that wait spread over the later tokens
+    admit_wait_s: np.ndarray  # (pairs,) the mean wait itself, when it waits
     delay_s: np.ndarray  # (pairs, requests) KV transfer (and link wait) spread over the later tokens
     is_both_d: np.ndarray  # (pairs,) the decode side is colocated
     stalls: tuple | None  # what `Scenario._stalls_ok` needs, when a group is colocated
 
+    @property
+    def prefill_admit_s(self) -> np.ndarray:
+        """(pairs,) mean KV-memory wait before a colocated prefill (0 for a phase-split pair)."""
+        return np.where(self.is_both_d, self.blocked * self.admit_wait_s, 0.0)
+
     def ttft_cdf(self, ttft_s: float) -> np.ndarray:
-        """(pairs, requests) P(TTFT <= ttft_s)."""
+        """(pairs, requests) P(TTFT <= ttft_s). A colocated replica prefills a prompt only when its KV fits
+        beside the decoding sequences' (`sims.replica`), so there the KV-memory wait (probability
+        `blocked`, exponential of mean `admit_wait_s`) comes before the first token, not after it."""
         wait, slack_s = (self.p_wait, self.wait_mu, self.wait_sigma), ttft_s - self.ttft_fixed_s
-        return ((1.0 - self.blocked_p) * wait_cdf(*wait, slack_s)
-                + self.blocked_p * wait_cdf(*wait, slack_s - self.blocked_delay_s))
+        ok = ((1.0 - self.blocked_p) * wait_cdf(*wait, slack_s)
+              + self.blocked_p * wait_cdf(*wait, slack_s - self.blocked_delay_s))
+        if self.is_both_d.any():
+            blocked = np.where(self.is_both_d, self.blocked, 0.0)[:, None]
+            ok = ok * (1.0 - blocked * _exp_tail(np.maximum(slack_s, 0.0), self.admit_wait_s[:, None]))
+        return ok
 
     def tpot_cdf(self, tpot_s: float) -> np.ndarray:
         """(pairs, requests) P(TPOT <= tpot_s): the step's normal spread, memory, and colocated stalls."""
         slack_s = tpot_s - self.step_s[:, None] - self.delay_s
-        spread_s, blocked = self.spread_s[:, None], self.blocked[:, None]
+        spread_s, blocked = self.spread_s[:, None], np.where(self.is_both_d, 0.0, self.blocked)[:, None]
         admitted = 1.0 - blocked * _exp_tail(np.maximum(slack_s, 0.0), self.admit_delay_s)
         ok = phi(_ratio(slack_s, spread_s)) * admitted * self.decode_ok[:, None]
         if self.stalls is not None:

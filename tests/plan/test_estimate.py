@@ -304,3 +304,18 @@ def test_decode_dispatch_sends_nothing_to_a_partner_that_others_keep_busy(cloud3
     flow = scenario._decode_dispatch(rate * shares, shares, to_p, to_d, np.array([0, 0, 1]), np.array([2, 3, 2]))
     assert flow.sum() == pytest.approx(rate) and flow[2] == pytest.approx(rate * 0.5)
     assert flow[0] < 0.05 * flow[1]  # the LP's 0.1 of group 0 barely reaches group 2
+
+
+def test_a_colocated_replica_waits_for_kv_memory_before_the_first_token(cloud32, llama30b, conv, make_problem,
+                                                                        hosts_of):
+    """A colocated replica prefills a prompt only when its KV fits beside the decoding sequences', so the
+    KV-memory wait lowers P(TTFT met) and leaves P(TPOT met) alone (phase-split: the other way round)."""
+    problem = make_problem(cloud32, llama30b, conv)
+    scenario = Scenario.build(problem, {0: configure(problem, hosts_of(cloud32)["3090ti-0"], "both")}, [(0, 0)])
+    rates = np.linspace(0.05, 3.0, 60)
+    terms = [scenario.latency_terms(r, np.array([1.0])) for r in rates]
+    busy = next(t for t in terms if 0.05 < t.blocked[0] < 0.95 and t.decode_ok[0] > 0)
+    free = replace(busy, blocked=np.zeros_like(busy.blocked))
+    slo = problem.slo
+    assert busy.ttft_cdf(slo.ttft_s).mean() < free.ttft_cdf(slo.ttft_s).mean()
+    assert busy.tpot_cdf(slo.tpot_s) == pytest.approx(free.tpot_cdf(slo.tpot_s))
