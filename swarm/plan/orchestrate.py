@@ -34,9 +34,10 @@ import highspy
 import numpy as np
 
 from swarm.plan.errors import InfeasibleError
-from swarm.plan.estimate import Scenario, group_profile, pair_profile
+from swarm.plan.estimate import Scenario
 from swarm.plan.parallel import Deployment
 from swarm.plan.problem import Problem
+from swarm.plan.profiles import group_profile, pair_profile
 
 BOTTLENECK_WEIGHT = 100.0  # M: the max utilisation first, then the tier sums
 LINK_COST_WEIGHT = 1e-4  # eps

@@ -98,7 +98,7 @@ def test_colocated_prefills_stall_decoding(cloud32, llama30b, conv, make_problem
 
 
 def test_a_prompt_behind_a_longer_one_waits_for_it_at_every_stage():
-    from swarm.plan.estimate import _blocked_s
+    from swarm.plan.profiles import _blocked_s
 
     latencies = np.array([1.0, 2.0, 3.0, 4.0])
     # E[(T - t)+] over the four latencies, times (pp - 1) / pp
@@ -109,7 +109,7 @@ def test_a_prompt_behind_a_longer_one_waits_for_it_at_every_stage():
 
 def test_blocking_is_all_or_nothing_with_the_same_mean():
     """A prompt is held up only by a longer batch ahead: P(T > t), and _blocked_s / P(T > t) when it is."""
-    from swarm.plan.estimate import _blocked_s, _blocked_share
+    from swarm.plan.profiles import _blocked_s, _blocked_share
 
     latencies = np.array([1.0, 2.0, 3.0, 4.0])
     own = np.array([0.5, 2.5, 4.0])
@@ -229,7 +229,7 @@ def test_a_batch_holds_the_prompts_that_queued_behind_it(cloud32, llama30b, conv
 
 def test_request_sample_keeps_the_prompt_tail(cloud32, llama30b, code, make_problem):
     """The followed requests are stratified by prompt length: their quantiles are the length sample's."""
-    from swarm.plan.estimate import NUM_REQUESTS, request_sample
+    from swarm.plan.profiles import NUM_REQUESTS, request_sample
 
     problem = make_problem(cloud32, llama30b, code)
     prompts, outputs = request_sample(problem)

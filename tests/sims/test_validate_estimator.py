@@ -45,6 +45,6 @@ def test_estimator_and_simulator_agree_below_and_above_the_goodput(rows_by_rate)
 def test_the_estimator_admits_decode_sequences_at_the_simulated_engine_watermark():
     """The estimator's KV admission limit is the share of memory the simulated engine admits to."""
     from sims.replica import WATERMARK
-    from swarm.plan.estimate import KV_ADMIT_SHARE
+    from swarm.plan.profiles import KV_ADMIT_SHARE
 
     assert KV_ADMIT_SHARE == WATERMARK
