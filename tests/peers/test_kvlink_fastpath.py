@@ -49,6 +49,20 @@ def push_of(request_id: str, blob: bytes, epoch: int = 3) -> KvPush:
     return KvPush(request_id, epoch, (1, 2, 3), (4,), len(blob))
 
 
+@pytest.fixture
+def negotiations(monkeypatch) -> list[str]:
+    """The peer ids the fast path is negotiated with, in order (connect_fastpath counted)."""
+    dialled = []
+    connect = kvlink.connect_fastpath
+
+    async def counting_connect(*args, **kwargs):
+        dialled.append(args[1])
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(kvlink, "connect_fastpath", counting_connect)
+    return dialled
+
+
 def run_pair(tmp_path, body, *, has_fastpath: bool = True) -> None:
     counter = itertools.count()
 
@@ -70,17 +84,8 @@ def run_pair(tmp_path, body, *, has_fastpath: bool = True) -> None:
     trio.run(main)
 
 
-def test_kv_blobs_cross_on_the_fast_path_over_one_reused_connection(tmp_path, monkeypatch):
+def test_kv_blobs_cross_on_the_fast_path_over_one_reused_connection(tmp_path, negotiations):
     blobs = [bytes(range(256)) * (20 << 10), b"x" * 1000, bytes(9 << 20)]  # 5 MiB, 1 kB, 9 MiB (3 frames)
-    negotiations = []
-    connect = kvlink.connect_fastpath
-
-    async def counting_connect(*args, **kwargs):
-        negotiations.append(args[1])
-        return await connect(*args, **kwargs)
-
-    monkeypatch.setattr(kvlink, "connect_fastpath", counting_connect)
-
     async def body(prefill, decode):
         for i, blob in enumerate(blobs):
             decode.decode_sessions[f"r{i}"] = FakeSession()
@@ -92,16 +97,7 @@ def test_kv_blobs_cross_on_the_fast_path_over_one_reused_connection(tmp_path, mo
     run_pair(tmp_path, body)
 
 
-def test_a_pooled_connection_that_went_stale_is_replaced_and_the_push_goes_through(tmp_path, monkeypatch):
-    negotiations = []
-    connect = kvlink.connect_fastpath
-
-    async def counting_connect(*args, **kwargs):
-        negotiations.append(args[1])
-        return await connect(*args, **kwargs)
-
-    monkeypatch.setattr(kvlink, "connect_fastpath", counting_connect)
-
+def test_a_pooled_connection_that_went_stale_is_replaced_and_the_push_goes_through(tmp_path, negotiations):
     async def body(prefill, decode):
         for i in range(2):
             decode.decode_sessions[f"r{i}"] = FakeSession()
