@@ -26,6 +26,7 @@ import trio
 from peers.daemon_errors import BadRequestError, NoReplicaError, ReplicaFailedError
 from peers.membership import ready_group_ids
 from swarm.errors import SwarmError, WireError
+from swarm.net.errors import StreamError
 from swarm.net.rpc import read_message, write_message
 from swarm.wire.requests import Ack, DecodeWatch, GenerateRequest, PrefillJob, RequestFailure, TokenChunk
 
@@ -212,9 +213,7 @@ async def _read_reply(stream, peer_id: str, expected: type, what: str):
     """A replica's next message, which must be `expected`; a failure it reports is raised as ours."""
     try:
         answer = await read_message(stream)
-    except WireError:
-        raise
-    except Exception as e:  # libp2p raises several types for a reset or closed stream
+    except StreamError as e:
         raise ReplicaFailedError(f"replica {peer_id} went away mid-request: {e or type(e).__name__}") from None
     if isinstance(answer, RequestFailure):
         raise _failure(answer, peer_id)

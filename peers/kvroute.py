@@ -177,7 +177,7 @@ async def ask_stage(node, peer_id: str, job: KvExportJob) -> None:
     except trio.TooSlowError:
         raise ReplicaFailedError(f"prefill stage {peer_id} did not send the KV of {job.request_id} within "
                                  f"{EXPORT_TIMEOUT_S:g} s") from None
-    except Exception as e:  # libp2p raises several types for a reset or closed stream
+    except SwarmError as e:  # the stream broke, or the answer did not decode
         raise ReplicaFailedError(f"prefill stage {peer_id} went away while sending the KV of {job.request_id}: "
                                  f"{e or type(e).__name__}") from None
     finally:

@@ -22,6 +22,7 @@ import trio
 
 from swarm.client.errors import ClientError, GenerationError, UnreachableError
 from swarm.errors import SwarmError
+from swarm.net.errors import StreamError
 from swarm.net.host import Host, HostConfig, open_host
 from swarm.net.rpc import read_message, write_message
 from swarm.wire.requests import (
@@ -175,7 +176,5 @@ class AsyncSwarmClient:
 async def _read(stream, peer_id: str):
     try:
         return await read_message(stream)
-    except SwarmError:
-        raise
-    except Exception as e:  # libp2p raises its own types for a reset or closed stream
-        raise ClientError(f"peer {peer_id} closed the stream: {type(e).__name__}: {e}") from None
+    except StreamError as e:
+        raise ClientError(f"peer {peer_id} closed the stream: {e}") from None

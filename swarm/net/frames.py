@@ -103,9 +103,8 @@ async def read_exactly(read_some: ReadSome, num_bytes: int) -> bytes:
     return bytes(buf)
 
 
-def libp2p_frames(stream, *, timeout_s: float = 10.0) -> FrameChannel:
-    """A frame channel over a libp2p stream (Noise + Yamux); libp2p's end-of-stream and reset errors
-    become StreamError."""
+def stream_reader(stream) -> ReadSome:
+    """`stream.read` of a libp2p stream, with libp2p's end-of-stream and reset errors as StreamError."""
 
     async def read_some(num_bytes: int) -> bytes:
         try:
@@ -113,7 +112,24 @@ def libp2p_frames(stream, *, timeout_s: float = 10.0) -> FrameChannel:
         except Exception as e:  # libp2p raises StreamEOF, StreamReset, MuxedConnUnavailable, ...
             raise StreamError(f"stream ended: {type(e).__name__} {e}".strip()) from None
 
-    return FrameChannel(read_some, stream.write, timeout_s=timeout_s)
+    return read_some
+
+
+def stream_writer(stream) -> Callable[[bytes], Awaitable[None]]:
+    """`stream.write` of a libp2p stream, with libp2p's closed-stream and reset errors as StreamError."""
+
+    async def write(data: bytes) -> None:
+        try:
+            await stream.write(data)
+        except Exception as e:  # libp2p raises StreamClosed, StreamReset, MuxedConnUnavailable, ...
+            raise StreamError(f"stream broke while writing: {type(e).__name__} {e}".strip()) from None
+
+    return write
+
+
+def libp2p_frames(stream, *, timeout_s: float = 10.0) -> FrameChannel:
+    """A frame channel over a libp2p stream (Noise + Yamux); libp2p's stream errors become StreamError."""
+    return FrameChannel(stream_reader(stream), stream_writer(stream), timeout_s=timeout_s)
 
 
 def socket_frames(sock: trio.abc.Stream, *, timeout_s: float = 10.0) -> FrameChannel:

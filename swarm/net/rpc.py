@@ -17,7 +17,7 @@ import trio
 
 from swarm.errors import WireError
 from swarm.net.errors import DeadlineError, RemoteError, StreamError
-from swarm.net.frames import read_exactly
+from swarm.net.frames import read_exactly, stream_reader, stream_writer
 from swarm.net.host import Host, remote_peer_id, reset_quietly
 from swarm.wire.codec import decode, encode
 from swarm.wire.messages import RpcFailure
@@ -34,15 +34,17 @@ async def write_message(stream, msg: Any, *, max_bytes: int = MAX_RPC_BYTES) -> 
     data = encode(msg)
     if len(data) > max_bytes:
         raise WireError(f"{type(msg).__name__} of {len(data)} bytes exceeds the rpc limit of {max_bytes}")
-    await stream.write(LENGTH.pack(len(data)) + data)
+    await stream_writer(stream)(LENGTH.pack(len(data)) + data)
 
 
 async def read_message(stream, *, max_bytes: int = MAX_RPC_BYTES, expect: type[T] | None = None) -> T:
-    """One length-prefixed message; WireError if it is too big or does not decode."""
-    (length,) = LENGTH.unpack(await read_exactly(stream.read, LENGTH.size))
+    """One length-prefixed message; WireError if it is too big or does not decode, StreamError if the stream
+    ends or breaks first."""
+    read_some = stream_reader(stream)
+    (length,) = LENGTH.unpack(await read_exactly(read_some, LENGTH.size))
     if length > max_bytes:
         raise WireError(f"message of {length} bytes announced, the limit is {max_bytes}")
-    return decode(await read_exactly(stream.read, length), expect=expect, max_bytes=max_bytes)
+    return decode(await read_exactly(read_some, length), expect=expect, max_bytes=max_bytes)
 
 
 def serve_rpc(host: Host, protocol: str, handler: Handler, *, request_types: tuple[type, ...] = (),
@@ -96,9 +98,6 @@ async def call(host: Host, peer_id: str, protocol: str, request: Any, *, expect:
         except (WireError, StreamError):
             await reset_quietly(stream)
             raise
-        except Exception as e:  # libp2p raises its own stream errors on reset/close
-            await reset_quietly(stream)
-            raise StreamError(f"peer {peer_id}: {protocol} stream failed: {e}") from None
         await stream.close()
     if scope.cancelled_caught:
         if stream is not None:
